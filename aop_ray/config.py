@@ -1,0 +1,275 @@
+"""Typed run configuration, loaded from YAML plus `dotted.key=value` overrides.
+
+One `Config` object flows from the CLI to the Ray workers (as a plain dict,
+rebuilt with `Config.from_dict` on the other side), so every knob is declared
+here once, with its type and default. Unknown keys, wrong types and bad values
+are refused at load time with the offending key named, before any compute.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from aop_ray.tasks import TASKS, InputError, Task, task_params
+
+
+def parse_dataclass(cls: type, data: Any, where: str) -> Any:
+    """Build dataclass `cls` from a mapping, checking keys and types recursively."""
+    if not isinstance(data, dict):
+        raise InputError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        key = f"{where}.{unknown[0]}" if where else unknown[0]
+        raise InputError(f"{key}: unknown key (known: {', '.join(sorted(fields))})")
+    hints = typing.get_type_hints(cls)
+    kwargs = {}
+    for name, value in data.items():
+        key = f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(hints[name], value, key)
+    try:
+        return cls(**kwargs)
+    except TypeError as err:  # a required field is missing
+        raise InputError(f"{where or 'config'}: {err}") from None
+
+
+def _coerce(hint: Any, value: Any, key: str) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(arg, value, key)
+            except InputError as err:
+                errors.append(str(err))
+        raise InputError(errors[0] if len(errors) == 1 else
+                         f"{key}: {value!r} does not match {_type_name(hint)}")
+    if origin is Literal:
+        if value not in args:
+            raise InputError(f"{key}: must be one of {', '.join(map(str, args))}, got {value!r}")
+        return value
+    if origin is list:
+        if not isinstance(value, list):
+            raise InputError(f"{key}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise InputError(f"{key}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
+    if hint is Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return parse_dataclass(hint, value, key)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):
+        try:  # YAML 1.1 reads "3e-4" (no dot) as a string
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, float, str, bool) and not (isinstance(value, hint) and
+                                              not (hint is int and isinstance(value, bool))):
+        raise InputError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _positive(obj: Any, *names: str, where: str, allow_zero: bool = False) -> None:
+    for name in names:
+        value = getattr(obj, name)
+        if value < 0 or (value == 0 and not allow_zero):
+            bound = ">= 0" if allow_zero else "> 0"
+            raise InputError(f"{where}.{name}: must be {bound}, got {value}")
+
+
+def make_task(params: dict[str, Any], where: str = "task") -> Task:
+    """The task named by `params['name']`, with the remaining keys as its fields."""
+    params = dict(params)
+    name = params.pop("name", None)
+    if name not in TASKS:
+        raise InputError(f"{where}.name: unknown task {name!r} (known: {', '.join(sorted(TASKS))})")
+    return parse_dataclass(TASKS[name], params, where)
+
+
+@dataclasses.dataclass
+class GenerateConfig:
+    """How to build a dataset that does not exist yet (cached as Parquet)."""
+
+    n: int
+    seed: int = 0
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)  # task.generate kwargs
+
+    def __post_init__(self) -> None:
+        _positive(self, "n", where="generate")
+
+
+@dataclasses.dataclass
+class DatasetConfig:
+    path: str
+    generate: GenerateConfig | None = None
+
+
+@dataclasses.dataclass
+class DataConfig:
+    train: DatasetConfig
+    val: DatasetConfig | None = None
+
+
+@dataclasses.dataclass
+class ModelConfig:
+    """Denoiser size. A pre-LN bidirectional transformer."""
+
+    d_model: int = 128
+    n_layers: int = 4
+    n_heads: int = 4
+    ff_mult: int = 4
+    dropout: float = 0.0
+    relation_bias: bool = True  # per-head attention bias by shared structure group (row/col/box)
+
+    def __post_init__(self) -> None:
+        _positive(self, "d_model", "n_layers", "n_heads", "ff_mult", where="model")
+        if self.d_model % self.n_heads:
+            raise InputError(f"model.n_heads: {self.n_heads} does not divide model.d_model {self.d_model}")
+        if not 0 <= self.dropout < 1:
+            raise InputError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    stage: Literal["denoiser"] = "denoiser"
+    steps: int = 1000
+    batch_size: int = 128  # global: split evenly across workers
+    lr: float = 1e-3
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
+    warmup_steps: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    loss_weighting: Literal["elbo", "mean"] = "elbo"
+    augment: bool = True
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 500
+    eval_every: int = 0  # 0: only at the end
+    eval_instances: int = 200
+    eval_order: str = "margin"
+
+    def __post_init__(self) -> None:
+        _positive(self, "steps", "batch_size", "log_every", "checkpoint_every", where="train")
+        _positive(self, "lr", "grad_clip", where="train")
+        _positive(self, "warmup_steps", "weight_decay", "eval_every", "eval_instances", "min_lr_ratio",
+                  where="train", allow_zero=True)
+
+
+@dataclasses.dataclass
+class RayConfig:
+    """Where and how wide to train.
+
+    `cpus_per_worker` is fractional on purpose: Ray Data needs CPU slots left
+    over to read shards, or it hangs behind workers that hold every CPU.
+    """
+
+    num_workers: int = 2
+    use_gpu: bool = False
+    cpus_per_worker: float = 0.5
+    torch_threads: int = 1  # intra-op threads per CPU worker
+    storage_path: str = "runs"  # Ray Train storage: local dir, NFS, s3:// or gs://
+    max_failures: int = 0
+
+    def __post_init__(self) -> None:
+        _positive(self, "num_workers", "cpus_per_worker", "torch_threads", where="ray")
+        _positive(self, "max_failures", where="ray", allow_zero=True)
+
+
+@dataclasses.dataclass
+class MlflowConfig:
+    enabled: bool = True
+    experiment: str = "aop-ray"
+    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db
+
+
+@dataclasses.dataclass
+class Config:
+    task: dict[str, Any]
+    data: DataConfig
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
+    ray: RayConfig = dataclasses.field(default_factory=RayConfig)
+    mlflow: MlflowConfig = dataclasses.field(default_factory=MlflowConfig)
+    name: str = "run"  # the run directory is <ray.storage_path>/<name>
+    output: str | None = None  # final checkpoint copied here too, if set
+
+    def __post_init__(self) -> None:
+        self.task = task_params(make_task(self.task))
+
+    def build_task(self) -> Task:
+        return make_task(self.task)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Config:
+        return parse_dataclass(cls, data, "")
+
+
+def apply_override(data: dict[str, Any], override: str) -> None:
+    """Apply one `dotted.key=value` override (value parsed as YAML) in place."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key:
+        raise InputError(f"override {override!r}: expected dotted.key=value")
+    value = yaml.safe_load(raw) if raw else ""
+    node = data
+    parts = key.split(".")
+    for part in parts[:-1]:
+        child = node.get(part)
+        if child is None:
+            child = node[part] = {}
+        if not isinstance(child, dict):
+            raise InputError(f"override {key}: {part} is not a mapping")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
+    """`key=value` command-line items as a dict, values parsed as YAML."""
+    out = {}
+    for item in items or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InputError(f"{flag} {item!r}: expected key=value")
+        out[key] = yaml.safe_load(value)
+    return out
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config, apply overrides, validate everything."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: config file not found") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        line = f":{mark.line + 1}" if mark is not None else ""
+        raise InputError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
+    data = data or {}
+    for override in overrides or []:
+        apply_override(data, override)
+    try:
+        return Config.from_dict(data)
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None

@@ -1,0 +1,203 @@
+"""Datasets as Parquet shards, and loading instances from any supported file.
+
+A shard's rows are instances (tokens, fixed mask, target, id, JSON meta); the
+task's parameters sit in the Parquet schema metadata, so a shard for another
+task or board size is refused instead of silently mis-read. Shard directories
+are written to a temporary sibling and renamed into place: a crash never
+leaves a half-written dataset that a later run would trust.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+import tempfile
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from aop_ray.config import make_task, parse_assignments
+from aop_ray.tasks import InputError, Instances, Task, task_params
+
+TASK_KEY = b"aop_ray.task"
+COLUMNS = ("tokens", "fixed", "target", "instance_id", "meta")
+
+
+def to_table(instances: Instances, task: Task) -> pa.Table:
+    length = task.seq_len
+
+    def fixed_list(arr: np.ndarray, kind: pa.DataType) -> pa.Array:
+        flat = pa.array(arr.reshape(-1), type=kind)
+        return pa.FixedSizeListArray.from_arrays(flat, length)
+
+    table = pa.table({
+        "tokens": fixed_list(instances.tokens, pa.int16()),
+        "fixed": fixed_list(instances.fixed, pa.bool_()),
+        "target": fixed_list(instances.target, pa.int16()),
+        "instance_id": pa.array(instances.ids, type=pa.string()),
+        "meta": pa.array([json.dumps(m) for m in instances.meta], type=pa.string()),
+    })
+    return table.replace_schema_metadata({TASK_KEY: json.dumps(task_params(task)).encode()})
+
+
+def from_columns(columns: dict[str, Any], length: int) -> Instances:
+    """Instances from Parquet/Ray Data columns (lists, numpy object or tensor arrays)."""
+
+    def stack(values: Any, dtype: type) -> np.ndarray:
+        arr = np.asarray(values)
+        if arr.dtype == object:
+            arr = np.stack([np.asarray(v) for v in values]) if len(arr) else np.zeros((0, length))
+        return arr.astype(dtype).reshape(-1, length)
+
+    ids = [str(i) for i in columns["instance_id"]]
+    return Instances(tokens=stack(columns["tokens"], np.int64), fixed=stack(columns["fixed"], bool),
+                     target=stack(columns["target"], np.int64), ids=ids,
+                     meta=[json.loads(m) for m in columns["meta"]])
+
+
+def write_shards(instances: Instances, task: Task, out_dir: str | Path, shard_size: int = 10_000) -> list[Path]:
+    """Write `instances` as `part-XXXXX.parquet` files into a new directory, atomically."""
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise InputError(f"{out_dir}: already exists; refusing to overwrite a dataset")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        for k, start in enumerate(range(0, len(instances), shard_size)):
+            part = instances.take(slice(start, start + shard_size))
+            pq.write_table(to_table(part, task), tmp / f"part-{k:05d}.parquet")
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return sorted(out_dir.glob("*.parquet"))
+
+
+def check_task(path: Path, schema: pa.Schema, task: Task) -> None:
+    meta = (schema.metadata or {}).get(TASK_KEY)
+    if meta is None:
+        raise InputError(f"{path}: not an aop-ray shard (no task metadata)")
+    theirs, ours = json.loads(meta), task_params(task)
+    for key in sorted(set(theirs) | set(ours)):
+        if theirs.get(key) != ours.get(key):
+            raise InputError(f"{path}: shard is for task {theirs}, expected {ours} "
+                             f"(field {key!r}: {theirs.get(key)!r} != {ours.get(key)!r})")
+
+
+def read_schema(path: Path) -> pa.Schema:
+    """Schema of a shard, or of the first shard of a dataset directory."""
+    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    if not files:
+        raise InputError(f"{path}: no Parquet shards")
+    try:
+        return pq.read_schema(files[0])
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"{files[0]}: unreadable Parquet file ({err})") from None
+
+
+def read_shard(path: Path, task: Task) -> Instances:
+    try:
+        table = pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"{path}: unreadable Parquet file ({err})") from None
+    check_task(path, table.schema, task)
+    missing = [c for c in COLUMNS if c not in table.column_names]
+    if missing:
+        raise InputError(f"{path}: missing column {missing[0]!r}")
+    return from_columns({c: table.column(c).to_pylist() for c in COLUMNS}, task.seq_len)
+
+
+def load_instances(task: Task, path: str | Path) -> Instances:
+    """Instances from a file in any supported format, or from every file of a directory."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file or directory")
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) \
+        if path.is_dir() else [path]
+    if not files:
+        raise InputError(f"{path}: directory holds no data files")
+    parts = [read_shard(f, task) if f.suffix == ".parquet" else task.read(f) for f in files]
+    return Instances.concat(parts)
+
+
+def _generate_chunk(args: tuple[Task, int, int, int, dict[str, Any]]) -> Instances:
+    task, n, seed, start, options = args
+    return task.generate(n, seed, start=start, **options)
+
+
+def generate(task: Task, n: int, seed: int, options: dict[str, Any] | None = None,
+             processes: int | None = None) -> Instances:
+    """`task.generate` spread over processes; identical output for any process count."""
+    options = dict(options or {})
+    try:
+        task.generate(0, seed, **options)  # validate options before forking
+    except TypeError as err:
+        raise InputError(f"generate.options: {err}") from None
+    processes = processes or min(os.cpu_count() or 1, max(1, n // 200))
+    chunk = -(-n // processes)
+    jobs = [(task, min(chunk, n - s), seed, s, options) for s in range(0, n, chunk)]
+    if len(jobs) == 1:
+        return _generate_chunk(jobs[0])
+    with ProcessPoolExecutor(len(jobs)) as pool:
+        return Instances.concat(list(pool.map(_generate_chunk, jobs)))
+
+
+def ensure_dataset(task: Task, path: str | Path, n: int, seed: int, options: dict[str, Any]) -> Path:
+    """Generate and write the dataset at `path` unless it is already there."""
+    path = Path(path)
+    if not path.exists():
+        write_shards(generate(task, n, seed, options), task, path)
+    return path
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m aop_ray.data",
+                                     description="Build Parquet datasets: generate instances or convert files.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, text in (("generate", "generate seeded, reproducible instances"),
+                       ("convert", "convert text files (any supported format) to Parquet shards")):
+        p = sub.add_parser(name, help=text, description=text)
+        p.add_argument("--task", default="sudoku", help="task name (default %(default)s)")
+        p.add_argument("--param", action="append", metavar="KEY=VALUE",
+                       help="task parameter, repeatable, e.g. --param size=9")
+        p.add_argument("--out", required=True, help="output directory (must not exist; written atomically)")
+        p.add_argument("--shard-size", type=int, default=10_000, help="instances per Parquet file")
+    gen = sub.choices["generate"]
+    gen.add_argument("--n", type=int, required=True, help="number of instances")
+    gen.add_argument("--seed", type=int, default=0, help="seed; instance j depends only on (seed, j)")
+    gen.add_argument("--option", action="append", metavar="KEY=VALUE",
+                     help="generator option, repeatable, e.g. --option clues=30 --option unique=true "
+                          "(Sudoku: clues = count or [low, high], unique = solver-checked uniqueness)")
+    gen.add_argument("--processes", type=int, default=None, help="worker processes (default: all cores)")
+    sub.choices["convert"].add_argument("--input", required=True, help="a file or a directory of files")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        task = make_task({"name": args.task, **parse_assignments(args.param, "--param")})
+        if Path(args.out).exists():
+            raise InputError(f"--out: {args.out} already exists; refusing to overwrite a dataset")
+        if args.command == "generate":
+            instances = generate(task, args.n, args.seed, parse_assignments(args.option, "--option"),
+                                 args.processes)
+        else:
+            instances = load_instances(task, args.input)
+        files = write_shards(instances, task, args.out, args.shard_size)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {len(instances)} instances to {len(files)} shard(s) in {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,99 @@
+"""Unmasking orders: which masked positions to reveal next.
+
+Every order is a function from the current decoding state to a score per
+position (higher = reveal sooner). Scores come from the *same* denoiser
+forward the sampler uses for the tokens, so an order costs no extra forward.
+`select` alone decides which positions are eligible: prompt and already
+revealed positions are excluded there, once, for every order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import torch
+
+
+@dataclasses.dataclass
+class DecodeState:
+    """What an order may look at when choosing the next positions."""
+
+    tokens: torch.Tensor  # (B, L) current x_t, mask id where masked
+    masked: torch.Tensor  # (B, L) bool, still masked (never prompt)
+    logits: torch.Tensor  # (B, L, V) denoiser logits for x_t
+    hidden: torch.Tensor | None  # (B, L, D) final denoiser hidden state, if the order asked for it
+    step: int
+    generator: torch.Generator | None = None
+
+    @property
+    def probs(self) -> torch.Tensor:
+        probs = self.__dict__.get("_probs")
+        if probs is None:
+            probs = self.__dict__["_probs"] = self.logits.float().softmax(-1)
+        return probs
+
+
+Order = Callable[[DecodeState], torch.Tensor]
+
+
+def random_order(state: DecodeState) -> torch.Tensor:
+    return torch.rand(state.masked.shape, generator=state.generator).to(state.masked.device)
+
+
+def confidence(state: DecodeState) -> torch.Tensor:
+    """Top-1 probability."""
+    return state.probs.max(dim=-1).values
+
+
+def margin(state: DecodeState) -> torch.Tensor:
+    """Top-1 minus top-2 probability: confident *and* unambiguous."""
+    top2 = state.probs.topk(2, dim=-1).values
+    return top2[..., 0] - top2[..., 1]
+
+
+def neg_entropy(state: DecodeState) -> torch.Tensor:
+    """Lowest entropy first."""
+    logp = state.logits.float().log_softmax(-1)
+    return (logp.exp() * logp).sum(-1)
+
+
+HEURISTICS: dict[str, Order] = {
+    "random": random_order,
+    "confidence": confidence,
+    "margin": margin,
+    "entropy": neg_entropy,
+}
+
+
+def get_order(name: str, policy: Order | None = None) -> Order:
+    """The order called `name`; `learned` wraps a trained policy (see models/policy.py)."""
+    if name == "learned":
+        if policy is None:
+            raise ValueError("order 'learned' needs a policy (pass a policy checkpoint)")
+        return policy
+    if name not in HEURISTICS:
+        raise ValueError(f"unknown order {name!r} (known: {', '.join([*HEURISTICS, 'learned'])})")
+    return HEURISTICS[name]
+
+
+def order_names() -> list[str]:
+    return [*HEURISTICS, "learned"]
+
+
+def select(scores: torch.Tensor, masked: torch.Tensor, k: int, temperature: float = 0.0,
+           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k best masked positions per row: (B, k) indices and (B, k) validity.
+
+    With `temperature > 0`, k positions are sampled without replacement from
+    softmax(scores / temperature) over masked positions (Gumbel top-k).
+    A row with fewer than k masked positions gets `valid = False` in the rest.
+    """
+    scores = scores.float()
+    if temperature > 0:
+        u = torch.rand(scores.shape, generator=generator).to(scores.device).clamp_(1e-20, 1.0)
+        scores = scores / temperature - torch.log(-torch.log(u))
+    scores = scores.masked_fill(~masked, float("-inf"))
+    k = min(k, scores.shape[1])
+    positions = scores.topk(k, dim=1).indices
+    return positions, torch.gather(masked, 1, positions)

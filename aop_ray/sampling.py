@@ -1,0 +1,143 @@
+"""One batched unmasking engine for every order.
+
+Each step runs one denoiser forward on the rows that still have masks, lets
+the order score positions from those same logits, reveals the k best, and
+records when each position was revealed and how likely its token was. The
+records give order heat maps and the planner-aware NLL:
+
+    planner NLL = sum over steps of -log p_theta(x0_i | x_t) at the chosen i,
+
+the order-dependent likelihood of the reference under teacher forcing
+(`teacher_force=True` reveals the reference token instead of the model's).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Callable
+
+import torch
+from torch import nn
+
+from aop_ray.orders import DecodeState, Order, select
+from aop_ray.tasks import Task
+
+
+@dataclasses.dataclass
+class Rollout:
+    tokens: torch.Tensor  # (B, L) completed sequences
+    step_of: torch.Tensor  # (B, L) step at which each position was revealed; -1 for prompt
+    logp_token: torch.Tensor  # (B, L) log-prob of the revealed token when it was revealed; 0 for prompt
+    logp_target: torch.Tensor | None  # (B, L) log-prob of the reference token there; None without target
+    steps: int  # = denoiser forwards (each on the rows still active)
+
+    def planner_nll(self) -> torch.Tensor:
+        """(B,) mean over revealed positions of -log p(reference | state when revealed)."""
+        if self.logp_target is None:
+            raise ValueError("planner NLL needs the reference target")
+        revealed = self.step_of >= 0
+        return -(self.logp_target * revealed).sum(1) / revealed.sum(1).clamp(min=1)
+
+
+@torch.no_grad()
+def unmask(denoiser: nn.Module, order: Order, tokens: torch.Tensor, mask_id: int, k: int = 1,
+           temperature: float = 0.0, order_temperature: float = 0.0, target: torch.Tensor | None = None,
+           teacher_force: bool = False, generator: torch.Generator | None = None,
+           need_hidden: bool = False) -> Rollout:
+    """Reveal every masked position of `tokens`, k per step.
+
+    `temperature` 0 takes the denoiser's argmax token, otherwise samples at that
+    temperature; `order_temperature` likewise samples the positions.
+    With `teacher_force`, the reference token is revealed instead (for
+    planner NLL and for policy-training trajectories).
+    """
+    if teacher_force and target is None:
+        raise ValueError("teacher_force needs target")
+    tokens = tokens.clone()
+    batch, length = tokens.shape
+    device = tokens.device
+    step_of = torch.full((batch, length), -1, dtype=torch.long, device=device)
+    logp_token = torch.zeros(batch, length, device=device)
+    logp_target = torch.zeros(batch, length, device=device) if target is not None else None
+    steps = 0
+    while True:
+        masked = tokens == mask_id
+        active = masked.any(dim=1).nonzero().squeeze(1)
+        if active.numel() == 0:
+            break
+        whole = active.numel() == batch
+        x = tokens if whole else tokens[active]
+        out = denoiser(x, return_hidden=True) if need_hidden else denoiser(x)
+        logits, hidden = out if need_hidden else (out, None)
+        logits = logits.float()
+        state = DecodeState(tokens=x, masked=masked if whole else masked[active], logits=logits,
+                            hidden=hidden, step=steps, generator=generator)
+        positions, valid = select(order(state), state.masked, k, order_temperature, generator)
+        logp = logits.log_softmax(-1)  # (A, L, V)
+        chosen_logp = torch.gather(logp, 1, positions[..., None].expand(-1, -1, logp.shape[-1]))  # (A, k, V)
+        if teacher_force:
+            new = torch.gather(target[active], 1, positions)
+        elif temperature > 0:
+            probs = (chosen_logp / temperature).softmax(-1).reshape(-1, logp.shape[-1])
+            new = torch.multinomial(probs.cpu(), 1, generator=generator).view(positions.shape).to(device)
+        else:
+            new = chosen_logp.argmax(-1)
+        rows = active[:, None].expand_as(positions)[valid]
+        cols = positions[valid]
+        tokens[rows, cols] = new[valid]
+        step_of[rows, cols] = steps
+        logp_token[rows, cols] = torch.gather(chosen_logp, 2, new[..., None]).squeeze(-1)[valid]
+        if logp_target is not None:
+            ref = torch.gather(target[active], 1, positions).clamp(min=0)
+            logp_target[rows, cols] = torch.gather(chosen_logp, 2, ref[..., None]).squeeze(-1)[valid]
+        steps += 1
+    return Rollout(tokens=tokens, step_of=step_of, logp_token=logp_token, logp_target=logp_target,
+                   steps=steps)
+
+
+@dataclasses.dataclass
+class Decoded:
+    """Per-instance results of decoding a dataset under one order."""
+
+    solved: torch.Tensor  # (N,) bool
+    cell_accuracy: torch.Tensor  # (N,) fraction of free positions equal to the reference
+    planner_nll: torch.Tensor | None  # (N,) teacher-forced planner NLL (NaN: no reference); None if not asked
+    step_of: torch.Tensor  # (N, L) reveal step per position, -1 for prompt
+    seconds: float  # decoding and verifying only (not the planner-NLL pass)
+
+
+def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed: torch.Tensor,
+                   target: torch.Tensor, order: Order, k: int = 1, batch_size: int = 256,
+                   generator: torch.Generator | None = None, planner_nll: bool = True,
+                   temperature: float = 0.0, on_batch: Callable[[int], None] | None = None) -> Decoded:
+    """Decode every instance with `order`, verify it, and optionally score the planner NLL.
+
+    Generator state carries across batches, so results depend on the batch
+    size only through floating-point reduction order.
+    """
+    device = next(denoiser.parameters()).device
+    seconds = 0.0
+    parts: dict[str, list[torch.Tensor]] = {"solved": [], "acc": [], "nll": [], "step_of": []}
+    for lo in range(0, tokens.shape[0], batch_size):
+        x, f, y = (a[lo:lo + batch_size].to(device) for a in (tokens, fixed, target))
+        start = time.perf_counter()
+        roll = unmask(denoiser, order, x, task.vocab_size, k=k, temperature=temperature, generator=generator)
+        parts["solved"].append(task.verify(roll.tokens, x, f).cpu())
+        seconds += time.perf_counter() - start
+        scored = ~f & (y >= 0)
+        parts["acc"].append(((roll.tokens == y) & scored).sum(1).cpu() / scored.sum(1).clamp(min=1).cpu())
+        parts["step_of"].append(roll.step_of.cpu())
+        if planner_nll:  # NaN where the reference is unknown
+            nll = torch.full((x.shape[0],), float("nan"))
+            known = ((y >= 0) | f).all(1)
+            if known.any():
+                forced = unmask(denoiser, order, x[known], task.vocab_size, k=k, target=y[known],
+                                teacher_force=True, generator=generator)
+                nll[known.cpu()] = forced.planner_nll().cpu()
+            parts["nll"].append(nll)
+        if on_batch is not None:
+            on_batch(x.shape[0])
+    return Decoded(solved=torch.cat(parts["solved"]), cell_accuracy=torch.cat(parts["acc"]),
+                   planner_nll=torch.cat(parts["nll"]) if planner_nll else None,
+                   step_of=torch.cat(parts["step_of"]), seconds=seconds)

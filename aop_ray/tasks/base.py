@@ -1,0 +1,134 @@
+"""What every task gives the rest of aop-ray.
+
+A task turns a problem family into fixed-length token sequences: a prompt part
+that is never masked (Sudoku clues, SAT clauses) and free positions that the
+denoiser fills in. Everything above this layer (losses, orders, the sampler,
+training, evaluation) sees only `Instances` and the `Task` protocol, so a new
+domain is one file in this package.
+
+Token ids run 0..vocab_size-1; the mask token is `vocab_size`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+import numpy as np
+import torch
+
+
+class InputError(ValueError):
+    """Bad user input (a file, a config key, a CLI argument).
+
+    The message always names where the problem is (file and line, or key), so
+    command-line entry points print it as one line and exit non-zero.
+    """
+
+
+def located(path: str | Path, line: int | None, message: str) -> InputError:
+    """An `InputError` whose message starts with `file:line:`."""
+    where = f"{path}:{line}" if line is not None else f"{path}"
+    return InputError(f"{where}: {message}")
+
+
+@dataclasses.dataclass
+class Instances:
+    """A set of problem instances as token arrays.
+
+    `target` is the reference completion; rows whose reference is unknown hold
+    -1 everywhere. `fixed` marks prompt positions (never masked, never picked).
+    """
+
+    tokens: np.ndarray  # (N, L) int64, mask id at free positions
+    fixed: np.ndarray  # (N, L) bool
+    target: np.ndarray  # (N, L) int64, -1 where unknown
+    ids: list[str]
+    meta: list[dict[str, Any]]
+
+    def __post_init__(self) -> None:
+        n = len(self.ids)
+        for name in ("tokens", "fixed", "target"):
+            arr = getattr(self, name)
+            if arr.ndim != 2 or arr.shape[0] != n:
+                raise ValueError(f"Instances.{name} has shape {arr.shape}, expected ({n}, L)")
+        if len(self.meta) != n:
+            raise ValueError(f"Instances.meta has {len(self.meta)} entries, expected {n}")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def take(self, index: np.ndarray | slice | list[int]) -> Instances:
+        idx = np.arange(len(self))[index]
+        return Instances(
+            tokens=self.tokens[idx],
+            fixed=self.fixed[idx],
+            target=self.target[idx],
+            ids=[self.ids[i] for i in idx],
+            meta=[self.meta[i] for i in idx],
+        )
+
+    @staticmethod
+    def concat(parts: list[Instances]) -> Instances:
+        if not parts:
+            raise ValueError("cannot concatenate zero Instances")
+        return Instances(
+            tokens=np.concatenate([p.tokens for p in parts]),
+            fixed=np.concatenate([p.fixed for p in parts]),
+            target=np.concatenate([p.target for p in parts]),
+            ids=[i for p in parts for i in p.ids],
+            meta=[m for p in parts for m in p.meta],
+        )
+
+
+class Task(Protocol):
+    """The protocol every task implements (see `sudoku.Sudoku`).
+
+    Tasks are frozen dataclasses: their fields are the task's parameters, which
+    the YAML config sets and the checkpoint records, so a checkpoint for another
+    task or size is refused field by field.
+    """
+
+    name: ClassVar[str]
+
+    @property
+    def seq_len(self) -> int: ...
+
+    @property
+    def vocab_size(self) -> int: ...
+
+    @property
+    def grid_shape(self) -> tuple[int, ...]:
+        """How positions lay out for heat maps, e.g. (9, 9); (L,) for plain sequences."""
+        ...
+
+    def position_groups(self) -> dict[str, np.ndarray]:
+        """Categorical structure ids per position, e.g. row/column/box.
+
+        The denoiser and the policy embed each group and sum the embeddings:
+        this is how a task tells the models its geometry.
+        """
+        ...
+
+    def read(self, path: Path) -> Instances:
+        """Parse one file in any of the task's text formats."""
+        ...
+
+    def generate(self, n: int, seed: int, **options: Any) -> Instances: ...
+
+    def verify(self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        """(B,) bool: the completed sequences are correct and keep the prompt."""
+        ...
+
+    def augment(self, tokens: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor,
+                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """A random symmetry of the task applied to a batch (identity if none)."""
+        ...
+
+    def render(self, tokens: np.ndarray) -> str: ...
+
+
+def task_params(task: Task) -> dict[str, Any]:
+    """The task as a JSON-able dict: its name plus its dataclass fields."""
+    return {"name": task.name, **dataclasses.asdict(task)}  # type: ignore[call-overload]

@@ -1,0 +1,124 @@
+"""MLflow, behind one small class that addresses runs by id.
+
+Runs are addressed through `MlflowClient` and an explicit run id rather than
+MLflow's process-global "active run", because a run is opened by the driver
+and then written to from a Ray worker in another process (or node).
+
+Local default: `sqlite:///mlflow.db` in the working directory with artifacts in
+`./mlartifacts`, both as absolute paths so Ray workers running in other
+directories write to the same place. `MLFLOW_TRACKING_URI` or the config's
+`mlflow.tracking_uri` point elsewhere (a tracking server on a cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from aop_ray.tasks import InputError
+
+for _noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
+    logging.getLogger(_noisy).setLevel(logging.WARNING)
+
+
+def resolve_uri(uri: str | None = None) -> str:
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
+    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+
+
+def _local_artifact_root(uri: str) -> str | None:
+    """Artifact root beside a local sqlite store; None lets a server decide."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts").as_uri()
+    return None
+
+
+class Tracker:
+    """One MLflow run. A disabled tracker (`uri=None`) accepts every call and does nothing."""
+
+    def __init__(self, uri: str | None, run_id: str | None = None) -> None:
+        self.uri = uri
+        self.run_id = run_id
+        self._client = None
+        if uri is not None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=uri)
+
+    @property
+    def enabled(self) -> bool:
+        return self._client is not None
+
+    @classmethod
+    def start(cls, uri: str | None, experiment: str, run_name: str, params: dict[str, Any] | None = None,
+              tags: dict[str, str] | None = None) -> Tracker:
+        """Open a new run (the MLflow store must be reachable: checked before any compute)."""
+        tracker = cls(uri)
+        if tracker._client is None:
+            return tracker
+        client = tracker._client
+        try:
+            exp = client.get_experiment_by_name(experiment)
+            exp_id = exp.experiment_id if exp else client.create_experiment(
+                experiment, artifact_location=_local_artifact_root(uri))
+        except Exception as err:  # any store failure means "unreachable" to the user
+            raise InputError(f"MLflow tracking URI {uri!r} is unreachable ({type(err).__name__}: "
+                             f"{str(err).splitlines()[0][:200]}); fix MLFLOW_TRACKING_URI or pass --no-mlflow") \
+                from None
+        run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
+        tracker.run_id = run.info.run_id
+        tracker.log_params(params or {})
+        return tracker
+
+    def log_params(self, params: dict[str, Any]) -> None:
+        if self._client is None or not params:
+            return
+        from mlflow.entities import Param
+
+        flat = _flatten(params)
+        items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
+        for start in range(0, len(items), 100):
+            self._client.log_batch(self.run_id, params=items[start:start + 100])
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        if self._client is None:
+            return
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
+                 if isinstance(v, (int, float)) and math.isfinite(v)]
+        if items:
+            self._client.log_batch(self.run_id, metrics=items)
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        if self._client is None:
+            return
+        path = Path(path)
+        if path.is_dir():
+            self._client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self._client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tag(self, key: str, value: str) -> None:
+        if self._client is not None:
+            self._client.set_tag(self.run_id, key, value)
+
+    def end(self, status: str = "FINISHED") -> None:
+        if self._client is not None and self.run_id is not None:
+            self._client.set_terminated(self.run_id, status=status)
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out

@@ -1,0 +1,318 @@
+"""Training entry point: `python -m aop_ray.train --config FILE [dotted.key=value ...]`.
+
+The driver validates the config, builds any missing dataset, opens the MLflow
+run (failing fast if the store is unreachable), then launches a Ray Train
+`TorchTrainer`. Each worker reads its shard of the Parquet dataset through Ray
+Data, trains with DDP (gloo on CPU, NCCL + bf16 autocast on GPU), and rank 0
+reports metrics, checkpoints and MLflow curves.
+
+With no `RAY_ADDRESS` a local Ray is started; under `ray job submit` (or with
+`RAY_ADDRESS` set) the run goes to that cluster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+
+from aop_ray import checkpoints, data
+from aop_ray.config import Config, DatasetConfig, load_config
+from aop_ray.losses import denoiser_loss
+from aop_ray.models.denoiser import Denoiser
+from aop_ray.orders import get_order
+from aop_ray.sampling import decode_dataset
+from aop_ray.tasks import InputError, Instances
+from aop_ray.tracking import Tracker, resolve_uri
+
+RUN_STATE = "aop_run.json"  # in the run directory: the MLflow run id, for --resume
+
+
+def lr_at(step: int, cfg: Config) -> float:
+    """Linear warm-up, then cosine decay to lr * min_lr_ratio at the last step."""
+    tc = cfg.train
+    if step < tc.warmup_steps:
+        return tc.lr * (step + 1) / tc.warmup_steps
+    progress = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
+    return tc.lr * (tc.min_lr_ratio + (1 - tc.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+
+# ----------------------------------------------------------------------------- worker side
+def _batches(shard: Any, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless per-worker batches of this worker's Ray Data shard.
+
+    The first epoch streams the shard through Ray Data and keeps it; later
+    epochs reshuffle the kept tensors locally. Datasets here are megabytes,
+    and re-running the Ray Data pipeline every epoch costs more than the
+    training steps themselves on a small machine.
+    """
+    kept: list[dict[str, torch.Tensor]] = []
+    for batch in shard.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=4 * batch_size):
+        kept.append(batch)
+        if len(batch["target"]) == batch_size:
+            yield batch
+    columns = {key: torch.cat([b[key] for b in kept]) for key in ("fixed", "target")} if kept else {}
+    n = len(columns["target"]) if kept else 0
+    if n < batch_size:
+        raise InputError(f"data.train: a worker's shard holds {n} instances, fewer than one batch of {batch_size}")
+    while True:
+        order = torch.randperm(n, generator=generator)
+        for lo in range(0, n - batch_size + 1, batch_size):
+            idx = order[lo:lo + batch_size]
+            yield {key: value[idx] for key, value in columns.items()}
+
+
+def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _all_mean(values: list[float], device: torch.device) -> list[float]:
+    import torch.distributed as dist
+
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(t)
+        t /= dist.get_world_size()
+    return t.tolist()
+
+
+def _validate(model: torch.nn.Module, cfg: Config, val: dict[str, np.ndarray], rank: int, world: int,
+              device: torch.device) -> dict[str, float]:
+    """Solve rate of this worker's slice of the validation set, averaged over workers."""
+    task = cfg.build_task()
+    rows = slice(rank, None, world)
+    x, f, y = (torch.tensor(val[k][rows]) for k in ("tokens", "fixed", "target"))
+    model.eval()
+    with _autocast(device):
+        decoded = decode_dataset(model, task, x, f, y, get_order(cfg.train.eval_order),
+                                 generator=torch.Generator().manual_seed(cfg.train.seed), planner_nll=False)
+    model.train()
+    n = len(decoded.solved)
+    solve, acc = _all_mean([decoded.solved.float().sum().item() / max(n, 1) if n else 0.0,
+                            decoded.cell_accuracy.sum().item() / max(n, 1) if n else 0.0], device)
+    return {f"val_solve_rate_{cfg.train.eval_order}": solve, "val_cell_accuracy": acc}
+
+
+def _say(line: str) -> None:
+    """One progress line. Not `print`: Ray Train patches it to log *and* echo, doubling every line."""
+    sys.stdout.write(f"[aop-ray] {line}\n")
+    sys.stdout.flush()
+
+
+def train_loop(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker."""
+    import ray.train
+    import ray.train.torch
+
+    logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report INFO lines drown the progress
+    cfg = Config.from_dict(loop_config["config"])
+    torch.set_num_threads(cfg.ray.torch_threads)
+    task = cfg.build_task()
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    tracker = Tracker(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else Tracker(None)
+
+    model = Denoiser(task.vocab_size, task.position_groups(), cfg.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
+                                  betas=(0.9, 0.98))
+    step = 0
+    resume = ray.train.get_checkpoint()
+    if resume is not None:
+        with resume.as_directory() as ckpt_dir:
+            checkpoints.load_state(model, checkpoints.load_tensors(ckpt_dir, "denoiser"), ckpt_dir)
+            optimizer.load_state_dict(checkpoints.load_tensors(ckpt_dir, "optimizer"))
+            step = checkpoints.read_manifest(ckpt_dir)["step"]
+        if rank == 0:
+            _say(f"resumed from checkpoint at step {step}")
+    model = ray.train.torch.prepare_model(model)
+    core = model.module if hasattr(model, "module") else model
+
+    # A distinct, resume-aware stream per worker: a resumed run does not replay old noise.
+    generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + rank * 7919 + step)
+    per_worker = max(1, cfg.train.batch_size // world)
+    batches = _batches(ray.train.get_dataset_shard("train"), per_worker, generator)
+    val = loop_config["val"]
+
+    window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+    while step < cfg.train.steps:
+        batch = next(batches)
+        x0, fixed = batch["target"].long().to(device), batch["fixed"].to(device)
+        if cfg.train.augment:
+            _, fixed, x0 = task.augment(x0, fixed, x0, generator)
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step, cfg)
+        with _autocast(device):
+            loss = denoiser_loss(model, x0, fixed, task.vocab_size, cfg.train.loss_weighting, generator)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        optimizer.step()
+        step += 1
+        window_loss += loss.item()
+        window_n += 1
+
+        last = step == cfg.train.steps
+        log_now = step % cfg.train.log_every == 0 or last
+        ckpt_now = step % cfg.train.checkpoint_every == 0 or last
+        eval_now = val is not None and (last or (cfg.train.eval_every and step % cfg.train.eval_every == 0))
+        if not (log_now or ckpt_now or eval_now):
+            continue
+        elapsed = time.perf_counter() - window_start
+        mean_loss, = _all_mean([window_loss / window_n], device)
+        metrics = {"step": step, "loss": mean_loss, "lr": lr_at(step - 1, cfg), "grad_norm": float(grad_norm),
+                   "samples_per_s": window_n * per_worker * world / elapsed}
+        if eval_now:
+            metrics.update(_validate(core, cfg, val, rank, world, device))
+        window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+        tracker.log_metrics(metrics, step)
+        if rank == 0:
+            _say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+        with tempfile.TemporaryDirectory() as tmp:
+            checkpoint = None
+            if ckpt_now and rank == 0:
+                manifest = checkpoints.denoiser_manifest(task, cfg.model, step=step, metrics=metrics)
+                path = checkpoints.write_checkpoint(Path(tmp) / "ckpt", manifest, {
+                    "denoiser": core.state_dict(), "optimizer": optimizer.state_dict()})
+                checkpoint = ray.train.Checkpoint.from_directory(str(path))
+            ray.train.report(metrics, checkpoint=checkpoint)
+
+
+# ----------------------------------------------------------------------------- driver side
+def _dataset_path(spec: DatasetConfig, task: Any, label: str) -> Path:
+    path = Path(spec.path).expanduser().resolve()
+    if not path.exists():
+        if spec.generate is None:
+            raise InputError(f"data.{label}.path: {path} does not exist and data.{label}.generate is not set")
+        _say(f"generating {spec.generate.n} {task.name} instances for data.{label} -> {path}")
+        data.ensure_dataset(task, path, spec.generate.n, spec.generate.seed, spec.generate.options)
+    return path
+
+
+def _run_dir(cfg: Config) -> Path:
+    return Path(cfg.ray.storage_path).expanduser().resolve() / cfg.name
+
+
+def _strip_optimizer(src: Path, dst: Path) -> Path:
+    """The final, inference-only checkpoint: manifest + denoiser weights."""
+    manifest = checkpoints.read_manifest(src)
+    manifest.pop("format", None)
+    return checkpoints.write_checkpoint(dst, manifest, {"denoiser": checkpoints.load_tensors(src, "denoiser")})
+
+
+def run(cfg: Config, resume: bool = False, mlflow: bool = True) -> Path:
+    """Train as configured; returns the final checkpoint directory."""
+    import ray
+    import ray.data
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    task = cfg.build_task()
+    run_dir = _run_dir(cfg)
+    state_file = run_dir / RUN_STATE
+    if run_dir.exists() and not resume:
+        raise InputError(f"name: run directory {run_dir} already exists; pass --resume to continue it, "
+                         f"or set name=<new name>")
+    if resume and not state_file.is_file():
+        raise InputError(f"--resume: no run to resume at {run_dir}")
+
+    train_path = _dataset_path(cfg.data.train, task, "train")
+    data.check_task(train_path, data.read_schema(train_path), task)
+    val = None
+    if cfg.data.val is not None:
+        instances = data.load_instances(task, _dataset_path(cfg.data.val, task, "val"))
+        val = _val_arrays(instances.take(slice(0, cfg.train.eval_instances)))
+
+    uri = resolve_uri(cfg.mlflow.tracking_uri) if (mlflow and cfg.mlflow.enabled) else None
+    if resume:
+        tracker = Tracker(uri, json.loads(state_file.read_text()).get("mlflow_run_id"))
+        if tracker.enabled and tracker.run_id is None:
+            raise InputError(f"--resume: {state_file} has no MLflow run id; rerun with --no-mlflow")
+    else:
+        tracker = Tracker.start(uri, cfg.mlflow.experiment, cfg.name, params=cfg.to_dict(),
+                                tags={"aop_ray.stage": cfg.train.stage, "aop_ray.task": task.name})
+        run_dir.mkdir(parents=True)
+        state_file.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "config": cfg.to_dict()}, indent=2))
+
+    if not ray.is_initialized():
+        address = os.environ.get("RAY_ADDRESS")
+        ray.init(address=address, logging_level="WARNING")
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    dataset = ray.data.read_parquet(str(train_path), num_cpus=0.1).select_columns(
+        ["fixed", "target"])
+    trainer = TorchTrainer(
+        train_loop,
+        train_loop_config={"config": cfg.to_dict(), "tracking_uri": uri, "run_id": tracker.run_id, "val": val},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
+            resources_per_worker=None if cfg.ray.use_gpu else {"CPU": cfg.ray.cpus_per_worker}),
+        run_config=ray.train.RunConfig(
+            name=cfg.name, storage_path=str(run_dir.parent),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            logging_config=ray.train.LoggingConfig(log_level="WARNING"),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures)),
+        datasets={"train": dataset},
+    )
+    status = "FAILED"
+    try:
+        result = trainer.fit()
+        final = _strip_optimizer(Path(result.checkpoint.path), run_dir / "final")
+        if cfg.output:
+            _strip_optimizer(final, Path(cfg.output).expanduser().resolve())
+        tracker.log_artifact(final, "checkpoint")
+        tracker.set_tag("aop_ray.checkpoint", str(final))
+        status = "FINISHED"
+    finally:
+        tracker.end(status)
+    _say(f"final checkpoint: {final}" + (f" (copied to {cfg.output})" if cfg.output else ""))
+    return final
+
+
+def _val_arrays(instances: Instances) -> dict[str, np.ndarray]:
+    return {"tokens": instances.tokens, "fixed": instances.fixed, "target": instances.target}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m aop_ray.train",
+        description="Train an aop-ray model on Ray Train. Settings come from a YAML config "
+                    "(see tune_configs/ and README) and may be overridden as dotted.key=value.",
+        epilog="example: python -m aop_ray.train --config tune_configs/sudoku9_denoiser.yaml "
+               "train.steps=200 name=quick")
+    parser.add_argument("--config", required=True, help="YAML config file (validated: unknown keys are errors)")
+    parser.add_argument("overrides", nargs="*", metavar="dotted.key=value",
+                        help="override a config value, e.g. train.lr=3e-4 ray.num_workers=1")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run <ray.storage_path>/<name> from its last checkpoint "
+                             "(without it an existing run directory is an error, never overwritten)")
+    parser.add_argument("--no-mlflow", action="store_true",
+                        help="do not log to MLflow (default: log to $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        run(cfg, resume=args.resume, mlflow=not args.no_mlflow)
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

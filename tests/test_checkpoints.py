@@ -1,0 +1,82 @@
+import os
+import pickle
+
+import pytest
+import torch
+
+from aop_ray import checkpoints
+from aop_ray.config import ModelConfig
+from aop_ray.models.denoiser import Denoiser
+from aop_ray.tasks import InputError, Sudoku
+
+SMALL = ModelConfig(d_model=16, n_layers=1, n_heads=2, ff_mult=2)
+
+
+def save(tmp_path, task, name="ckpt"):
+    torch.manual_seed(0)
+    model = Denoiser(task.vocab_size, task.position_groups(), SMALL)
+    path = checkpoints.write_checkpoint(tmp_path / name, checkpoints.denoiser_manifest(task, SMALL, step=7),
+                                        {"denoiser": model.state_dict()})
+    return model, path
+
+
+def test_round_trip_gives_identical_outputs(tmp_path, sudoku4):
+    model, path = save(tmp_path, sudoku4)
+    loaded, task, manifest = checkpoints.load_denoiser(path, sudoku4)
+    assert task == sudoku4 and manifest["step"] == 7
+    x = torch.randint(0, 5, (3, 16))
+    model.eval()
+    assert torch.equal(model(x), loaded(x))
+    assert sorted(os.listdir(path)) == ["denoiser.pt", "manifest.json"]
+
+
+def test_checkpoint_for_other_task_is_refused(tmp_path, sudoku4, sudoku9):
+    _, path = save(tmp_path, sudoku4)
+    with pytest.raises(InputError, match="field 'size': 4 != 9"):
+        checkpoints.load_denoiser(path, sudoku9)
+
+
+def test_truncated_checkpoint_names_the_file(tmp_path, sudoku4):
+    _, path = save(tmp_path, sudoku4)
+    weights = path / "denoiser.pt"
+    weights.write_bytes(weights.read_bytes()[:200])
+    with pytest.raises(InputError, match=f"{weights}: truncated or corrupted"):
+        checkpoints.load_denoiser(path)
+
+
+def test_arbitrary_pickles_are_never_loaded(tmp_path, sudoku4):
+    _, path = save(tmp_path, sudoku4)
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch pwned",))
+
+    with open(path / "denoiser.pt", "wb") as f:
+        pickle.dump({"x": Evil()}, f)
+    with pytest.raises(InputError, match="truncated or corrupted"):
+        checkpoints.load_denoiser(path)
+    assert not (tmp_path / "pwned").exists() and not os.path.exists("pwned")
+
+
+def test_manifest_problems(tmp_path, sudoku4):
+    with pytest.raises(InputError, match="not a checkpoint directory"):
+        checkpoints.load_denoiser(tmp_path)
+    _, path = save(tmp_path, sudoku4)
+    (path / "manifest.json").write_text("{broken")
+    with pytest.raises(InputError, match="corrupted manifest"):
+        checkpoints.load_denoiser(path)
+
+
+def test_weights_that_do_not_fit_the_manifest(tmp_path, sudoku4):
+    _, path = save(tmp_path, sudoku4)
+    other = Denoiser(4, sudoku4.position_groups(), ModelConfig(d_model=32, n_layers=1, n_heads=2))
+    torch.save(other.state_dict(), path / "denoiser.pt")
+    with pytest.raises(InputError, match="weights do not fit"):
+        checkpoints.load_denoiser(path)
+
+
+def test_rewrite_is_atomic_and_replaces(tmp_path, sudoku4):
+    _, path = save(tmp_path, sudoku4)
+    checkpoints.write_checkpoint(path, {"kind": "denoiser", "step": 9}, {})
+    assert checkpoints.read_manifest(path)["step"] == 9
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]

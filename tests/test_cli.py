@@ -1,0 +1,49 @@
+"""CLI surface: every option is documented, and bad input is one line on stderr with exit code 2."""
+
+import subprocess
+import sys
+
+import pytest
+
+from aop_ray import evaluate, train
+
+
+@pytest.mark.parametrize("module", [train, evaluate])
+def test_every_option_has_help(module):
+    parser = module.build_parser()
+    for action in parser._actions:
+        assert action.help, f"{module.__name__}: option {action.option_strings or action.dest} has no help"
+    text = parser.format_help()
+    for action in parser._actions:
+        for flag in action.option_strings:
+            assert flag in text
+
+
+@pytest.mark.parametrize("module", ["aop_ray.train", "aop_ray.evaluate"])
+def test_help_runs(module):
+    proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0 and "usage: python -m " + module in proc.stdout
+
+
+def test_bad_config_key_is_one_line(tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("task: {name: sudoku, size: 4}\ndata: {train: {path: x}}\ntrain: {stepz: 3}\n")
+    proc = subprocess.run([sys.executable, "-m", "aop_ray.train", "--config", str(cfg)], capture_output=True,
+                          text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith(f"error: {cfg}: train.stepz: unknown key")
+    assert proc.stderr.strip().count("\n") == 0
+    assert list(tmp_path.iterdir()) == [cfg]  # nothing written
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--orders", "best"], "--orders: unknown order 'best'"),
+    (["--k", "0"], "--k: must be >= 1"),
+    ([], "nowhere: not a checkpoint directory"),
+])
+def test_evaluate_bad_arguments(tmp_path, extra, message):
+    argv = ["--checkpoint", str(tmp_path / "nowhere"), "--data", str(tmp_path), *extra, "--no-mlflow"]
+    proc = subprocess.run([sys.executable, "-m", "aop_ray.evaluate", *argv], capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr and proc.stderr.strip().count("\n") == 0

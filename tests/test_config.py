@@ -1,0 +1,64 @@
+import pytest
+
+from aop_ray.config import Config, load_config
+from aop_ray.tasks import InputError
+
+BASE = """
+name: t
+task: {name: sudoku, size: 4}
+data: {train: {path: somewhere}}
+"""
+
+
+def write(tmp_path, text):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_overrides(tmp_path):
+    cfg = load_config(write(tmp_path, BASE), ["train.lr=3e-4", "model.d_model=64", "ray.num_workers=1"])
+    assert cfg.train.lr == 3e-4 and cfg.model.d_model == 64 and cfg.ray.num_workers == 1
+    assert cfg.task == {"name": "sudoku", "size": 4}
+    assert Config.from_dict(cfg.to_dict()) == cfg  # the dict that travels to Ray workers
+
+
+@pytest.mark.parametrize("extra,message", [
+    ("train: {lrr: 1}", "train.lrr: unknown key"),
+    ("train: {lr: fast}", "train.lr: expected float, got str 'fast'"),
+    ("train: {steps: 1.5}", "train.steps: expected int"),
+    ("train: {steps: -3}", "train.steps: must be > 0, got -3"),
+    ("model: {d_model: 30, n_heads: 4}", "model.n_heads: 4 does not divide model.d_model 30"),
+    ("train: {loss_weighting: sum}", "train.loss_weighting: must be one of elbo, mean"),
+    ("ray: {num_workers: true}", "ray.num_workers: expected int, got bool"),
+    ("bogus: 1", "bogus: unknown key"),
+])
+def test_bad_values_name_the_key(tmp_path, extra, message):
+    with pytest.raises(InputError, match=message) as err:
+        load_config(write(tmp_path, BASE + extra + "\n"))
+    assert str(err.value).startswith(str(tmp_path / "c.yaml"))
+
+
+def test_bad_task(tmp_path):
+    with pytest.raises(InputError, match="task.name: unknown task 'chess'"):
+        load_config(write(tmp_path, BASE.replace("sudoku", "chess")))
+    with pytest.raises(InputError, match="task.size: Sudoku size must be one of"):
+        load_config(write(tmp_path, BASE.replace("size: 4", "size: 5")))
+    with pytest.raises(InputError, match="task.colour: unknown key"):
+        load_config(write(tmp_path, BASE.replace("size: 4", "colour: 4")))
+
+
+def test_missing_section_and_bad_yaml(tmp_path):
+    with pytest.raises(InputError, match="missing 1 required positional argument: 'data'"):
+        load_config(write(tmp_path, "task: {name: sudoku}\n"))
+    with pytest.raises(InputError, match=r"c.yaml:3: invalid YAML"):
+        load_config(write(tmp_path, "task: {name: sudoku}\ndata: [unclosed\n"))
+    with pytest.raises(InputError, match="config file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_bad_override(tmp_path):
+    with pytest.raises(InputError, match="expected dotted.key=value"):
+        load_config(write(tmp_path, BASE), ["train.lr"])
+    with pytest.raises(InputError, match="train.lr: expected float"):
+        load_config(write(tmp_path, BASE), ["train.lr=[1]"])
