@@ -23,6 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from aop_ray.cli import run_main
 from aop_ray.config import make_task, parse_assignments
 from aop_ray.tasks import InputError, Instances, Task, task_params
 
@@ -182,22 +183,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        task = make_task({"name": args.task, **parse_assignments(args.param, "--param")})
-        if Path(args.out).exists():
-            raise InputError(f"--out: {args.out} already exists; refusing to overwrite a dataset")
-        if args.command == "generate":
-            instances = generate(task, args.n, args.seed, parse_assignments(args.option, "--option"),
-                                 args.processes)
-        else:
-            instances = load_instances(task, args.input)
-        files = write_shards(instances, task, args.out, args.shard_size)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {len(instances)} instances to {len(files)} shard(s) in {args.out}")
-    return 0
+    return run_main(lambda: build(args))
 
+
+def build(args: argparse.Namespace) -> None:
+    task = make_task({"name": args.task, **parse_assignments(args.param, "--param")})
+    if Path(args.out).exists():
+        raise InputError(f"--out: {args.out} already exists; refusing to overwrite a dataset")
+    if args.command == "generate":
+        instances = generate(task, args.n, args.seed, parse_assignments(args.option, "--option"), args.processes)
+    else:
+        instances = load_instances(task, args.input)
+    files = write_shards(instances, task, args.out, args.shard_size)
+    print(f"wrote {len(instances)} instances to {len(files)} shard(s) in {args.out}")
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from aop_ray import checkpoints, data
+from aop_ray.cli import run_main
 from aop_ray.orders import get_order, order_names
 from aop_ray.sampling import Decoded, decode_dataset
 from aop_ray.tasks import InputError, Task
@@ -192,12 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        evaluate(args)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(lambda: evaluate(args))
 
 
 if __name__ == "__main__":

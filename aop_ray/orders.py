@@ -10,6 +10,7 @@ revealed positions are excluded there, once, for every order.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import torch
@@ -26,12 +27,9 @@ class DecodeState:
     step: int
     generator: torch.Generator | None = None
 
-    @property
+    @functools.cached_property
     def probs(self) -> torch.Tensor:
-        probs = self.__dict__.get("_probs")
-        if probs is None:
-            probs = self.__dict__["_probs"] = self.logits.float().softmax(-1)
-        return probs
+        return self.logits.float().softmax(-1)
 
 
 Order = Callable[[DecodeState], torch.Tensor]

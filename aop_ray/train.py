@@ -28,6 +28,7 @@ import numpy as np
 import torch
 
 from aop_ray import checkpoints, data
+from aop_ray.cli import run_main
 from aop_ray.config import Config, DatasetConfig, load_config
 from aop_ray.losses import denoiser_loss
 from aop_ray.models.denoiser import Denoiser
@@ -305,13 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        cfg = load_config(args.config, args.overrides)
-        run(cfg, resume=args.resume, mlflow=not args.no_mlflow)
-    except InputError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    return 0
+    return run_main(lambda: run(load_config(args.config, args.overrides), resume=args.resume,
+                                mlflow=not args.no_mlflow))
 
 
 if __name__ == "__main__":

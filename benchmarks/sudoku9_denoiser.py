@@ -73,12 +73,14 @@ def main() -> None:
     eval_seconds = sh(eval_cmd)
     rows = json.loads((out / "results.json").read_text())
     manifest = json.loads((CHECKPOINT / "manifest.json").read_text())
+    kept_training = [ln for ln in REPORT.read_text().splitlines() if ln.startswith("- training")] \
+        if args.skip_train and REPORT.exists() else []
     lines = [
         "# 9x9 Sudoku denoiser: order comparison",
         "",
         f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}",
         f"- machine: {machine()}",
-        f"- git commit: {commit}{' (with uncommitted changes)' if dirty else ''}",
+        f"- git commit evaluated: {commit}{' (with uncommitted changes)' if dirty else ''}",
         f"- checkpoint: `benchmarks/checkpoints/sudoku9/` (step {manifest['step']}, "
         f"model {manifest['model']})",
         f"- test set: 1,000 generated unique-solution 30-clue puzzles, seed 2 (training used seed 0 "
@@ -86,9 +88,10 @@ def main() -> None:
         f"- command: `python benchmarks/sudoku9_denoiser.py{' --skip-train' if args.skip_train else ''}`",
     ]
     if train_seconds is not None:
-        lines.append(f"- training: `{' '.join(['python'] + train_cmd[1:])}` took "
-                     f"**{train_seconds / 60:.1f} minutes** wall clock (data generation, Ray start-up, "
-                     f"validation and checkpointing included)")
+        lines.append(f"- training (commit {commit}{', dirty' if dirty else ''}, same machine): "
+                     f"`{' '.join(['python'] + train_cmd[1:])}` took **{train_seconds / 60:.1f} minutes** "
+                     f"wall clock (data generation, Ray start-up, validation and checkpointing included)")
+    lines += kept_training
     lines += [f"- evaluation: `{' '.join(['python'] + eval_cmd[1:])}` took {eval_seconds / 60:.1f} minutes",
               "", "| order | solve rate | cell accuracy | planner NLL | puzzles/s | n |", "|---|---|---|---|---|---|"]
     for r in rows:

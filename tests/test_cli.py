@@ -47,3 +47,21 @@ def test_evaluate_bad_arguments(tmp_path, extra, message):
                           timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+def test_data_cli_generate_convert_and_refusals(tmp_path, capsys, sudoku4):
+    from aop_ray import data
+
+    out = tmp_path / "gen"
+    assert data.main(["generate", "--param", "size=4", "--n", "5", "--option", "clues=6", "--out", str(out)]) == 0
+    assert len(data.load_instances(sudoku4, out)) == 5
+    assert data.main(["generate", "--param", "size=4", "--n", "5", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+    assert data.main(["generate", "--param", "size=4", "--n", "5", "--option", "clue=3",
+                      "--out", str(tmp_path / "x")]) == 2
+    assert "unexpected keyword argument 'clue'" in capsys.readouterr().err
+    text = tmp_path / "p.txt"
+    text.write_text("1000040000400001\n")
+    assert data.main(["convert", "--param", "size=4", "--input", str(text), "--out", str(tmp_path / "conv")]) == 0
+    assert data.load_instances(sudoku4, tmp_path / "conv").ids == ["p:1"]
+    assert not (tmp_path / "x").exists()

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import io
 import random
 import re
@@ -132,14 +133,9 @@ class Sudoku:
         return np.stack([np.flatnonzero(groups[kind] == u) for kind in ("row", "col", "box")
                          for u in range(self.size)])
 
-    @property
+    @functools.cached_property
     def _solver(self) -> _Solver:
-        # Cached per instance; frozen dataclasses allow object.__setattr__.
-        solver = self.__dict__.get("_solver_cache")
-        if solver is None:
-            solver = _Solver(self.size, *self.box_shape)
-            object.__setattr__(self, "_solver_cache", solver)
-        return solver
+        return _Solver(self.size, *self.box_shape)
 
     # ---------------------------------------------------------------- solving
     def solve(self, grid: list[int], limit: int = 1, rng: random.Random | None = None) -> list[list[int]]:

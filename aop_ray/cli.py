@@ -1,0 +1,18 @@
+"""What every command-line entry point shares: bad input is one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable
+
+from aop_ray.tasks import InputError
+
+
+def run_main(body: Callable[[], object]) -> int:
+    """Run a CLI body; an `InputError` (it names the file, line or key) becomes `error: ...`, exit 2."""
+    try:
+        body()
+    except InputError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    return 0
