@@ -1,7 +1,8 @@
 """Checkpoints: a directory of tensor-only state dicts plus a JSON manifest.
 
-    <dir>/manifest.json   kind, task, vocab/sequence sizes, model config, step
+    <dir>/manifest.json   kind (denoiser | policy), task, sizes, model (and policy) config, step
     <dir>/denoiser.pt     state_dict (tensors only)
+    <dir>/policy.pt       policy checkpoints: the order policy (its denoiser sits beside it)
     <dir>/optimizer.pt    optional, for resuming training
 
 Loading uses `torch.load(weights_only=True)`: a checkpoint can never run code.
@@ -11,6 +12,7 @@ crash leaves either the old checkpoint or the new one, never half of one.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -23,8 +25,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from aop_ray.config import ModelConfig, make_task, parse_dataclass
+from aop_ray.config import ModelConfig, PolicyConfig, make_task, parse_dataclass
 from aop_ray.models.denoiser import Denoiser
+from aop_ray.models.policy import Policy
 from aop_ray.tasks import InputError, Task, task_params
 
 FORMAT = "aop-ray-checkpoint/1"
@@ -55,7 +58,7 @@ def write_checkpoint(path: str | Path, manifest: dict[str, Any], tensors: dict[s
 
 def denoiser_manifest(task: Task, model_cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
     return {"kind": "denoiser", "task": task_params(task), "vocab_size": task.vocab_size,
-            "seq_len": task.seq_len, "model": model_cfg.__dict__.copy(), **extra}
+            "seq_len": task.seq_len, "model": dataclasses.asdict(model_cfg), **extra}
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -84,21 +87,34 @@ def load_tensors(path: str | Path, name: str, map_location: str | torch.device =
         raise InputError(f"{file}: truncated or corrupted checkpoint ({first})") from None
 
 
-def check_task(manifest: dict[str, Any], task: Task, where: str) -> None:
-    """Refuse a checkpoint for another task, naming the first field that differs."""
-    theirs, ours = manifest.get("task", {}), task_params(task)
+def check_same(what: str, theirs: dict[str, Any], ours: dict[str, Any], where: str) -> None:
+    """Refuse a mismatch of `what` (task, denoiser model), naming the first field that differs."""
     for key in sorted(set(theirs) | set(ours)):
         if theirs.get(key) != ours.get(key):
-            raise InputError(f"{where}: checkpoint is for task {theirs}, not {ours} "
+            raise InputError(f"{where}: checkpoint is for {what} {theirs}, not {ours} "
                              f"(field {key!r}: {theirs.get(key)!r} != {ours.get(key)!r})")
+
+
+def check_task(manifest: dict[str, Any], task: Task, where: str) -> None:
+    check_same("task", manifest.get("task", {}), task_params(task), where)
+
+
+def policy_manifest(task: Task, model_cfg: ModelConfig, policy_cfg: PolicyConfig, stage: str,
+                    denoiser_source: str, **extra: Any) -> dict[str, Any]:
+    """A policy checkpoint holds its denoiser too (a copy, or the jointly trained one)."""
+    return {**denoiser_manifest(task, model_cfg, **extra), "kind": "policy", "stage": stage,
+            "policy": dataclasses.asdict(policy_cfg), "denoiser_source": denoiser_source}
 
 
 def load_denoiser(path: str | Path, task: Task | None = None,
                   map_location: str | torch.device = "cpu") -> tuple[Denoiser, Task, dict[str, Any]]:
-    """The denoiser at `path`, its task and manifest; refuses a checkpoint for another `task`."""
+    """The denoiser at `path` (a denoiser or policy checkpoint), its task and manifest.
+
+    Refuses a checkpoint for another `task`.
+    """
     manifest = read_manifest(path)
-    if manifest.get("kind") != "denoiser":
-        raise InputError(f"{path}: checkpoint kind is {manifest.get('kind')!r}, expected 'denoiser'")
+    if manifest.get("kind") not in ("denoiser", "policy"):
+        raise InputError(f"{path}: checkpoint kind is {manifest.get('kind')!r}, expected 'denoiser' or 'policy'")
     ckpt_task = make_task(manifest["task"], where=f"{path}: task")
     if task is not None:
         check_task(manifest, task, str(path))
@@ -115,3 +131,18 @@ def load_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> Non
     except RuntimeError as err:
         raise InputError(f"{path}: weights do not fit the model in its manifest ({str(err).splitlines()[0]})") \
             from None
+
+
+def load_policy(path: str | Path, task: Task, denoiser_model: dict[str, Any],
+                map_location: str | torch.device = "cpu") -> Policy:
+    """The policy at `path`, checked against the task and denoiser it will run on."""
+    manifest = read_manifest(path)
+    if manifest.get("kind") != "policy":
+        raise InputError(f"{path}: checkpoint kind is {manifest.get('kind')!r}, expected 'policy'")
+    check_task(manifest, task, str(path))
+    check_same("denoiser model", manifest["model"], denoiser_model, str(path))
+    policy = Policy(task, denoiser_model["d_model"], parse_dataclass(PolicyConfig, manifest["policy"],
+                                                                     f"{path}: policy"))
+    load_state(policy, load_tensors(path, "policy", map_location), path)
+    policy.eval()
+    return policy

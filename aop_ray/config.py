@@ -148,9 +148,62 @@ class ModelConfig:
             raise InputError(f"model.dropout: must be in [0, 1), got {self.dropout}")
 
 
+GENERIC_FEATURES = ("probs", "stats", "hidden", "group_probs")  # see models/policy.py
+
+
+@dataclasses.dataclass
+class PolicyConfig:
+    """The learned order: a small structured transformer over denoiser outputs.
+
+    Its score is `base_scale * base_order(state) + residual`, the residual head
+    initialised to zero, so training starts from the heuristic.
+    """
+
+    d_model: int = 48
+    n_layers: int = 2  # 0: a per-position MLP that cannot mix information across positions
+    n_heads: int = 4
+    relation_bias: bool = True
+    features: list[str] = dataclasses.field(default_factory=lambda: ["probs", "stats"])  # + "hidden"
+    task_features: list[str] = dataclasses.field(default_factory=list)  # e.g. Sudoku naked_single
+    base_order: Literal["margin", "confidence", "entropy"] = "margin"
+    base_scale: float = 50.0
+    learn_scale: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "d_model", "n_heads", "base_scale", where="policy")
+        _positive(self, "n_layers", where="policy", allow_zero=True)
+        if self.d_model % self.n_heads:
+            raise InputError(f"policy.n_heads: {self.n_heads} does not divide policy.d_model {self.d_model}")
+        for name in self.features:
+            if name not in GENERIC_FEATURES:
+                raise InputError(f"policy.features: unknown feature {name!r} (known: {', '.join(GENERIC_FEATURES)})")
+        if not self.features and not self.task_features:
+            raise InputError("policy.features: the policy needs at least one feature")
+
+
+@dataclasses.dataclass
+class AopConfig:
+    """The AOP loss and where its training states come from (stages `policy` and `joint`)."""
+
+    denoiser_checkpoint: str | None = None  # required: the (pre-trained) denoiser
+    target: Literal["ce", "error", "both"] = "ce"  # per-position cost the policy minimises
+    temperature: float = 1.0
+    entropy_beta: float = 0.0
+    states: Literal["uniform", "trajectory"] = "trajectory"
+    trajectory_order: str = "margin"  # order that picks positions in the first trajectories
+    trajectory_instances: int = 256  # per worker and refresh
+    refresh_every: int = 0  # DAgger: re-collect trajectories with the current policy every N steps
+    mdm_lambda: float = 0.0  # joint: + lambda * MDM loss on uniform states
+    denoiser_lr: float = 1e-4  # joint
+
+    def __post_init__(self) -> None:
+        _positive(self, "temperature", "trajectory_instances", where="aop")
+        _positive(self, "entropy_beta", "refresh_every", "mdm_lambda", "denoiser_lr", where="aop", allow_zero=True)
+
+
 @dataclasses.dataclass
 class TrainConfig:
-    stage: Literal["denoiser"] = "denoiser"
+    stage: Literal["denoiser", "policy", "joint"] = "denoiser"
     steps: int = 1000
     batch_size: int = 128  # global: split evenly across workers
     lr: float = 1e-3
@@ -206,6 +259,8 @@ class Config:
     task: dict[str, Any]
     data: DataConfig
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
+    aop: AopConfig = dataclasses.field(default_factory=AopConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     mlflow: MlflowConfig = dataclasses.field(default_factory=MlflowConfig)
@@ -213,7 +268,16 @@ class Config:
     output: str | None = None  # final checkpoint copied here too, if set
 
     def __post_init__(self) -> None:
-        self.task = task_params(make_task(self.task))
+        task = make_task(self.task)
+        self.task = task_params(task)
+        known = getattr(task, "feature_names", ())
+        for name in self.policy.task_features:
+            if name not in known:
+                raise InputError(f"policy.task_features: task {task.name!r} has no feature {name!r} "
+                                 f"(known: {', '.join(known) or 'none'})")
+        if self.train.stage != "denoiser" and not self.aop.denoiser_checkpoint:
+            raise InputError(f"aop.denoiser_checkpoint: stage {self.train.stage!r} needs a trained denoiser "
+                             f"(train one with stage: denoiser first)")
 
     def build_task(self) -> Task:
         return make_task(self.task)

@@ -27,12 +27,14 @@ from tqdm import tqdm
 
 from aop_ray import checkpoints, data
 from aop_ray.cli import run_main
-from aop_ray.orders import get_order, order_names
+from aop_ray.models.policy import Policy
+from aop_ray.orders import Order, get_order, order_names
 from aop_ray.sampling import Decoded, decode_dataset
 from aop_ray.tasks import InputError, Task
 from aop_ray.tracking import Tracker, resolve_uri
 
-FIELDS = ("order", "solve_rate", "cell_accuracy", "planner_nll", "per_s", "n", "k", "forwards_per_instance")
+FIELDS = ("order", "solve_rate", "cell_accuracy", "planner_nll", "per_s", "n", "k", "forwards_per_instance",
+          "policy")
 
 
 def summarize(order: str, decoded: Decoded, k: int) -> dict[str, Any]:
@@ -96,31 +98,47 @@ def results_csv(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def parse_orders(text: str) -> list[str]:
+def parse_orders(text: str, task: Task, policy: Policy | None) -> dict[str, Order]:
     names = [n.strip() for n in text.split(",") if n.strip()]
-    for name in names:
-        if name not in order_names():
-            raise InputError(f"--orders: unknown order {name!r} (known: {', '.join(order_names())})")
     if not names:
         raise InputError("--orders: no order given")
-    return names
+    orders = {}
+    for name in names:
+        if name not in order_names(task):
+            raise InputError(f"--orders: unknown order {name!r} (known: {', '.join(order_names(task))})")
+        if name == "learned" and policy is None:
+            raise InputError("--orders: 'learned' needs a policy checkpoint (--checkpoint of a policy, or --policy)")
+        orders[name] = get_order(name, policy=policy, task=task)
+    return orders
+
+
+def policy_description(policy: Policy) -> str:
+    cfg = policy.cfg
+    mixing = f"{cfg.n_layers}-layer transformer" if cfg.n_layers else "per-position MLP"
+    return (f"{mixing}, features={'+'.join(cfg.features)}"
+            + (f", task_features={'+'.join(cfg.task_features)}" if cfg.task_features else "")
+            + f", base={cfg.base_order}")
 
 
 def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     torch.set_num_threads(args.threads or torch.get_num_threads())
-    orders = parse_orders(args.orders)
     if args.k < 1:
         raise InputError(f"--k: must be >= 1, got {args.k}")
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit: must be >= 1, got {args.limit}")
     device = torch.device(args.device)
     denoiser, task, manifest = checkpoints.load_denoiser(args.checkpoint, map_location=device)
+    policy_path = args.policy or (args.checkpoint if manifest["kind"] == "policy" else None)
+    policy = checkpoints.load_policy(policy_path, task, manifest["model"], device) if policy_path else None
+    orders = parse_orders(args.orders, task, policy)
     instances = data.load_instances(task, args.data)
     if args.limit is not None:
         instances = instances.take(slice(0, args.limit))
     uri = None if args.no_mlflow else resolve_uri()
     tracker = Tracker.start(uri, args.experiment, args.run_name or f"evaluate-{Path(args.data).name}",
                             params={"checkpoint": str(Path(args.checkpoint).resolve()),
+                                    "policy": str(Path(policy_path).resolve()) if policy_path else None,
+                                    "policy_description": policy_description(policy) if policy else None,
                                     "data": str(Path(args.data).resolve()), "orders": ",".join(orders),
                                     "k": args.k, "n": len(instances), "seed": args.seed,
                                     "temperature": args.temperature, "task": manifest["task"]},
@@ -129,15 +147,17 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows, maps = [], {}
     status = "FAILED"
     try:
-        for name in orders:
+        for name, order in orders.items():
             with tqdm(total=len(instances), desc=f"{name:<10}", unit="inst", file=sys.stderr,
                       disable=args.quiet) as bar:
-                decoded = decode_dataset(denoiser, task, tokens, fixed, target, get_order(name), k=args.k,
+                decoded = decode_dataset(denoiser, task, tokens, fixed, target, order, k=args.k,
                                          batch_size=args.batch_size,
                                          generator=torch.Generator().manual_seed(args.seed),
                                          planner_nll=not args.no_planner_nll, temperature=args.temperature,
                                          on_batch=bar.update)
             row = summarize(name, decoded, args.k)
+            if name == "learned":
+                row["policy"] = policy_description(policy)
             rows.append(row)
             maps[name] = heatmap_png(task, decoded.step_of, f"{name}: mean reveal step (k={args.k})")
             tracker.log_metrics({f"{name}/{k}": v for k, v in row.items()
@@ -164,13 +184,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Decode a dataset with a trained denoiser under several unmasking orders and compare "
                     "them: solve rate, cell accuracy, planner NLL (teacher-forced NLL of the reference "
                     "under the order), and throughput.")
-    parser.add_argument("--checkpoint", required=True, help="denoiser checkpoint directory (has manifest.json)")
+    parser.add_argument("--checkpoint", required=True,
+                        help="denoiser or policy checkpoint directory (has manifest.json); a policy checkpoint "
+                             "brings its own denoiser and enables the 'learned' order")
+    parser.add_argument("--policy", default=None,
+                        help="a policy checkpoint to run as 'learned' on the --checkpoint denoiser (must match "
+                             "its task and model size)")
     parser.add_argument("--data", required=True,
                         help="a file or directory: Parquet shards, 81-char lines ('0'/'.' blanks, optional "
                              "'// comment'), puzzle,solution CSV, or Project Euler 'Grid NN' files")
     parser.add_argument("--orders", default="random,confidence,margin,entropy",
-                        help=f"comma-separated orders to compare (known: {', '.join(order_names())}); "
-                             "default: %(default)s")
+                        help="comma-separated orders to compare: random, confidence, margin, entropy, the "
+                             "task's rules (Sudoku: singles) and learned; default: %(default)s")
     parser.add_argument("--k", type=int, default=1, help="positions revealed per denoiser forward (default 1)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N instances")
     parser.add_argument("--out", default=None,

@@ -59,3 +59,39 @@ def denoiser_loss(model: nn.Module, x0: torch.Tensor, fixed: torch.Tensor, mask_
     t = sample_t(x0.shape[0], generator, x0.device)
     xt, masked = mask_free_positions(x0, fixed, t, mask_id, generator)
     return mdm_loss(model(xt), x0, masked, t, fixed, weighting)
+
+
+def position_costs(logits: torch.Tensor, x0: torch.Tensor, kind: Literal["ce", "error", "both"]) -> torch.Tensor:
+    """(B, L) the cost of revealing each position now: CE_i = -log p(x0_i | x_t), 1[argmax != x0_i], or both.
+
+    Differentiable through CE (joint training); the error indicator has no gradient.
+    """
+    ce = F.cross_entropy(logits.float().transpose(1, 2), x0.clamp(min=0), reduction="none")
+    if kind == "ce":
+        return ce
+    error = (logits.argmax(-1) != x0).float()
+    return error if kind == "error" else ce + error
+
+
+def masked_log_softmax(scores: torch.Tensor, masked: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+    """log pi(i | x_t) over masked positions only; -inf elsewhere."""
+    return (scores.float() / temperature).masked_fill(~masked, float("-inf")).log_softmax(dim=1)
+
+
+def aop_loss(scores: torch.Tensor, masked: torch.Tensor, cost: torch.Tensor, temperature: float = 1.0,
+             entropy_beta: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The AOP objective: E_i~pi[cost_i] - beta * H(pi), averaged over states with a masked position.
+
+    `pi` is the policy's softmax over masked positions, so unmasked positions
+    get exactly zero probability. Gradients reach the policy through `pi` and,
+    unless the caller detaches `cost` (policy-only stage), the denoiser through
+    `cost` (joint stage).
+    """
+    live = masked.any(dim=1)
+    logp = masked_log_softmax(scores[live], masked[live], temperature)
+    pi = logp.exp()
+    safe_logp = logp.masked_fill(~masked[live], 0.0)
+    expected = (pi * cost[live].masked_fill(~masked[live], 0.0)).sum(1)
+    entropy = -(pi * safe_logp).sum(1)
+    loss = (expected - entropy_beta * entropy).mean()
+    return loss, {"expected_cost": expected.mean().detach(), "entropy": entropy.mean().detach()}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 
@@ -64,19 +64,28 @@ HEURISTICS: dict[str, Order] = {
 }
 
 
-def get_order(name: str, policy: Order | None = None) -> Order:
-    """The order called `name`; `learned` wraps a trained policy (see models/policy.py)."""
+def task_rules(task: Any) -> dict[str, Order]:
+    """Rule orders a task offers (Sudoku: `singles`); none for tasks without rules."""
+    rules = getattr(task, "rule_orders", None)
+    return rules() if rules is not None else {}
+
+
+def get_order(name: str, policy: Order | None = None, task: Any = None) -> Order:
+    """The order called `name`: a heuristic, a rule of `task`, or `learned` (a trained policy)."""
     if name == "learned":
         if policy is None:
             raise ValueError("order 'learned' needs a policy (pass a policy checkpoint)")
         return policy
+    rules = task_rules(task)
+    if name in rules:
+        return rules[name]
     if name not in HEURISTICS:
-        raise ValueError(f"unknown order {name!r} (known: {', '.join([*HEURISTICS, 'learned'])})")
+        raise ValueError(f"unknown order {name!r} (known: {', '.join(order_names(task))})")
     return HEURISTICS[name]
 
 
-def order_names() -> list[str]:
-    return [*HEURISTICS, "learned"]
+def order_names(task: Any = None) -> list[str]:
+    return [*HEURISTICS, *task_rules(task), "learned"]
 
 
 def select(scores: torch.Tensor, masked: torch.Tensor, k: int, temperature: float = 0.0,

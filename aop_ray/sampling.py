@@ -43,8 +43,7 @@ class Rollout:
 @torch.no_grad()
 def unmask(denoiser: nn.Module, order: Order, tokens: torch.Tensor, mask_id: int, k: int = 1,
            temperature: float = 0.0, order_temperature: float = 0.0, target: torch.Tensor | None = None,
-           teacher_force: bool = False, generator: torch.Generator | None = None,
-           need_hidden: bool = False) -> Rollout:
+           teacher_force: bool = False, generator: torch.Generator | None = None) -> Rollout:
     """Reveal every masked position of `tokens`, k per step.
 
     `temperature` 0 takes the denoiser's argmax token, otherwise samples at that
@@ -54,6 +53,7 @@ def unmask(denoiser: nn.Module, order: Order, tokens: torch.Tensor, mask_id: int
     """
     if teacher_force and target is None:
         raise ValueError("teacher_force needs target")
+    need_hidden = getattr(order, "needs_hidden", False)  # a learned policy may read hidden states
     tokens = tokens.clone()
     batch, length = tokens.shape
     device = tokens.device
@@ -141,3 +141,15 @@ def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed:
     return Decoded(solved=torch.cat(parts["solved"]), cell_accuracy=torch.cat(parts["acc"]),
                    planner_nll=torch.cat(parts["nll"]) if planner_nll else None,
                    step_of=torch.cat(parts["step_of"]), seconds=seconds)
+
+
+def teacher_forced_state(tokens: torch.Tensor, step_of: torch.Tensor, target: torch.Tensor,
+                         step: torch.Tensor) -> torch.Tensor:
+    """The state of a teacher-forced rollout just before `step` (one per row).
+
+    A rollout's `step_of` is all it takes to rebuild any of its states: the
+    prompt plus the reference tokens revealed at earlier steps. Trajectories
+    are therefore stored as (instances, step_of), not as every state.
+    """
+    revealed = (step_of >= 0) & (step_of < step[:, None])
+    return torch.where(revealed, target, tokens)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -29,10 +30,12 @@ import torch
 
 from aop_ray import checkpoints, data
 from aop_ray.cli import run_main
-from aop_ray.config import Config, DatasetConfig, load_config
+from aop_ray.config import Config, DatasetConfig, ModelConfig, load_config, parse_dataclass
+from aop_ray.aop import Trajectories, aop_step, chosen_costs, uniform_states
 from aop_ray.losses import denoiser_loss
 from aop_ray.models.denoiser import Denoiser
-from aop_ray.orders import get_order
+from aop_ray.models.policy import Policy
+from aop_ray.orders import Order, get_order, order_names
 from aop_ray.sampling import decode_dataset
 from aop_ray.tasks import InputError, Instances
 from aop_ray.tracking import Tracker, resolve_uri
@@ -90,21 +93,19 @@ def _all_mean(values: list[float], device: torch.device) -> list[float]:
     return t.tolist()
 
 
-def _validate(model: torch.nn.Module, cfg: Config, val: dict[str, np.ndarray], rank: int, world: int,
-              device: torch.device) -> dict[str, float]:
+def _validate(denoiser: torch.nn.Module, order: Order, cfg: Config, val: dict[str, np.ndarray], rank: int,
+              world: int, device: torch.device) -> dict[str, float]:
     """Solve rate of this worker's slice of the validation set, averaged over workers."""
     task = cfg.build_task()
     rows = slice(rank, None, world)
-    x, f, y = (torch.tensor(val[k][rows]) for k in ("tokens", "fixed", "target"))
-    model.eval()
+    x, f, y = (torch.tensor(val[k][rows]).to(device) for k in ("tokens", "fixed", "target"))
     with _autocast(device):
-        decoded = decode_dataset(model, task, x, f, y, get_order(cfg.train.eval_order),
-                                 generator=torch.Generator().manual_seed(cfg.train.seed), planner_nll=False)
-    model.train()
-    n = len(decoded.solved)
-    solve, acc = _all_mean([decoded.solved.float().sum().item() / max(n, 1) if n else 0.0,
-                            decoded.cell_accuracy.sum().item() / max(n, 1) if n else 0.0], device)
-    return {f"val_solve_rate_{cfg.train.eval_order}": solve, "val_cell_accuracy": acc}
+        decoded = decode_dataset(denoiser, task, x, f, y, order, generator=torch.Generator().manual_seed(
+            cfg.train.seed), planner_nll=False)
+    n = max(len(decoded.solved), 1)
+    solve, acc = _all_mean([decoded.solved.float().sum().item() / n, decoded.cell_accuracy.sum().item() / n],
+                           device)
+    return {"val_solve_rate": solve, "val_cell_accuracy": acc}
 
 
 def _say(line: str) -> None:
@@ -113,8 +114,46 @@ def _say(line: str) -> None:
     sys.stdout.flush()
 
 
+class _States:
+    """Training states for the policy stages: forward-process or teacher-forced trajectories.
+
+    Every refresh draws fresh instances from the worker's data stream, so
+    DAgger rounds add puzzles as well as the current policy's own states.
+    """
+
+    def __init__(self, cfg: Config, mask_id: int, batches: Iterator[dict[str, torch.Tensor]],
+                 device: torch.device) -> None:
+        self.cfg, self.mask_id, self.batches, self.device = cfg, mask_id, batches, device
+        self.trajectories: Trajectories | None = None
+
+    def _draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        parts: list[dict[str, torch.Tensor]] = []
+        while sum(len(p["target"]) for p in parts) < n:
+            parts.append(next(self.batches))
+        fixed = torch.cat([p["fixed"] for p in parts])[:n].to(self.device)
+        return fixed, torch.cat([p["target"] for p in parts])[:n].long().to(self.device)
+
+    def refresh(self, denoiser: torch.nn.Module, order: Order) -> None:
+        """Collect teacher-forced trajectories of `order` on fresh instances and add them (DAgger)."""
+        fixed, target = self._draw(self.cfg.aop.trajectory_instances)
+        was_training = denoiser.training
+        denoiser.eval()
+        new = Trajectories.collect(denoiser, order, torch.where(fixed, target, self.mask_id), fixed, target,
+                                   self.mask_id)
+        denoiser.train(was_training)
+        self.trajectories = new if self.trajectories is None else Trajectories.concat([self.trajectories, new])
+
+    def sample(self, x0: torch.Tensor, fixed: torch.Tensor, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, x0): uniform forward-process states of this batch, or trajectory states."""
+        if self.trajectories is None:
+            return uniform_states(x0, fixed, self.mask_id, generator), x0
+        xt, y, _ = self.trajectories.sample(len(x0), generator)
+        return xt, y
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker."""
+    """Runs on every Ray Train worker: the denoiser stage, or the policy / joint AOP stages."""
     import ray.train
     import ray.train.torch
 
@@ -122,74 +161,143 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     cfg = Config.from_dict(loop_config["config"])
     torch.set_num_threads(cfg.ray.torch_threads)
     task = cfg.build_task()
+    stage, tc = cfg.train.stage, cfg.train
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     tracker = Tracker(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else Tracker(None)
 
-    model = Denoiser(task.vocab_size, task.position_groups(), cfg.model)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.train.lr, weight_decay=cfg.train.weight_decay,
-                                  betas=(0.9, 0.98))
+    denoiser = Denoiser(task.vocab_size, task.position_groups(), cfg.model)
+    policy = Policy(task, cfg.model.d_model, cfg.policy) if stage != "denoiser" else None
+    if loop_config["denoiser_state"] is not None:
+        denoiser.load_state_dict(loop_config["denoiser_state"])
+    saved = {"denoiser": denoiser} if policy is None else {"denoiser": denoiser, "policy": policy}
+    trained = {"denoiser": (denoiser, tc.lr)} if stage == "denoiser" else {"policy": (policy, tc.lr)}
+    if stage == "joint":
+        trained["denoiser"] = (denoiser, cfg.aop.denoiser_lr)
+    if stage == "policy":
+        denoiser.requires_grad_(False).eval()
+    optimizer = torch.optim.AdamW([{"params": m.parameters(), "base_lr": lr} for m, lr in trained.values()],
+                                  lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
     step = 0
     resume = ray.train.get_checkpoint()
     if resume is not None:
         with resume.as_directory() as ckpt_dir:
-            checkpoints.load_state(model, checkpoints.load_tensors(ckpt_dir, "denoiser"), ckpt_dir)
+            for name, module in saved.items():
+                checkpoints.load_state(module, checkpoints.load_tensors(ckpt_dir, name), ckpt_dir)
             optimizer.load_state_dict(checkpoints.load_tensors(ckpt_dir, "optimizer"))
             step = checkpoints.read_manifest(ckpt_dir)["step"]
         if rank == 0:
             _say(f"resumed from checkpoint at step {step}")
-    model = ray.train.torch.prepare_model(model)
-    core = model.module if hasattr(model, "module") else model
+    for module in saved.values():
+        module.to(device)
+    nets = {name: ray.train.torch.prepare_model(module) for name, (module, _) in trained.items()}
+    nets.setdefault("denoiser", denoiser)
 
     # A distinct, resume-aware stream per worker: a resumed run does not replay old noise.
-    generator = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + rank * 7919 + step)
-    per_worker = max(1, cfg.train.batch_size // world)
+    generator = torch.Generator().manual_seed(tc.seed * 1_000_003 + rank * 7919 + step)
+    per_worker = max(1, tc.batch_size // world)
     batches = _batches(ray.train.get_dataset_shard("train"), per_worker, generator)
     val = loop_config["val"]
+    states = _States(cfg, task.vocab_size, batches, device) if policy is not None else None
+    if states is not None and cfg.aop.states == "trajectory":
+        states.refresh(denoiser, get_order(cfg.aop.trajectory_order, task=task))
+        if cfg.aop.refresh_every and step >= cfg.aop.refresh_every:  # resumed after a DAgger round
+            states.refresh(denoiser, policy)
+    eval_order = policy if policy is not None else get_order(tc.eval_order, task=task)
 
-    window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
-    while step < cfg.train.steps:
+    window: dict[str, float] = {}
+    window_n, window_start = 0, time.perf_counter()
+    while step < tc.steps:
         batch = next(batches)
         x0, fixed = batch["target"].long().to(device), batch["fixed"].to(device)
-        if cfg.train.augment:
+        if tc.augment:
             _, fixed, x0 = task.augment(x0, fixed, x0, generator)
+        factor = lr_at(step, cfg) / tc.lr
         for group in optimizer.param_groups:
-            group["lr"] = lr_at(step, cfg)
+            group["lr"] = group["base_lr"] * factor
         with _autocast(device):
-            loss = denoiser_loss(model, x0, fixed, task.vocab_size, cfg.train.loss_weighting, generator)
+            if policy is None:
+                loss = denoiser_loss(nets["denoiser"], x0, fixed, task.vocab_size, tc.loss_weighting, generator)
+                stats = {}
+            else:
+                xt, y = states.sample(x0, fixed, generator)
+                loss, stats = aop_step(nets["denoiser"], nets["policy"], xt, y, task.vocab_size, cfg.aop,
+                                       joint=stage == "joint")
+                if stage == "joint" and cfg.aop.mdm_lambda:
+                    mdm = denoiser_loss(nets["denoiser"], x0, fixed, task.vocab_size, tc.loss_weighting, generator)
+                    loss = loss + cfg.aop.mdm_lambda * mdm
+                    stats["mdm_loss"] = mdm.detach()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_([p for m, _ in trained.values() for p in m.parameters()],
+                                                   tc.grad_clip)
         optimizer.step()
         step += 1
-        window_loss += loss.item()
+        for key, value in {"loss": loss.detach(), **stats}.items():
+            window[key] = window.get(key, 0.0) + float(value)
         window_n += 1
+        if states is not None and cfg.aop.states == "trajectory" and cfg.aop.refresh_every \
+                and step % cfg.aop.refresh_every == 0 and step < tc.steps:
+            states.refresh(denoiser, policy)  # DAgger: the states the current policy visits
 
-        last = step == cfg.train.steps
-        log_now = step % cfg.train.log_every == 0 or last
-        ckpt_now = step % cfg.train.checkpoint_every == 0 or last
-        eval_now = val is not None and (last or (cfg.train.eval_every and step % cfg.train.eval_every == 0))
+        last = step == tc.steps
+        log_now = step % tc.log_every == 0 or last
+        ckpt_now = step % tc.checkpoint_every == 0 or last
+        eval_now = val is not None and (last or (tc.eval_every and step % tc.eval_every == 0))
         if not (log_now or ckpt_now or eval_now):
             continue
         elapsed = time.perf_counter() - window_start
-        mean_loss, = _all_mean([window_loss / window_n], device)
-        metrics = {"step": step, "loss": mean_loss, "lr": lr_at(step - 1, cfg), "grad_norm": float(grad_norm),
-                   "samples_per_s": window_n * per_worker * world / elapsed}
+        names = sorted(window)
+        means = _all_mean([window[k] / window_n for k in names], device)
+        metrics = {"step": step, **dict(zip(names, means)), "lr": lr_at(step - 1, cfg),
+                   "grad_norm": float(grad_norm), "samples_per_s": window_n * per_worker * world / elapsed}
         if eval_now:
-            metrics.update(_validate(core, cfg, val, rank, world, device))
-        window_loss, window_n, window_start = 0.0, 0, time.perf_counter()
+            for module in saved.values():
+                module.eval()
+            metrics.update(_validate(denoiser, eval_order, cfg, val, rank, world, device))
+            if policy is not None and rank == 0:
+                metrics.update(_diagnostics(denoiser, policy, task, val, device))
+            for name, (module, _) in trained.items():
+                module.train()
+        window, window_n, window_start = {}, 0, time.perf_counter()
         tracker.log_metrics(metrics, step)
         if rank == 0:
             _say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if ckpt_now and rank == 0:
-                manifest = checkpoints.denoiser_manifest(task, cfg.model, step=step, metrics=metrics)
-                path = checkpoints.write_checkpoint(Path(tmp) / "ckpt", manifest, {
-                    "denoiser": core.state_dict(), "optimizer": optimizer.state_dict()})
+                path = checkpoints.write_checkpoint(Path(tmp) / "ckpt", _manifest(cfg, task, step, metrics, loop_config), {
+                    **{name: module.state_dict() for name, module in saved.items()},
+                    "optimizer": optimizer.state_dict()})
                 checkpoint = ray.train.Checkpoint.from_directory(str(path))
             ray.train.report(metrics, checkpoint=checkpoint)
+
+
+def _manifest(cfg: Config, task: Any, step: int, metrics: dict[str, Any], loop_config: dict[str, Any]
+              ) -> dict[str, Any]:
+    if cfg.train.stage == "denoiser":
+        return checkpoints.denoiser_manifest(task, cfg.model, step=step, metrics=metrics)
+    return checkpoints.policy_manifest(task, cfg.model, cfg.policy, cfg.train.stage, cfg.aop.denoiser_checkpoint,
+                                       step=step, metrics=metrics)
+
+
+def _diagnostics(denoiser: torch.nn.Module, policy: Policy, task: Any, val: dict[str, np.ndarray],
+                 device: torch.device) -> dict[str, float]:
+    """Chosen-position error and CE of the policy and every heuristic/rule on fixed validation states.
+
+    The states are every state of the teacher-forced margin trajectories of the
+    validation puzzles (frozen denoiser: the same states at every evaluation).
+    """
+    fixed = torch.tensor(val["fixed"]).to(device)
+    target = torch.tensor(val["target"]).to(device).long()
+    tokens = torch.where(fixed, target, task.vocab_size)
+    trajectories = Trajectories.collect(denoiser, get_order("margin"), tokens, fixed, target, task.vocab_size)
+    xt, x0 = trajectories.all_states()
+    orders = {name: get_order(name, task=task) for name in order_names(task) if name not in ("learned", "random")}
+    orders["learned"] = policy
+    costs = chosen_costs(orders, denoiser, xt, x0, task.vocab_size)
+    return {f"val_chosen_{kind}/{name}": value for name, c in costs.items() for kind, value in c.items()}
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -208,10 +316,11 @@ def _run_dir(cfg: Config) -> Path:
 
 
 def _strip_optimizer(src: Path, dst: Path) -> Path:
-    """The final, inference-only checkpoint: manifest + denoiser weights."""
+    """The final, inference-only checkpoint: the manifest and the model weights, no optimizer state."""
     manifest = checkpoints.read_manifest(src)
     manifest.pop("format", None)
-    return checkpoints.write_checkpoint(dst, manifest, {"denoiser": checkpoints.load_tensors(src, "denoiser")})
+    names = ["denoiser"] + (["policy"] if manifest["kind"] == "policy" else [])
+    return checkpoints.write_checkpoint(dst, manifest, {n: checkpoints.load_tensors(src, n) for n in names})
 
 
 def run(cfg: Config, resume: bool = False, mlflow: bool = True) -> Path:
@@ -230,6 +339,14 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True) -> Path:
     if resume and not state_file.is_file():
         raise InputError(f"--resume: no run to resume at {run_dir}")
 
+    denoiser_state = None
+    if cfg.train.stage != "denoiser":  # the denoiser's architecture comes from its checkpoint
+        denoiser, _, manifest = checkpoints.load_denoiser(cfg.aop.denoiser_checkpoint, task)
+        cfg = dataclasses.replace(cfg, model=parse_dataclass(ModelConfig, manifest["model"], "model"))
+        denoiser_state = denoiser.state_dict()
+        if cfg.aop.trajectory_order not in order_names(task) or cfg.aop.trajectory_order == "learned":
+            raise InputError(f"aop.trajectory_order: unknown order {cfg.aop.trajectory_order!r} "
+                             f"(known: {', '.join(n for n in order_names(task) if n != 'learned')})")
     train_path = _dataset_path(cfg.data.train, task, "train")
     data.check_task(train_path, data.read_schema(train_path), task)
     val = None
@@ -256,7 +373,8 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True) -> Path:
         ["fixed", "target"])
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": cfg.to_dict(), "tracking_uri": uri, "run_id": tracker.run_id, "val": val},
+        train_loop_config={"config": cfg.to_dict(), "tracking_uri": uri, "run_id": tracker.run_id, "val": val,
+                           "denoiser_state": denoiser_state},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
             resources_per_worker=None if cfg.ray.use_gpu else {"CPU": cfg.ray.cpus_per_worker}),

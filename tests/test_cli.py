@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -36,13 +37,17 @@ def test_bad_config_key_is_one_line(tmp_path):
     assert list(tmp_path.iterdir()) == [cfg]  # nothing written
 
 
-@pytest.mark.parametrize("extra,message", [
-    (["--orders", "best"], "--orders: unknown order 'best'"),
-    (["--k", "0"], "--k: must be >= 1"),
-    ([], "nowhere: not a checkpoint directory"),
+BENCH_CKPT = Path(__file__).resolve().parents[1] / "benchmarks" / "checkpoints" / "sudoku9"
+
+
+@pytest.mark.parametrize("checkpoint,extra,message", [
+    (BENCH_CKPT, ["--orders", "best"], "--orders: unknown order 'best' (known: random, confidence, margin, "),
+    (BENCH_CKPT, ["--orders", "learned"], "--orders: 'learned' needs a policy checkpoint"),
+    (None, ["--k", "0"], "--k: must be >= 1"),
+    (None, [], "nowhere: not a checkpoint directory"),
 ])
-def test_evaluate_bad_arguments(tmp_path, extra, message):
-    argv = ["--checkpoint", str(tmp_path / "nowhere"), "--data", str(tmp_path), *extra, "--no-mlflow"]
+def test_evaluate_bad_arguments(tmp_path, checkpoint, extra, message):
+    argv = ["--checkpoint", str(checkpoint or tmp_path / "nowhere"), "--data", str(tmp_path), *extra, "--no-mlflow"]
     proc = subprocess.run([sys.executable, "-m", "aop_ray.evaluate", *argv], capture_output=True, text=True,
                           timeout=120, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr

@@ -40,3 +40,63 @@ def test_mdm_loss_exact_values():
     # row 0: 1 masked / t=0.5 / 2 free; row 1: 2 masked / t=0.25 / 3 free
     expected = (ce * 1 / 0.5 / 2 + ce * 2 / 0.25 / 3) / 2
     assert math.isclose(elbo.item(), expected, rel_tol=1e-6)
+
+
+from aop_ray.losses import aop_loss, masked_log_softmax, position_costs  # noqa: E402
+
+
+def test_aop_loss_gives_unmasked_positions_zero_probability_and_exact_value():
+    scores = torch.tensor([[0.0, 1.0, 2.0, 3.0]])
+    masked = torch.tensor([[True, True, False, True]])
+    cost = torch.tensor([[1.0, 2.0, 100.0, 4.0]])
+    pi = masked_log_softmax(scores, masked).exp()
+    assert pi[0, 2] == 0 and torch.isclose(pi.sum(), torch.tensor(1.0))
+    weights = torch.tensor([1.0, math.e, math.e ** 3])
+    weights = weights / weights.sum()
+    expected = (weights * torch.tensor([1.0, 2.0, 4.0])).sum()
+    loss, stats = aop_loss(scores, masked, cost)
+    assert torch.isclose(loss, expected) and torch.isclose(stats["expected_cost"], expected)
+    entropy = -(weights * weights.log()).sum()
+    loss_b, _ = aop_loss(scores, masked, cost, entropy_beta=0.5)
+    assert torch.isclose(loss_b, expected - 0.5 * entropy)
+
+
+def test_aop_gradients_go_only_where_they_should():
+    logits = torch.randn(2, 5, 4, requires_grad=True)  # denoiser output
+    scores = torch.randn(2, 5, requires_grad=True)  # policy output
+    x0 = torch.randint(0, 4, (2, 5))
+    masked = torch.tensor([[True, False, True, True, False], [False, True, True, False, False]])
+    # policy-only: the cost is detached, nothing reaches the denoiser
+    loss, _ = aop_loss(scores, masked, position_costs(logits, x0, "ce").detach())
+    loss.backward()
+    assert logits.grad is None
+    assert (scores.grad[~masked] == 0).all() and (scores.grad[masked] != 0).any()
+    # joint: the same loss reaches the denoiser through CE, at masked positions only
+    scores.grad = None
+    loss, _ = aop_loss(scores, masked, position_costs(logits, x0, "ce"))
+    loss.backward()
+    assert (logits.grad.abs().sum(-1)[~masked] == 0).all() and (logits.grad.abs().sum(-1)[masked] > 0).all()
+
+
+def test_with_a_fixed_cost_the_optimum_concentrates_on_the_cheapest_position():
+    cost = torch.tensor([[0.7, 0.2, 0.05, 0.9, 0.5]])
+    masked = torch.tensor([[True, True, False, True, True]])  # the cheapest, 0.05, is not masked
+    scores = torch.zeros(1, 5, requires_grad=True)
+    opt = torch.optim.SGD([scores], lr=5.0)
+    for _ in range(300):
+        loss, _ = aop_loss(scores, masked, cost)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    pi = masked_log_softmax(scores.detach(), masked).exp()
+    assert pi[0, 1] > 0.99 and pi[0, 2] == 0
+    assert math.isclose(loss.item(), 0.2, abs_tol=0.01)
+
+
+def test_position_costs():
+    logits = torch.log(torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.6, 0.3]]]))
+    x0 = torch.tensor([[0, 2]])
+    ce = position_costs(logits, x0, "ce")
+    assert torch.allclose(ce, -torch.log(torch.tensor([[0.7, 0.3]])))
+    assert position_costs(logits, x0, "error").tolist() == [[0.0, 1.0]]
+    assert torch.allclose(position_costs(logits, x0, "both"), ce + torch.tensor([[0.0, 1.0]]))

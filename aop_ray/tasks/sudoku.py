@@ -18,7 +18,7 @@ import io
 import random
 import re
 from pathlib import Path
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import numpy as np
 import torch
@@ -132,6 +132,11 @@ class Sudoku:
         groups = self.position_groups()
         return np.stack([np.flatnonzero(groups[kind] == u) for kind in ("row", "col", "box")
                          for u in range(self.size)])
+
+    def cell_units(self) -> np.ndarray:
+        """(L, 3) the row, column and box unit index (into `units()`) of every cell."""
+        groups = self.position_groups()
+        return np.stack([groups["row"], self.size + groups["col"], 2 * self.size + groups["box"]], axis=1)
 
     @functools.cached_property
     def _solver(self) -> _Solver:
@@ -335,6 +340,54 @@ class Sudoku:
         valid = (per_unit == 1).all(dim=(1, 2))
         keeps_clues = ((tokens == prompt) | ~fixed).all(dim=1)
         return valid & keeps_clues
+
+    # ------------------------------------------------- rule features and order
+    feature_names: ClassVar[tuple[str, ...]] = ("candidates", "naked_single", "hidden_single", "argmax_legal")
+
+    def constraint_state(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, n) legal digits per cell given the filled cells, and (B, L) hidden-single flags.
+
+        A hidden single: some unit of the cell has exactly one empty cell where
+        a digit is still legal, and this is that cell.
+        """
+        n = self.size
+        units = torch.as_tensor(self.units(), device=tokens.device)
+        cell_units = torch.as_tensor(self.cell_units(), device=tokens.device)
+        empty = tokens == n
+        onehot = torch.nn.functional.one_hot(tokens.clamp(max=n - 1), n).bool() & ~empty[..., None]
+        used = onehot[:, units].any(dim=2)  # (B, 3n, n) digits present in each unit
+        legal = ~used[:, cell_units].any(dim=2) & empty[..., None]  # (B, L, n)
+        holders = legal[:, units].sum(dim=2)  # (B, 3n, n) empty cells where the digit is legal
+        only_place = (holders[:, cell_units] == 1).any(dim=2) & legal  # (B, L, n)
+        return legal, only_place.any(dim=-1)
+
+    def policy_features(self, tokens: torch.Tensor, probs: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """(B, L, len(names)) named Sudoku rule features for the policy (see `feature_names`)."""
+        legal, hidden = self.constraint_state(tokens)
+        count = legal.sum(-1)
+        argmax = probs.argmax(-1, keepdim=True)
+        table = {
+            "candidates": count.float() / self.size,
+            "naked_single": (count == 1).float(),
+            "hidden_single": hidden.float(),
+            "argmax_legal": torch.gather(legal, 2, argmax).squeeze(-1).float(),
+        }
+        unknown = [name for name in names if name not in table]
+        if unknown:
+            raise InputError(f"policy.task_features: unknown Sudoku feature {unknown[0]!r} "
+                             f"(known: {', '.join(self.feature_names)})")
+        return torch.stack([table[name] for name in names], dim=-1)
+
+    def rule_orders(self) -> dict[str, Callable[[Any], torch.Tensor]]:
+        """`singles`: cells forced by a naked or hidden single first, then by margin."""
+
+        def singles(state: Any) -> torch.Tensor:
+            legal, hidden = self.constraint_state(state.tokens)
+            forced = (legal.sum(-1) == 1) | hidden
+            top2 = state.probs.topk(2, dim=-1).values
+            return (top2[..., 0] - top2[..., 1]) + 2.0 * forced  # margin lies in [0, 1]
+
+        return {"singles": singles}
 
     # ---------------------------------------------------------- augmentation
     def symmetry(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,105 @@
+"""The AOP training step and its diagnostics, as pure torch (no Ray, no MLflow).
+
+One step: training states x_t -> one denoiser forward -> the policy's scores
+from that forward's outputs -> the AOP loss `sum_i pi(i|x_t) * cost_i`.
+Policy-only training detaches the cost (the denoiser is frozen); joint
+training lets it reach the denoiser, optionally adding `lambda * L_MDM` so the
+denoiser keeps learning the positions the policy avoids.
+
+States come from the forward process (`uniform`) or from teacher-forced
+decoding trajectories of an order (`trajectory`): the states the policy will
+actually meet when it decodes. Refreshing the trajectories with the current
+policy is the DAgger / on-policy variant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from aop_ray.config import AopConfig
+from aop_ray.losses import aop_loss, mask_free_positions, position_costs, sample_t
+from aop_ray.orders import DecodeState, Order, select
+from aop_ray.sampling import teacher_forced_state, unmask
+
+
+@dataclasses.dataclass
+class Trajectories:
+    """Teacher-forced rollouts: the instances plus the step each position was revealed at."""
+
+    tokens: torch.Tensor  # (N, L) prompt + mask
+    fixed: torch.Tensor
+    target: torch.Tensor
+    step_of: torch.Tensor  # (N, L)
+
+    @classmethod
+    def collect(cls, denoiser: nn.Module, order: Order, tokens: torch.Tensor, fixed: torch.Tensor,
+                target: torch.Tensor, mask_id: int, batch_size: int = 256) -> Trajectories:
+        steps = [unmask(denoiser, order, tokens[lo:lo + batch_size], mask_id, target=target[lo:lo + batch_size],
+                        teacher_force=True).step_of for lo in range(0, len(tokens), batch_size)]
+        return cls(tokens, fixed, target, torch.cat(steps))
+
+    @staticmethod
+    def concat(parts: list[Trajectories]) -> Trajectories:
+        return Trajectories(*(torch.cat([getattr(p, f.name) for p in parts])
+                              for f in dataclasses.fields(Trajectories)))
+
+    def all_states(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(x_t, x0) for every state of every trajectory, in order: a fixed evaluation set."""
+        n_steps = self.step_of.max(dim=1).values + 1
+        rows = torch.repeat_interleave(torch.arange(len(self.tokens), device=n_steps.device), n_steps)
+        step = torch.cat([torch.arange(int(k), device=n_steps.device) for k in n_steps])
+        return teacher_forced_state(self.tokens[rows], self.step_of[rows], self.target[rows], step), self.target[rows]
+
+    def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, x0, fixed) for random (instance, step) pairs, every state equally likely per instance."""
+        rows = torch.randint(0, len(self.tokens), (batch,), generator=generator)
+        n_steps = self.step_of[rows].max(dim=1).values + 1
+        step = (torch.rand(batch, generator=generator) * n_steps).long()
+        state = teacher_forced_state(self.tokens[rows], self.step_of[rows], self.target[rows], step)
+        return state, self.target[rows], self.fixed[rows]
+
+
+def uniform_states(x0: torch.Tensor, fixed: torch.Tensor, mask_id: int,
+                   generator: torch.Generator) -> torch.Tensor:
+    """Forward-process states: t ~ U(0, 1), each free position masked with probability t."""
+    return mask_free_positions(x0, fixed, sample_t(len(x0), generator, x0.device), mask_id, generator)[0]
+
+
+def aop_step(denoiser: nn.Module, policy: nn.Module, xt: torch.Tensor, x0: torch.Tensor, mask_id: int,
+             cfg: AopConfig, joint: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The AOP loss on states `xt` (plus the MDM term in joint training, if `cfg.mdm_lambda`)."""
+    masked = xt == mask_id
+    with torch.set_grad_enabled(joint and torch.is_grad_enabled()):
+        logits, hidden = denoiser(xt, return_hidden=True)
+    state = DecodeState(tokens=xt, masked=masked, logits=logits.detach(), hidden=hidden.detach(), step=0)
+    cost = position_costs(logits, x0, cfg.target)
+    loss, stats = aop_loss(policy(state), masked, cost if joint else cost.detach(), cfg.temperature,
+                           cfg.entropy_beta)
+    return loss, stats
+
+
+def chosen_costs(orders: dict[str, Order], denoiser: nn.Module, xt: torch.Tensor, x0: torch.Tensor,
+                 mask_id: int, batch_size: int = 512) -> dict[str, dict[str, float]]:
+    """For each order: mean error and CE of the position it would reveal at each state.
+
+    The validation diagnostic of policy training: a policy that helps should
+    pick positions the denoiser gets right more often than the heuristics do.
+    """
+    live = (xt == mask_id).any(dim=1)
+    xt, x0 = xt[live], x0[live]
+    sums = {name: {"error": 0.0, "ce": 0.0} for name in orders}
+    with torch.no_grad():
+        for lo in range(0, len(xt), batch_size):
+            x, y = xt[lo:lo + batch_size], x0[lo:lo + batch_size]
+            masked = x == mask_id
+            logits, hidden = denoiser(x, return_hidden=True)
+            state = DecodeState(tokens=x, masked=masked, logits=logits.float(), hidden=hidden, step=0)
+            costs = {"ce": position_costs(logits, y, "ce"), "error": position_costs(logits, y, "error")}
+            for name, order in orders.items():
+                pos, _ = select(order(state), masked, 1)
+                for kind, cost in costs.items():
+                    sums[name][kind] += torch.gather(cost, 1, pos).sum().item()
+    return {name: {kind: value / max(len(xt), 1) for kind, value in s.items()} for name, s in sums.items()}

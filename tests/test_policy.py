@@ -1,0 +1,173 @@
+"""The learned order, the Sudoku rule features and `singles`, trajectories, policy checkpoints."""
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from aop_ray import checkpoints
+from aop_ray.aop import Trajectories, chosen_costs
+from aop_ray.config import ModelConfig, PolicyConfig
+from aop_ray.models.denoiser import Denoiser
+from aop_ray.models.policy import Policy
+from aop_ray.orders import DecodeState, get_order, margin, select
+from aop_ray.sampling import teacher_forced_state, unmask
+from aop_ray.tasks import InputError, Sudoku
+
+SMALL = ModelConfig(d_model=16, n_layers=1, n_heads=2, ff_mult=2)
+
+
+def random_state(task, seed, batch=6, hidden_dim=16):
+    g = torch.Generator().manual_seed(seed)
+    inst = task.generate(batch, seed=seed, clues=task.size + 2)
+    target = torch.as_tensor(inst.target)
+    masked = (torch.rand(target.shape, generator=g) < 0.6) & ~torch.as_tensor(inst.fixed)
+    tokens = torch.where(masked, task.vocab_size, target)
+    logits = torch.randn(*tokens.shape, task.vocab_size, generator=g) * 3
+    hidden = torch.randn(*tokens.shape, hidden_dim, generator=g)
+    return DecodeState(tokens=tokens, masked=masked, logits=logits, hidden=hidden, step=0, generator=g), target
+
+
+@pytest.mark.parametrize("cfg", [PolicyConfig(d_model=16, n_heads=2),
+                                 PolicyConfig(d_model=16, n_heads=2, n_layers=0, features=["stats"]),
+                                 PolicyConfig(d_model=16, n_heads=2, features=["probs", "stats", "hidden"],
+                                              task_features=["naked_single", "hidden_single"])])
+def test_untrained_policy_is_its_base_heuristic(sudoku9, cfg):
+    torch.manual_seed(0)
+    policy = Policy(sudoku9, 16, cfg)
+    state, _ = random_state(sudoku9, 1)
+    scores = policy(state)
+    assert torch.allclose(scores, 50.0 * margin(state))
+    assert torch.equal(select(scores, state.masked, 1)[0], select(margin(state), state.masked, 1)[0])
+
+
+def test_policy_is_small_next_to_the_denoiser(sudoku9):
+    denoiser = Denoiser(9, sudoku9.position_groups(), ModelConfig())
+    policy = Policy(sudoku9, 128, PolicyConfig(features=["probs", "stats", "hidden"]))
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(policy) <= 0.1 * count(denoiser)
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 1000), k=st.integers(1, 3), temperature=st.sampled_from([0.0, 0.5]))
+def test_learned_and_singles_only_pick_masked_cells(sudoku4, seed, k, temperature):
+    torch.manual_seed(seed)
+    policy = Policy(sudoku4, 16, PolicyConfig(d_model=16, n_heads=2))
+    with torch.no_grad():
+        policy.head[-1].weight.normal_()  # a non-trivial residual
+    state, _ = random_state(sudoku4, seed)
+    for order in (policy, get_order("singles", task=sudoku4)):
+        with torch.no_grad():
+            positions, valid = select(order(state), state.masked, k, temperature, state.generator)
+        assert torch.gather(state.masked, 1, positions)[valid].all()
+        assert torch.equal(valid.sum(1), state.masked.sum(1).clamp(max=k))
+
+
+def test_sudoku_rule_features_exact(sudoku4):
+    # row 0 holds 1 2 3 _: (0,3) is a naked single (4) and a hidden single (only place for 4 in row 0)
+    tokens = torch.tensor([[0, 1, 2, 4] + [4] * 12])
+    probs = torch.full((1, 16, 4), 0.25)
+    probs[0, 3] = torch.tensor([0.7, 0.1, 0.1, 0.1])  # argmax says digit 1: illegal there
+    feats = sudoku4.policy_features(tokens, probs, ["candidates", "naked_single", "hidden_single", "argmax_legal"])
+    assert feats[0, 3].tolist() == [0.25, 1.0, 1.0, 0.0]
+    assert feats[0, 4].tolist() == [0.5, 0.0, 0.0, 0.0]  # (1,0): box holds 1, 2 -> {3, 4}; argmax 1 illegal
+    with pytest.raises(InputError, match="unknown Sudoku feature 'colour'"):
+        sudoku4.policy_features(tokens, probs, ["colour"])
+
+
+def test_singles_prefers_a_forced_cell_over_a_confident_one(sudoku4):
+    tokens = torch.tensor([[0, 1, 2, 4] + [4] * 12])
+    logits = torch.zeros(1, 16, 4)
+    logits[0, 10, 2] = 20.0  # the denoiser is very sure about (2,2), which is not forced
+    state = DecodeState(tokens=tokens, masked=tokens == 4, logits=logits, hidden=None, step=0)
+    assert select(margin(state), state.masked, 1)[0].item() == 10
+    assert select(get_order("singles", task=sudoku4)(state), state.masked, 1)[0].item() == 3
+
+
+def test_teacher_forced_states_rebuild_the_rollout(sudoku4):
+    inst = sudoku4.generate(4, seed=0, clues=6)
+    tokens, fixed, target = (torch.as_tensor(a) for a in (inst.tokens, inst.fixed, inst.target))
+    torch.manual_seed(0)
+    model = Denoiser(4, sudoku4.position_groups(), SMALL).eval()
+    traj = Trajectories.collect(model, get_order("margin"), tokens, fixed, target, 4)
+    assert torch.equal(teacher_forced_state(tokens, traj.step_of, target, torch.zeros(4, dtype=torch.long)), tokens)
+    assert torch.equal(teacher_forced_state(tokens, traj.step_of, target, torch.full((4,), 99)), target)
+    xt, x0, f = traj.sample(64, torch.Generator().manual_seed(1))
+    masked = xt == 4
+    assert masked.any(1).all()  # every sampled state still has a decision to make
+    assert torch.equal(xt[~masked], x0[~masked]) and not (masked & f).any()
+
+
+def test_chosen_costs_of_a_perfect_order(sudoku4):
+    torch.manual_seed(0)
+    model = Denoiser(4, sudoku4.position_groups(), SMALL).eval()
+    inst = sudoku4.generate(8, seed=2, clues=6)
+    xt, x0 = torch.as_tensor(inst.tokens), torch.as_tensor(inst.target)
+    with torch.no_grad():
+        err = (model(xt).argmax(-1) != x0).float()
+    oracle = lambda state: -err  # noqa: E731 - an order that knows where the denoiser is right
+    costs = chosen_costs({"oracle": oracle, "margin": margin}, model, xt, x0, 4)
+    expected = ((err + (xt != 4) * 9).min(1).values).mean().item()
+    assert costs["oracle"]["error"] == pytest.approx(expected)
+    assert costs["oracle"]["error"] <= costs["margin"]["error"]
+
+
+def save_policy(tmp_path, task, model_cfg, name="pol"):
+    torch.manual_seed(0)
+    denoiser = Denoiser(task.vocab_size, task.position_groups(), model_cfg)
+    cfg = PolicyConfig(d_model=16, n_heads=2, features=["probs", "stats", "hidden"])
+    policy = Policy(task, model_cfg.d_model, cfg)
+    with torch.no_grad():
+        policy.head[-1].weight.normal_()
+    manifest = checkpoints.policy_manifest(task, model_cfg, cfg, "policy", "somewhere", step=3)
+    path = checkpoints.write_checkpoint(tmp_path / name, manifest, {"denoiser": denoiser.state_dict(),
+                                                                     "policy": policy.state_dict()})
+    return denoiser, policy, path
+
+
+def test_policy_checkpoint_round_trip_and_decoding(tmp_path, sudoku4):
+    denoiser, policy, path = save_policy(tmp_path, sudoku4, SMALL)
+    loaded_denoiser, task, manifest = checkpoints.load_denoiser(path)
+    loaded = checkpoints.load_policy(path, task, manifest["model"])
+    assert manifest["kind"] == "policy" and manifest["policy"]["features"] == ["probs", "stats", "hidden"]
+    state, _ = random_state(sudoku4, 3)
+    with torch.no_grad():
+        assert torch.allclose(loaded(state), policy.eval()(state))
+    inst = sudoku4.generate(5, seed=1, clues=6)
+    roll = unmask(loaded_denoiser, loaded, torch.as_tensor(inst.tokens), 4)  # reads hidden states
+    assert (roll.tokens < 4).all()
+
+
+def test_policy_against_a_denoiser_of_another_size_fails_clearly(tmp_path, sudoku4, sudoku9):
+    _, _, path = save_policy(tmp_path, sudoku4, SMALL)
+    bigger = {**SMALL.__dict__, "d_model": 32}
+    with pytest.raises(InputError, match=r"checkpoint is for denoiser model .* \(field 'd_model': 16 != 32\)"):
+        checkpoints.load_policy(path, sudoku4, bigger)
+    with pytest.raises(InputError, match="field 'size': 4 != 9"):
+        checkpoints.load_policy(path, sudoku9, SMALL.__dict__)
+
+
+def test_group_pooled_probabilities_exact(sudoku4):
+    from aop_ray.models.policy import group_pooled
+
+    tokens = torch.tensor([[0, 4, 4, 4] + [4] * 12])  # (0,0) revealed as digit 1, everything else masked
+    masked = tokens == 4
+    probs = torch.full((1, 16, 4), 0.25)
+    groups = [torch.as_tensor(sudoku4.position_groups()[g]) for g in ("box", "col", "row")]
+    pooled = group_pooled(probs, tokens, masked, groups)  # (1, 16, 3 * 4)
+    # cell (0,1): its row holds the revealed 1 plus two masked cells at 0.25 each
+    row_part = pooled[0, 1, 8:12]
+    assert torch.allclose(row_part, torch.tensor([1.5, 0.5, 0.5, 0.5]))
+    # cell (3,3) shares no group with (0,0): every group sums three uniform cells
+    assert torch.allclose(pooled[0, 15], torch.full((12,), 0.75))
+
+
+def test_all_trajectory_states_enumerate_every_step(sudoku4):
+    inst = sudoku4.generate(3, seed=0, clues=6)
+    tokens, fixed, target = (torch.as_tensor(a) for a in (inst.tokens, inst.fixed, inst.target))
+    torch.manual_seed(0)
+    model = Denoiser(4, sudoku4.position_groups(), SMALL).eval()
+    traj = Trajectories.collect(model, get_order("margin"), tokens, fixed, target, 4)
+    xt, x0 = traj.all_states()
+    assert len(xt) == 3 * 10  # 10 free cells each, one state per decision
+    assert (xt == 4).sum(1).tolist() == [10 - s for _ in range(3) for s in range(10)]
