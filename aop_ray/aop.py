@@ -27,19 +27,21 @@ from aop_ray.sampling import teacher_forced_state, unmask
 
 @dataclasses.dataclass
 class Trajectories:
-    """Teacher-forced rollouts: the instances plus the step each position was revealed at."""
+    """Teacher-forced rollouts: the instances, the step each position was revealed at, and its CE then."""
 
     tokens: torch.Tensor  # (N, L) prompt + mask
     fixed: torch.Tensor
     target: torch.Tensor
     step_of: torch.Tensor  # (N, L)
+    chosen_ce: torch.Tensor  # (N, L) -log p(reference) when the order revealed the position; 0 for prompt
 
     @classmethod
     def collect(cls, denoiser: nn.Module, order: Order, tokens: torch.Tensor, fixed: torch.Tensor,
                 target: torch.Tensor, mask_id: int, batch_size: int = 256) -> Trajectories:
-        steps = [unmask(denoiser, order, tokens[lo:lo + batch_size], mask_id, target=target[lo:lo + batch_size],
-                        teacher_force=True).step_of for lo in range(0, len(tokens), batch_size)]
-        return cls(tokens, fixed, target, torch.cat(steps))
+        rollouts = [unmask(denoiser, order, tokens[lo:lo + batch_size], mask_id, target=target[lo:lo + batch_size],
+                           teacher_force=True) for lo in range(0, len(tokens), batch_size)]
+        return cls(tokens, fixed, target, torch.cat([r.step_of for r in rollouts]),
+                   torch.cat([-r.logp_target for r in rollouts]))
 
     @staticmethod
     def concat(parts: list[Trajectories]) -> Trajectories:
@@ -53,11 +55,30 @@ class Trajectories:
         step = torch.cat([torch.arange(int(k), device=n_steps.device) for k in n_steps])
         return teacher_forced_state(self.tokens[rows], self.step_of[rows], self.target[rows], step), self.target[rows]
 
-    def sample(self, batch: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, x0, fixed) for random (instance, step) pairs, every state equally likely per instance."""
-        rows = torch.randint(0, len(self.tokens), (batch,), generator=generator)
+    def sample(self, batch: int, generator: torch.Generator, focus: float = 0.0
+               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(x_t, x0, fixed) for random (instance, step) pairs.
+
+        A `1 - focus` share of the batch is uniform over each instance's steps.
+        The `focus` share is prioritised (as in prioritised replay) by the CE of
+        the position the collecting order revealed at that state: a good order
+        errs at a fraction of a percent of states, and only there does the AOP
+        loss have a gradient worth following.
+        """
+        n_focus = int(round(focus * batch))
+        rows = torch.randint(0, len(self.tokens), (batch - n_focus,), generator=generator)
         n_steps = self.step_of[rows].max(dim=1).values + 1
-        step = (torch.rand(batch, generator=generator) * n_steps).long()
+        step = (torch.rand(batch - n_focus, generator=generator) * n_steps.cpu()).long().to(rows.device)
+        if n_focus:
+            revealed = self.step_of >= 0
+            by_step = torch.zeros_like(self.chosen_ce).scatter_add_(1, self.step_of.clamp(min=0),
+                                                                    self.chosen_ce * revealed)
+            flat = torch.multinomial(by_step.flatten().cpu() + 1e-12, n_focus, replacement=True,
+                                     generator=generator)
+            length = self.step_of.shape[1]
+            rows = torch.cat([rows, (flat // length).to(rows.device)])
+            step = torch.cat([step, (flat % length).to(rows.device)])
+        rows, step = rows.to(self.tokens.device), step.to(self.tokens.device)
         state = teacher_forced_state(self.tokens[rows], self.step_of[rows], self.target[rows], step)
         return state, self.target[rows], self.fixed[rows]
 
@@ -87,10 +108,11 @@ def chosen_costs(orders: dict[str, Order], denoiser: nn.Module, xt: torch.Tensor
 
     The validation diagnostic of policy training: a policy that helps should
     pick positions the denoiser gets right more often than the heuristics do.
+    `random` is always included, as its exact expectation (the mean over masked positions).
     """
     live = (xt == mask_id).any(dim=1)
     xt, x0 = xt[live], x0[live]
-    sums = {name: {"error": 0.0, "ce": 0.0} for name in orders}
+    sums = {name: {"error": 0.0, "ce": 0.0} for name in ["random", *orders]}
     with torch.no_grad():
         for lo in range(0, len(xt), batch_size):
             x, y = xt[lo:lo + batch_size], x0[lo:lo + batch_size]
@@ -98,6 +120,8 @@ def chosen_costs(orders: dict[str, Order], denoiser: nn.Module, xt: torch.Tensor
             logits, hidden = denoiser(x, return_hidden=True)
             state = DecodeState(tokens=x, masked=masked, logits=logits.float(), hidden=hidden, step=0)
             costs = {"ce": position_costs(logits, y, "ce"), "error": position_costs(logits, y, "error")}
+            for kind, cost in costs.items():
+                sums["random"][kind] += ((cost * masked).sum(1) / masked.sum(1)).sum().item()
             for name, order in orders.items():
                 pos, _ = select(order(state), masked, 1)
                 for kind, cost in costs.items():

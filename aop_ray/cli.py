@@ -8,6 +8,12 @@ from typing import Callable
 from aop_ray.tasks import InputError
 
 
+def say(line: str) -> None:
+    """One progress line. Not `print`: Ray Train patches it to log *and* echo, doubling every line."""
+    sys.stdout.write(f"[aop-ray] {line}\n")
+    sys.stdout.flush()
+
+
 def run_main(body: Callable[[], object]) -> int:
     """Run a CLI body; an `InputError` (it names the file, line or key) becomes `error: ...`, exit 2."""
     try:

@@ -166,12 +166,12 @@ class PolicyConfig:
     features: list[str] = dataclasses.field(default_factory=lambda: ["probs", "stats"])  # + "hidden"
     task_features: list[str] = dataclasses.field(default_factory=list)  # e.g. Sudoku naked_single
     base_order: Literal["margin", "confidence", "entropy"] = "margin"
-    base_scale: float = 50.0
+    base_scale: float = 50.0  # 0: no base order (learned from scratch; untrained, it picks the first masked)
     learn_scale: bool = True
 
     def __post_init__(self) -> None:
-        _positive(self, "d_model", "n_heads", "base_scale", where="policy")
-        _positive(self, "n_layers", where="policy", allow_zero=True)
+        _positive(self, "d_model", "n_heads", where="policy")
+        _positive(self, "n_layers", "base_scale", where="policy", allow_zero=True)
         if self.d_model % self.n_heads:
             raise InputError(f"policy.n_heads: {self.n_heads} does not divide policy.d_model {self.d_model}")
         for name in self.features:
@@ -193,12 +193,15 @@ class AopConfig:
     trajectory_order: str = "margin"  # order that picks positions in the first trajectories
     trajectory_instances: int = 256  # per worker and refresh
     refresh_every: int = 0  # DAgger: re-collect trajectories with the current policy every N steps
+    focus: float = 0.0  # share of each batch drawn by the chosen cell's CE (prioritised replay; aop.py)
     mdm_lambda: float = 0.0  # joint: + lambda * MDM loss on uniform states
     denoiser_lr: float = 1e-4  # joint
 
     def __post_init__(self) -> None:
         _positive(self, "temperature", "trajectory_instances", where="aop")
         _positive(self, "entropy_beta", "refresh_every", "mdm_lambda", "denoiser_lr", where="aop", allow_zero=True)
+        if not 0.0 <= self.focus <= 1.0:
+            raise InputError(f"aop.focus: must be in [0, 1], got {self.focus}")
 
 
 @dataclasses.dataclass
@@ -319,8 +322,8 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config, apply overrides, validate everything."""
+def load_config(path: str | Path, overrides: list[str] | None = None, cls: type = None) -> Any:
+    """Read a YAML config, apply overrides, validate everything (a `Config` unless `cls` says otherwise)."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -334,6 +337,36 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     for override in overrides or []:
         apply_override(data, override)
     try:
-        return Config.from_dict(data)
+        return parse_dataclass(cls or Config, data, "")
     except InputError as err:
         raise InputError(f"{path}: {err}") from None
+
+
+@dataclasses.dataclass
+class EvaluateConfig:
+    """The pipeline's last stage: `learned` against every heuristic and rule on one dataset."""
+
+    data: DatasetConfig
+    orders: list[str] = dataclasses.field(default_factory=list)  # empty: every order the task has
+    limit: int | None = None
+    planner_nll: bool = False  # the teacher-forced NLL pass doubles the cost
+    batch_size: int = 256
+    threads: int | None = None
+
+
+@dataclasses.dataclass
+class PipelineConfig:
+    """The main job: denoiser (trained, or a given checkpoint), then the AOP policy, then evaluation.
+
+    Each training stage is an ordinary training config plus overrides, so everything a stage
+    can do standalone (`--config`) it can do here, and the stage configs stay the single source.
+    """
+
+    evaluate: EvaluateConfig
+    policy_config: str
+    denoiser_config: str
+    denoiser_checkpoint: str | None = None  # used when it exists; otherwise the denoiser is trained
+    denoiser_overrides: list[str] = dataclasses.field(default_factory=list)
+    policy_overrides: list[str] = dataclasses.field(default_factory=list)
+    name: str = "main"  # runs are <name>-<timestamp>-{denoiser,policy}
+    experiment: str = "aop-ray"

@@ -23,8 +23,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aop_ray.cli import run_main
-from aop_ray.config import make_task, parse_assignments
+from aop_ray.cli import run_main, say
+from aop_ray.config import DatasetConfig, make_task, parse_assignments
 from aop_ray.tasks import InputError, Instances, Task, task_params
 
 TASK_KEY = b"aop_ray.task"
@@ -155,6 +155,18 @@ def ensure_dataset(task: Task, path: str | Path, n: int, seed: int, options: dic
     path = Path(path)
     if not path.exists():
         write_shards(generate(task, n, seed, options), task, path)
+    return path
+
+
+
+def dataset_path(spec: DatasetConfig, task: Task, label: str) -> Path:
+    """The dataset a config names, generated (and cached as Parquet) on first use."""
+    path = Path(spec.path).expanduser().resolve()
+    if not path.exists():
+        if spec.generate is None:
+            raise InputError(f"data.{label}.path: {path} does not exist and data.{label}.generate is not set")
+        say(f"generating {spec.generate.n} {task.name} instances for data.{label} -> {path}")
+        ensure_dataset(task, path, spec.generate.n, spec.generate.seed, spec.generate.options)
     return path
 
 

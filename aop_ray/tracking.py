@@ -26,8 +26,17 @@ for _noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
 
 
 def resolve_uri(uri: str | None = None) -> str:
-    uri = uri or os.environ.get("MLFLOW_TRACKING_URI")
-    return uri or f"sqlite:///{Path.cwd() / 'mlflow.db'}"
+    """The tracking URI, with a relative sqlite or file path made absolute.
+
+    Ray workers run in another working directory, so `sqlite:///mlflow.db`
+    must be pinned to the driver's before it travels to them.
+    """
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path.cwd() / uri[len("sqlite:///"):])
+    if "://" not in uri and not uri.startswith("/"):  # a bare path means a file store
+        return str(Path.cwd() / uri)
+    return uri
 
 
 def _local_artifact_root(uri: str) -> str | None:

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from aop_ray import checkpoints, data
-from aop_ray.cli import run_main
-from aop_ray.config import Config, DatasetConfig, ModelConfig, load_config, parse_dataclass
+from aop_ray.cli import run_main, say
+from aop_ray.config import Config, ModelConfig, load_config, parse_dataclass
 from aop_ray.aop import Trajectories, aop_step, chosen_costs, uniform_states
 from aop_ray.losses import denoiser_loss
 from aop_ray.models.denoiser import Denoiser
@@ -41,6 +41,9 @@ from aop_ray.tasks import InputError, Instances
 from aop_ray.tracking import Tracker, resolve_uri
 
 RUN_STATE = "aop_run.json"  # in the run directory: the MLflow run id, for --resume
+
+MAIN_PIPELINE = "tune_configs/main.yaml"
+QUICK_PIPELINE = "tune_configs/quick.yaml"
 
 
 def lr_at(step: int, cfg: Config) -> float:
@@ -83,14 +86,20 @@ def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
     return contextlib.nullcontext()
 
 
-def _all_mean(values: list[float], device: torch.device) -> list[float]:
+def _all_sum(values: list[float], device: torch.device) -> list[float]:
     import torch.distributed as dist
 
     t = torch.tensor(values, dtype=torch.float64, device=device)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(t)
-        t /= dist.get_world_size()
     return t.tolist()
+
+
+def _all_mean(values: list[float], device: torch.device) -> list[float]:
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+    return [v / world for v in _all_sum(values, device)]
 
 
 def _validate(denoiser: torch.nn.Module, order: Order, cfg: Config, val: dict[str, np.ndarray], rank: int,
@@ -106,12 +115,6 @@ def _validate(denoiser: torch.nn.Module, order: Order, cfg: Config, val: dict[st
     solve, acc = _all_mean([decoded.solved.float().sum().item() / n, decoded.cell_accuracy.sum().item() / n],
                            device)
     return {"val_solve_rate": solve, "val_cell_accuracy": acc}
-
-
-def _say(line: str) -> None:
-    """One progress line. Not `print`: Ray Train patches it to log *and* echo, doubling every line."""
-    sys.stdout.write(f"[aop-ray] {line}\n")
-    sys.stdout.flush()
 
 
 class _States:
@@ -148,7 +151,7 @@ class _States:
         """(x_t, x0): uniform forward-process states of this batch, or trajectory states."""
         if self.trajectories is None:
             return uniform_states(x0, fixed, self.mask_id, generator), x0
-        xt, y, _ = self.trajectories.sample(len(x0), generator)
+        xt, y, _ = self.trajectories.sample(len(x0), generator, self.cfg.aop.focus)
         return xt, y
 
 
@@ -188,7 +191,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             optimizer.load_state_dict(checkpoints.load_tensors(ckpt_dir, "optimizer"))
             step = checkpoints.read_manifest(ckpt_dir)["step"]
         if rank == 0:
-            _say(f"resumed from checkpoint at step {step}")
+            say(f"resumed from checkpoint at step {step}")
     for module in saved.values():
         module.to(device)
     nets = {name: ray.train.torch.prepare_model(module) for name, (module, _) in trained.items()}
@@ -256,14 +259,14 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             for module in saved.values():
                 module.eval()
             metrics.update(_validate(denoiser, eval_order, cfg, val, rank, world, device))
-            if policy is not None and rank == 0:
-                metrics.update(_diagnostics(denoiser, policy, task, val, device))
+            if policy is not None:
+                metrics.update(_diagnostics(denoiser, policy, task, val, rank, world, device))
             for name, (module, _) in trained.items():
                 module.train()
         window, window_n, window_start = {}, 0, time.perf_counter()
         tracker.log_metrics(metrics, step)
         if rank == 0:
-            _say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+            say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if ckpt_now and rank == 0:
@@ -279,38 +282,33 @@ def _manifest(cfg: Config, task: Any, step: int, metrics: dict[str, Any], loop_c
     if cfg.train.stage == "denoiser":
         return checkpoints.denoiser_manifest(task, cfg.model, step=step, metrics=metrics)
     return checkpoints.policy_manifest(task, cfg.model, cfg.policy, cfg.train.stage, cfg.aop.denoiser_checkpoint,
-                                       step=step, metrics=metrics)
+                                       step=step, metrics=metrics, aop=dataclasses.asdict(cfg.aop))
 
 
-def _diagnostics(denoiser: torch.nn.Module, policy: Policy, task: Any, val: dict[str, np.ndarray],
-                 device: torch.device) -> dict[str, float]:
+def _diagnostics(denoiser: torch.nn.Module, policy: Policy, task: Any, val: dict[str, np.ndarray], rank: int,
+                 world: int, device: torch.device) -> dict[str, float]:
     """Chosen-position error and CE of the policy and every heuristic/rule on fixed validation states.
 
     The states are every state of the teacher-forced margin trajectories of the
-    validation puzzles (frozen denoiser: the same states at every evaluation).
+    validation puzzles (frozen denoiser: the same states at every evaluation),
+    split over the workers like `_validate`.
     """
-    fixed = torch.tensor(val["fixed"]).to(device)
-    target = torch.tensor(val["target"]).to(device).long()
+    rows = slice(rank, None, world)
+    fixed = torch.tensor(val["fixed"][rows]).to(device)
+    target = torch.tensor(val["target"][rows]).to(device).long()
     tokens = torch.where(fixed, target, task.vocab_size)
     trajectories = Trajectories.collect(denoiser, get_order("margin"), tokens, fixed, target, task.vocab_size)
     xt, x0 = trajectories.all_states()
     orders = {name: get_order(name, task=task) for name in order_names(task) if name not in ("learned", "random")}
     orders["learned"] = policy
     costs = chosen_costs(orders, denoiser, xt, x0, task.vocab_size)
-    return {f"val_chosen_{kind}/{name}": value for name, c in costs.items() for kind, value in c.items()}
+    keys = [(name, kind) for name in sorted(costs) for kind in sorted(costs[name])]
+    n = float((xt == task.vocab_size).any(dim=1).sum())
+    *sums, total = _all_sum([costs[name][kind] * n for name, kind in keys] + [n], device)
+    return {f"val_chosen_{kind}/{name}": value / max(total, 1.0) for (name, kind), value in zip(keys, sums)}
 
 
 # ----------------------------------------------------------------------------- driver side
-def _dataset_path(spec: DatasetConfig, task: Any, label: str) -> Path:
-    path = Path(spec.path).expanduser().resolve()
-    if not path.exists():
-        if spec.generate is None:
-            raise InputError(f"data.{label}.path: {path} does not exist and data.{label}.generate is not set")
-        _say(f"generating {spec.generate.n} {task.name} instances for data.{label} -> {path}")
-        data.ensure_dataset(task, path, spec.generate.n, spec.generate.seed, spec.generate.options)
-    return path
-
-
 def _run_dir(cfg: Config) -> Path:
     return Path(cfg.ray.storage_path).expanduser().resolve() / cfg.name
 
@@ -347,11 +345,11 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True) -> Path:
         if cfg.aop.trajectory_order not in order_names(task) or cfg.aop.trajectory_order == "learned":
             raise InputError(f"aop.trajectory_order: unknown order {cfg.aop.trajectory_order!r} "
                              f"(known: {', '.join(n for n in order_names(task) if n != 'learned')})")
-    train_path = _dataset_path(cfg.data.train, task, "train")
+    train_path = data.dataset_path(cfg.data.train, task, "train")
     data.check_task(train_path, data.read_schema(train_path), task)
     val = None
     if cfg.data.val is not None:
-        instances = data.load_instances(task, _dataset_path(cfg.data.val, task, "val"))
+        instances = data.load_instances(task, data.dataset_path(cfg.data.val, task, "val"))
         val = _val_arrays(instances.take(slice(0, cfg.train.eval_instances)))
 
     uri = resolve_uri(cfg.mlflow.tracking_uri) if (mlflow and cfg.mlflow.enabled) else None
@@ -396,7 +394,7 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True) -> Path:
         status = "FINISHED"
     finally:
         tracker.end(status)
-    _say(f"final checkpoint: {final}" + (f" (copied to {cfg.output})" if cfg.output else ""))
+    say(f"final checkpoint: {final}" + (f" (copied to {cfg.output})" if cfg.output else ""))
     return final
 
 
@@ -407,25 +405,46 @@ def _val_arrays(instances: Instances) -> dict[str, np.ndarray]:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m aop_ray.train",
-        description="Train an aop-ray model on Ray Train. Settings come from a YAML config "
-                    "(see tune_configs/ and README) and may be overridden as dotted.key=value.",
-        epilog="example: python -m aop_ray.train --config tune_configs/sudoku9_denoiser.yaml "
-               "train.steps=200 name=quick")
-    parser.add_argument("--config", required=True, help="YAML config file (validated: unknown keys are errors)")
+        description="Train aop-ray models on Ray Train. With no --config, run the main job: the pipeline "
+                    f"{MAIN_PIPELINE} (denoiser, or its committed checkpoint -> AOP policy -> evaluation of "
+                    "'learned' against every heuristic and rule). With --config, run one training stage from "
+                    "a YAML config (see tune_configs/ and README). Overrides are dotted.key=value.",
+        epilog="examples: python -m aop_ray.train --quick | python -m aop_ray.train --config "
+               "tune_configs/sudoku9_denoiser.yaml train.steps=200 name=quick")
+    parser.add_argument("--config", default=None,
+                        help="YAML config of one training stage (validated: unknown keys are errors)")
+    parser.add_argument("--pipeline", default=None,
+                        help=f"YAML pipeline config to run instead of the main job's {MAIN_PIPELINE}")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"run the 1-2 minute preset pipeline {QUICK_PIPELINE} (a smoke test of the main job)")
     parser.add_argument("overrides", nargs="*", metavar="dotted.key=value",
-                        help="override a config value, e.g. train.lr=3e-4 ray.num_workers=1")
+                        help="override a config value, e.g. train.lr=3e-4 ray.num_workers=1 (or, for a "
+                             "pipeline, e.g. denoiser_checkpoint=PATH evaluate.limit=100)")
     parser.add_argument("--resume", action="store_true",
-                        help="continue the run <ray.storage_path>/<name> from its last checkpoint "
+                        help="continue the run <ray.storage_path>/<name> of --config from its last checkpoint "
                              "(without it an existing run directory is an error, never overwritten)")
     parser.add_argument("--no-mlflow", action="store_true",
                         help="do not log to MLflow (default: log to $MLFLOW_TRACKING_URI or sqlite:///mlflow.db)")
     return parser
 
 
+def _dispatch(args: argparse.Namespace) -> Any:
+    from aop_ray.pipeline import load_pipeline, run_pipeline
+
+    if args.config:
+        if args.quick or args.pipeline:
+            raise InputError("--config runs one stage; --quick and --pipeline run a pipeline: give one of them")
+        return run(load_config(args.config, args.overrides), resume=args.resume, mlflow=not args.no_mlflow)
+    if args.resume:
+        raise InputError("--resume continues one stage: give its --config (the pipeline starts fresh runs)")
+    if args.quick and args.pipeline:
+        raise InputError("--quick is a preset pipeline: give --quick or --pipeline, not both")
+    path = args.pipeline or (QUICK_PIPELINE if args.quick else MAIN_PIPELINE)
+    return run_pipeline(load_pipeline(path, args.overrides), mlflow=not args.no_mlflow)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    return run_main(lambda: run(load_config(args.config, args.overrides), resume=args.resume,
-                                mlflow=not args.no_mlflow))
+    return run_main(lambda: _dispatch(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -13,36 +13,15 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
-import platform
 import shutil
-import subprocess
 import sys
-import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import ROOT, commit, machine, sh
+
 CONFIG = "tune_configs/sudoku9_denoiser.yaml"
 CHECKPOINT = ROOT / "benchmarks" / "checkpoints" / "sudoku9"
 TEST = "data/sudoku9/test-unique30-seed2"
 REPORT = ROOT / "benchmarks" / "sudoku9_denoiser.md"
-
-
-def sh(cmd: list[str]) -> float:
-    print("+", " ".join(cmd), flush=True)
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=ROOT, check=True)
-    return time.perf_counter() - start
-
-
-def machine() -> str:
-    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-                if ln.startswith("model name")), platform.processor())
-    mem = int(next(ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines()
-                   if ln.startswith("MemTotal"))) / 2**20
-    import torch
-
-    return f"{os.cpu_count()} x {cpu}, {mem:.0f} GiB RAM, no GPU, torch {torch.__version__}, Python {platform.python_version()}"
 
 
 def main() -> None:
@@ -52,10 +31,7 @@ def main() -> None:
                         help="run name for the training run")
     args = parser.parse_args()
     py = sys.executable
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip() or "uncommitted"
-    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
-                           capture_output=True, text=True).stdout.strip()
+    evaluated = commit()
     train_cmd = [py, "-m", "aop_ray.train", "--config", CONFIG, f"name={args.name}"]
     train_seconds = None
     if not args.skip_train:
@@ -80,15 +56,15 @@ def main() -> None:
         "",
         f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}",
         f"- machine: {machine()}",
-        f"- git commit evaluated: {commit}{' (with uncommitted changes)' if dirty else ''}",
+        f"- git commit evaluated: {evaluated}",
         f"- checkpoint: `benchmarks/checkpoints/sudoku9/` (step {manifest['step']}, "
         f"model {manifest['model']})",
-        f"- test set: 1,000 generated unique-solution 30-clue puzzles, seed 2 (training used seed 0 "
-        f"random-clue puzzles, validation seed 1)",
+        "- test set: 1,000 generated unique-solution 30-clue puzzles, seed 2 (training used seed 0 "
+        "random-clue puzzles, validation seed 1)",
         f"- command: `python benchmarks/sudoku9_denoiser.py{' --skip-train' if args.skip_train else ''}`",
     ]
     if train_seconds is not None:
-        lines.append(f"- training (commit {commit}{', dirty' if dirty else ''}, same machine): "
+        lines.append(f"- training (commit {evaluated}, same machine): "
                      f"`{' '.join(['python'] + train_cmd[1:])}` took **{train_seconds / 60:.1f} minutes** "
                      f"wall clock (data generation, Ray start-up, validation and checkpointing included)")
     lines += kept_training

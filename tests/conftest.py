@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 
 from aop_ray.tasks import Sudoku
@@ -15,3 +20,28 @@ def sudoku4() -> Sudoku:
 @pytest.fixture(scope="session")
 def sudoku9() -> Sudoku:
     return Sudoku(9)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "tune_configs" / "sudoku4_smoke.yaml"
+
+
+def cli_env(cwd: Path) -> dict[str, str]:
+    """A subprocess environment with MLflow in `cwd` and a private local Ray."""
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "PYTHONUNBUFFERED": "1"}
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def run_cli(module: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(cwd), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A working directory holding the 4x4 smoke denoiser run (runs/sudoku4-smoke), shared by the suite."""
+    workdir = tmp_path_factory.mktemp("train")
+    proc = run_cli("aop_ray.train", "--config", str(SMOKE), cwd=workdir)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return workdir

@@ -7,7 +7,7 @@ import torch
 from aop_ray import checkpoints
 from aop_ray.config import ModelConfig
 from aop_ray.models.denoiser import Denoiser
-from aop_ray.tasks import InputError, Sudoku
+from aop_ray.tasks import InputError
 
 SMALL = ModelConfig(d_model=16, n_layers=1, n_heads=2, ff_mult=2)
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from aop_ray import data
-from aop_ray.tasks import InputError, Sudoku
+from aop_ray.tasks import InputError
 
 SOLUTION = "123434122143432" + "1"
 PUZZLE = "1000040000400001"

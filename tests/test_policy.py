@@ -12,7 +12,7 @@ from aop_ray.models.denoiser import Denoiser
 from aop_ray.models.policy import Policy
 from aop_ray.orders import DecodeState, get_order, margin, select
 from aop_ray.sampling import teacher_forced_state, unmask
-from aop_ray.tasks import InputError, Sudoku
+from aop_ray.tasks import InputError
 
 SMALL = ModelConfig(d_model=16, n_layers=1, n_heads=2, ff_mult=2)
 
@@ -110,6 +110,8 @@ def test_chosen_costs_of_a_perfect_order(sudoku4):
     expected = ((err + (xt != 4) * 9).min(1).values).mean().item()
     assert costs["oracle"]["error"] == pytest.approx(expected)
     assert costs["oracle"]["error"] <= costs["margin"]["error"]
+    masked = (xt == 4).float()
+    assert costs["random"]["error"] == pytest.approx(((err * masked).sum(1) / masked.sum(1)).mean().item())
 
 
 def save_policy(tmp_path, task, model_cfg, name="pol"):
@@ -171,3 +173,16 @@ def test_all_trajectory_states_enumerate_every_step(sudoku4):
     xt, x0 = traj.all_states()
     assert len(xt) == 3 * 10  # 10 free cells each, one state per decision
     assert (xt == 4).sum(1).tolist() == [10 - s for _ in range(3) for s in range(10)]
+
+
+def test_focused_sampling_draws_the_states_where_the_order_erred():
+    """Prioritised states: with focus 1 every draw is a state whose revealed cell had CE > 0."""
+    step_of = torch.tensor([[-1, 0, 1, 2], [1, 0, -1, 2]])
+    chosen_ce = torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, 3.0, 0.0, 0.0]])  # only row 1, step 0 erred
+    tokens = torch.where(step_of >= 0, 9, torch.tensor([[5, 0, 0, 0], [0, 0, 7, 0]]))
+    target = torch.tensor([[5, 1, 2, 3], [4, 6, 7, 8]])
+    traj = Trajectories(tokens, step_of < 0, target, step_of, chosen_ce)
+    xt, x0, _ = traj.sample(32, torch.Generator().manual_seed(0), focus=1.0)
+    assert (xt == torch.tensor([9, 9, 7, 9])).all() and (x0 == target[1]).all()  # row 1 before step 0
+    xt, _, _ = traj.sample(32, torch.Generator().manual_seed(0), focus=0.25)
+    assert int((xt == torch.tensor([9, 9, 7, 9])).all(dim=1).sum()) >= 8

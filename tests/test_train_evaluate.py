@@ -4,12 +4,8 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
-import pytest
 import torch
 
 from aop_ray import checkpoints, data
@@ -17,24 +13,7 @@ from aop_ray.orders import get_order
 from aop_ray.sampling import decode_dataset
 from aop_ray.tasks import Sudoku
 
-ROOT = Path(__file__).resolve().parents[1]
-SMOKE = ROOT / "tune_configs" / "sudoku4_smoke.yaml"
-
-
-def run_cli(module: str, *args: str, cwd: Path, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    return subprocess.run([sys.executable, "-m", module, *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    workdir = tmp_path_factory.mktemp("train")
-    proc = run_cli("aop_ray.train", "--config", str(SMOKE), cwd=workdir)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return workdir
-
+from conftest import SMOKE, run_cli
 
 def test_two_worker_run_checkpoints_and_logs(trained):
     run_dir = trained / "runs" / "sudoku4-smoke"

@@ -90,7 +90,8 @@ class Policy(StructuredTransformer):
         self.head = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, 1))
         self.apply(self._init)
         nn.init.zeros_(self.head[-1].weight)  # residual starts at exactly zero
-        self.log_scale = nn.Parameter(torch.tensor(math.log(cfg.base_scale)), requires_grad=cfg.learn_scale)
+        self.log_scale = (nn.Parameter(torch.tensor(math.log(cfg.base_scale)), requires_grad=cfg.learn_scale)
+                          if cfg.base_scale else None)  # base_scale 0: no base order, learned from scratch
         self.base = HEURISTICS[cfg.base_order]
 
     def features(self, state: DecodeState) -> torch.Tensor:
@@ -102,5 +103,7 @@ class Policy(StructuredTransformer):
         return feats
 
     def forward(self, state: DecodeState) -> torch.Tensor:
-        residual = self.head(self.encode(self.inp(self.features(state)))).squeeze(-1)
-        return self.log_scale.exp() * self.base(state).float() + residual.float()
+        residual = self.head(self.encode(self.inp(self.features(state)))).squeeze(-1).float()
+        if self.log_scale is None:
+            return residual
+        return self.log_scale.exp() * self.base(state).float() + residual

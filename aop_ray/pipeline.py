@@ -1,0 +1,65 @@
+"""The main job: denoiser -> AOP policy -> `learned` against every heuristic and rule.
+
+`python -m aop_ray.train` with no `--config` runs `tune_configs/main.yaml` through here
+(`--quick` runs `tune_configs/quick.yaml`). Each stage is an ordinary training run, so the
+pipeline adds no training logic of its own: it chains `train.run` calls and hands the final
+policy checkpoint to the evaluation CLI's code path, which prints the table and logs it, with
+the heat maps, to MLflow.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from aop_ray import checkpoints, data, evaluate
+from aop_ray.config import PipelineConfig, load_config
+from aop_ray.orders import order_names
+from aop_ray.tasks import InputError
+from aop_ray.cli import say
+from aop_ray.train import run
+
+
+def run_pipeline(cfg: PipelineConfig, mlflow: bool = True, stamp: str | None = None) -> list[dict]:
+    """Run every stage; returns the evaluation rows (the `results.json` content)."""
+    started = time.perf_counter()
+    prefix = f"{cfg.name}-{stamp or time.strftime('%Y%m%d-%H%M%S')}"
+    common = [f"mlflow.experiment={cfg.experiment}"]
+    # Load every stage config before any compute, so a typo in the last one costs nothing.
+    policy_cfg = load_config(cfg.policy_config, [*cfg.policy_overrides, *common, f"name={prefix}-policy",
+                                                 "aop.denoiser_checkpoint=pending"])
+    denoiser_cfg = load_config(cfg.denoiser_config, [*cfg.denoiser_overrides, *common, f"name={prefix}-denoiser"])
+    if denoiser_cfg.task != policy_cfg.task:
+        raise InputError(f"{cfg.policy_config}: task {policy_cfg.task} differs from {cfg.denoiser_config}'s "
+                         f"{denoiser_cfg.task}")
+    denoiser = cfg.denoiser_checkpoint
+    if denoiser and (Path(denoiser) / checkpoints.MANIFEST).is_file():
+        say(f"stage 1/3: using the denoiser checkpoint {denoiser}")
+    else:
+        say(f"stage 1/3: training the denoiser ({cfg.denoiser_config}"
+             + (f"; no checkpoint at {denoiser}" if denoiser else "") + ")")
+        denoiser = str(run(denoiser_cfg, mlflow=mlflow))
+    say(f"stage 2/3: training the policy ({cfg.policy_config}) on {denoiser}")
+    policy_cfg = load_config(cfg.policy_config, [*cfg.policy_overrides, *common, f"name={prefix}-policy",
+                                                 f"aop.denoiser_checkpoint={denoiser}"])
+    policy = run(policy_cfg, mlflow=mlflow)
+
+    task = policy_cfg.build_task()
+    data_path = data.dataset_path(cfg.evaluate.data, task, "evaluate")
+    orders = cfg.evaluate.orders or order_names(task)
+    out = Path(policy_cfg.ray.storage_path).expanduser().resolve() / f"{prefix}-evaluate"
+    say(f"stage 3/3: evaluating {', '.join(orders)} on {data_path}")
+    argv = ["--checkpoint", str(policy), "--data", str(data_path), "--orders", ",".join(orders),
+            "--out", str(out), "--experiment", cfg.experiment, "--run-name", f"{prefix}-evaluate",
+            "--batch-size", str(cfg.evaluate.batch_size)]
+    argv += ["--limit", str(cfg.evaluate.limit)] if cfg.evaluate.limit else []
+    argv += ["--threads", str(cfg.evaluate.threads)] if cfg.evaluate.threads else []
+    argv += [] if cfg.evaluate.planner_nll else ["--no-planner-nll"]
+    argv += [] if mlflow else ["--no-mlflow"]
+    rows = evaluate.evaluate(evaluate.build_parser().parse_args(argv))
+    say(f"pipeline done in {(time.perf_counter() - started) / 60:.1f} min: policy {policy}, table {out}")
+    return rows
+
+
+def load_pipeline(path: str | Path, overrides: list[str] | None = None) -> PipelineConfig:
+    return load_config(path, overrides, cls=PipelineConfig)

@@ -1,0 +1,40 @@
+"""What every benchmark script shares: run a command timed, describe the machine and the commit."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def sh(cmd: list[str]) -> float:
+    """Run `cmd` from the repository root (failing loudly); returns its wall-clock seconds."""
+    print("+", " ".join(cmd), flush=True)
+    start = time.perf_counter()
+    subprocess.run(cmd, cwd=ROOT, check=True)
+    return time.perf_counter() - start
+
+
+def machine() -> str:
+    cpu = next((ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                if ln.startswith("model name")), platform.processor())
+    mem = int(next(ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines()
+                   if ln.startswith("MemTotal"))) / 2**20
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{os.cpu_count()} x {cpu}, {mem:.0f} GiB RAM, {gpu}, torch {torch.__version__}, "
+            f"Python {platform.python_version()}")
+
+
+def commit() -> str:
+    """The short commit hash, marked when tracked files differ from it."""
+    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                          text=True).stdout.strip() or "uncommitted"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                           capture_output=True, text=True).stdout.strip()
+    return head + (" (with uncommitted changes)" if dirty else "")

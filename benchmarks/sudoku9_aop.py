@@ -1,0 +1,139 @@
+"""Benchmark: the learned order (AOP) against every heuristic and the `singles` rule on 9x9 Sudoku.
+
+    python benchmarks/sudoku9_aop.py                       # evaluate the committed policy checkpoints
+    python benchmarks/sudoku9_aop.py --ablation runs/A runs/B ...   # plus an ablation table of runs
+
+Every number comes from `python -m aop_ray.evaluate` on the committed checkpoints (the commands are
+in the report), on three kinds of puzzles: 1,000 held-out unique 30-clue puzzles (the core benchmark's
+test set), 1,000 unique-solution 24-28-clue puzzles (hard), and the public collections in
+../shared/data/sudoku/ when present. The joint checkpoint carries its own, jointly trained denoiser,
+so its heuristics are re-measured on that denoiser. The ablation table reads each run's final
+validation metrics (200 validation puzzles, chosen-cell error on all their margin-trajectory states).
+Report: benchmarks/sudoku9_aop.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import sys
+from pathlib import Path
+
+from common import ROOT, commit, machine, sh
+
+POLICY = "benchmarks/checkpoints/sudoku9-policy"
+JOINT = "benchmarks/checkpoints/sudoku9-joint"
+PUBLIC = ROOT.parent / "shared" / "data" / "sudoku"
+GENERATED = {  # name: (path, generate arguments)
+    "held-out 30-clue": ("data/sudoku9/test-unique30-seed2", ["--seed", "2", "--option", "clues=30"]),
+    "hard 24-28-clue": ("data/sudoku9/test-unique24-28-seed4", ["--seed", "4", "--option", "clues=[24,28]"]),
+}
+ALL_ORDERS = "random,confidence,margin,entropy,singles,learned"
+REPORT = ROOT / "benchmarks" / "sudoku9_aop.md"
+
+
+def evaluation_sets() -> dict[str, str]:
+    py = sys.executable
+    sets = {}
+    for name, (path, gen) in GENERATED.items():
+        if not (ROOT / path).exists():
+            sh([py, "-m", "aop_ray.data", "generate", "--param", "size=9", "--n", "1000", *gen,
+                "--option", "unique=true", "--out", path])
+        sets[name] = path
+    for file in sorted(PUBLIC.glob("*.txt")) if PUBLIC.is_dir() else []:
+        sets[f"public {file.stem}"] = str(file)
+    return sets
+
+
+def evaluate(checkpoint: str, data: str, orders: str, out: Path, threads: int) -> tuple[list[dict], str, float]:
+    cmd = [sys.executable, "-m", "aop_ray.evaluate", "--checkpoint", checkpoint, "--data", data, "--orders", orders,
+           "--out", str(out.relative_to(ROOT)), "--threads", str(threads), "--no-planner-nll",
+           "--run-name", f"benchmark-aop-{out.name}", "--quiet"]
+    seconds = sh(cmd)
+    return json.loads((out / "results.json").read_text()), " ".join(["python", *cmd[1:]]), seconds
+
+
+def describe(manifest: dict) -> str:
+    p, aop = manifest["policy"], manifest.get("aop", {})
+    mixing = f"{p['n_layers']}-layer transformer" if p["n_layers"] else "per-cell MLP"
+    extra = f", task features {'+'.join(p['task_features'])}" if p["task_features"] else ", no task features"
+    return (f"stage {manifest['stage']}, {mixing} d{p['d_model']}, features {'+'.join(p['features'])}{extra}, "
+            f"base {p['base_order']}, target {aop.get('target', '?')}, states {aop.get('states', '?')}, "
+            f"focus {aop.get('focus', 0)}, {manifest['step']} steps")
+
+
+def ablation_rows(run_dirs: list[str]) -> list[str]:
+    lines = ["| run | mixing | features | states | target | focus | val solve | chosen error: learned / margin "
+             "/ singles | chosen CE: learned / margin |", "|---|---|---|---|---|---|---|---|---|"]
+    for run_dir in run_dirs:
+        cfg = json.loads((Path(run_dir) / "aop_run.json").read_text())["config"]
+        m = json.loads((Path(run_dir) / "final" / "manifest.json").read_text())["metrics"]
+        p, a = cfg["policy"], cfg["aop"]
+        features = "+".join(p["features"] + p["task_features"])
+        mixing = f"{p['n_layers']}-layer" if p["n_layers"] else "per-cell"
+        states = a["states"] + (f" (DAgger/{a['refresh_every']})" if a["states"] == "trajectory"
+                                and a["refresh_every"] else "")
+        lines.append(
+            f"| {Path(run_dir).name} ({cfg['train']['stage']}) | "
+            f"{mixing} | "
+            f"{features} | {states} | {a['target']} | {a.get('focus', 0)} | {m['val_solve_rate']:.3f} | "
+            f"{m['val_chosen_error/learned']:.4f} / {m['val_chosen_error/margin']:.4f} / "
+            f"{m['val_chosen_error/singles']:.4f} | {m['val_chosen_ce/learned']:.4f} / "
+            f"{m['val_chosen_ce/margin']:.4f} |")
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--policy", default=POLICY, help="policy checkpoint (default %(default)s)")
+    parser.add_argument("--joint", default=JOINT, help="joint checkpoint, skipped if absent (default %(default)s)")
+    parser.add_argument("--ablation", nargs="*", default=[], help="run directories for the ablation table")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads per evaluation (default 2)")
+    args = parser.parse_args()
+    evaluated = commit()
+    started = datetime.datetime.now()
+    checkpoints = {"policy": args.policy}
+    if (ROOT / args.joint / "manifest.json").is_file():
+        checkpoints["joint"] = args.joint
+    tables, commands = {}, []
+    for set_name, data in evaluation_sets().items():
+        for label, checkpoint in checkpoints.items():
+            orders = ALL_ORDERS if label == "policy" else "confidence,margin,entropy,singles,learned"
+            slug = f"{label}-{set_name.replace(' ', '-')}"
+            rows, cmd, seconds = evaluate(checkpoint, data, orders, ROOT / "out" / "sudoku9_aop" / slug,
+                                          args.threads)
+            tables[(set_name, label)] = rows
+            commands.append(f"`{cmd}` ({seconds / 60:.1f} min)")
+
+    manifests = {label: json.loads((ROOT / c / "manifest.json").read_text()) for label, c in checkpoints.items()}
+    sets = list(dict.fromkeys(s for s, _ in tables))
+    lines = ["# 9x9 Sudoku: learned order (AOP) against the heuristics and the `singles` rule", "",
+             f"- date: {started:%Y-%m-%d %H:%M}", f"- machine: {machine()}",
+             f"- git commit evaluated: {evaluated}",
+             "- denoiser: `benchmarks/checkpoints/sudoku9/` (the core benchmark's 0.8M-parameter model)"]
+    lines += [f"- {label} checkpoint: `{checkpoints[label]}/`: {describe(m)}" for label, m in manifests.items()]
+    lines += ["- command: `python benchmarks/sudoku9_aop.py" + (" --ablation " + " ".join(args.ablation)
+                                                              if args.ablation else "") + "`",
+              "- orders decode greedily (argmax token, one cell per denoiser forward); solve rate = the grid "
+              "is valid and keeps the clues", ""]
+    columns = [(s, label) for s in sets for label in checkpoints]
+    lines += ["## Solve rate", "", "| order | " + " | ".join(f"{s} ({label})" for s, label in columns) + " |",
+              "|---|" + "---|" * len(columns)]
+    order_names = list(dict.fromkeys(r["order"] for rows in tables.values() for r in rows))
+    for order in order_names:
+        cells = []
+        for key in columns:
+            row = next((r for r in tables[key] if r["order"] == order), None)
+            cells.append("-" if row is None else f"{row['solve_rate']:.3f}")
+        lines.append(f"| {order} | " + " | ".join(cells) + " |")
+    lines += ["", "n per set: " + ", ".join(f"{s} {tables[(s, 'policy')][0]['n']}" for s in sets), ""]
+    if args.ablation:
+        lines += ["## Ablation (validation metrics at the end of training)", ""] + ablation_rows(args.ablation) + [""]
+    lines += ["## Commands", ""] + [f"- {c}" for c in commands] + [""]
+    REPORT.write_text("\n".join(lines))
+    print(REPORT.read_text())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,53 @@
+"""The main job's pipeline on 4x4: denoiser -> policy -> evaluation of every order, one command."""
+
+from __future__ import annotations
+
+import json
+
+from mlflow.tracking import MlflowClient
+
+from conftest import ROOT, SMOKE, run_cli
+
+
+def test_pipeline_trains_both_stages_and_evaluates_every_order(tmp_path):
+    pipeline = tmp_path / "pipeline.yaml"
+    pipeline.write_text(f"""
+name: tiny
+denoiser_config: {SMOKE}
+denoiser_checkpoint: {tmp_path / 'no-such-checkpoint'}
+denoiser_overrides: [train.steps=30, train.eval_every=0]
+policy_config: {ROOT / 'tune_configs' / 'sudoku4_policy_smoke.yaml'}
+policy_overrides: [train.steps=20]
+evaluate:
+  data: {{path: data/sudoku4/test, generate: {{n: 32, seed: 9, options: {{clues: 6, unique: true}}}}}}
+""")
+    proc = run_cli("aop_ray.train", "--pipeline", str(pipeline), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "stage 1/3: training the denoiser" in proc.stdout and "stage 3/3: evaluating" in proc.stdout
+    (out,) = (tmp_path / "runs").glob("tiny-*-evaluate")
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["order"] for r in rows] == ["random", "confidence", "margin", "entropy", "singles", "learned"]
+    assert all(r["n"] == 32 for r in rows)
+    for r in rows:  # the table reached stdout
+        assert f"{r['order']:<12} {r['solve_rate']:>10.4f}" in proc.stdout
+    policy_run = next((tmp_path / "runs").glob("tiny-*-policy"))
+    manifest = json.loads((policy_run / "final" / "manifest.json").read_text())
+    assert manifest["denoiser_source"] == str(next((tmp_path / "runs").glob("tiny-*-denoiser")) / "final")
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("aop-ray")
+    runs = client.search_runs([experiment.experiment_id])
+    assert sorted(r.info.run_name.rsplit("-", 1)[1] for r in runs) == ["denoiser", "evaluate", "policy"]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    evaluation = next(r for r in runs if r.info.run_name.endswith("evaluate"))
+    artifacts = {a.path for a in client.list_artifacts(evaluation.info.run_id, "evaluation")}
+    assert "evaluation/heatmap_learned.png" in artifacts and "evaluation/results.json" in artifacts
+
+
+def test_pipeline_refuses_a_bad_key_before_any_compute(tmp_path):
+    pipeline = tmp_path / "p.yaml"
+    pipeline.write_text(f"denoiser_config: {SMOKE}\npolicy_config: {SMOKE}\nevaluate: {{data: {{path: x}}}}\n"
+                        "policy_overides: []\n")
+    proc = run_cli("aop_ray.train", "--pipeline", str(pipeline), cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2 and "policy_overides: unknown key" in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml"]
