@@ -243,7 +243,7 @@ class RayConfig:
     cpus_per_worker: float = 0.5
     torch_threads: int = 1  # intra-op threads per CPU worker
     storage_path: str = "runs"  # Ray Train storage: local dir, NFS, s3:// or gs://
-    max_failures: int = 0
+    max_failures: int = 2  # worker-group restarts from the last checkpoint (Ray Train FailureConfig)
 
     def __post_init__(self) -> None:
         _positive(self, "num_workers", "cpus_per_worker", "torch_threads", where="ray")

@@ -141,7 +141,8 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
                                     "policy_description": policy_description(policy) if policy else None,
                                     "data": str(Path(args.data).resolve()), "orders": ",".join(orders),
                                     "k": args.k, "n": len(instances), "seed": args.seed,
-                                    "temperature": args.temperature, "task": manifest["task"]},
+                                    "temperature": args.temperature,
+                                    "order_temperature": args.order_temperature, "task": manifest["task"]},
                             tags={"aop_ray.stage": "evaluate", "aop_ray.task": task.name})
     tokens, fixed, target = (torch.as_tensor(a) for a in (instances.tokens, instances.fixed, instances.target))
     rows, maps = [], {}
@@ -154,6 +155,7 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
                                          batch_size=args.batch_size,
                                          generator=torch.Generator().manual_seed(args.seed),
                                          planner_nll=not args.no_planner_nll, temperature=args.temperature,
+                                         order_temperature=args.order_temperature,
                                          on_batch=bar.update)
             row = summarize(name, decoded, args.k)
             if name == "learned":
@@ -204,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--seed", type=int, default=0, help="seed for the random order and sampling")
     parser.add_argument("--temperature", type=float, default=0.0,
                         help="token sampling temperature; 0 = argmax (default)")
+    parser.add_argument("--order-temperature", type=float, default=0.0,
+                        help="0 (default): reveal the best-scored position; > 0: sample positions from "
+                             "softmax(score / T), e.g. to draw diverse orders from a learned policy")
     parser.add_argument("--no-planner-nll", action="store_true",
                         help="skip the teacher-forced planner-NLL pass (halves the cost)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",

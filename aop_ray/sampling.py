@@ -110,7 +110,8 @@ class Decoded:
 def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed: torch.Tensor,
                    target: torch.Tensor, order: Order, k: int = 1, batch_size: int = 256,
                    generator: torch.Generator | None = None, planner_nll: bool = True,
-                   temperature: float = 0.0, on_batch: Callable[[int], None] | None = None) -> Decoded:
+                   temperature: float = 0.0, order_temperature: float = 0.0,
+                   on_batch: Callable[[int], None] | None = None) -> Decoded:
     """Decode every instance with `order`, verify it, and optionally score the planner NLL.
 
     Generator state carries across batches, so results depend on the batch
@@ -122,7 +123,8 @@ def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed:
     for lo in range(0, tokens.shape[0], batch_size):
         x, f, y = (a[lo:lo + batch_size].to(device) for a in (tokens, fixed, target))
         start = time.perf_counter()
-        roll = unmask(denoiser, order, x, task.vocab_size, k=k, temperature=temperature, generator=generator)
+        roll = unmask(denoiser, order, x, task.vocab_size, k=k, temperature=temperature,
+                      order_temperature=order_temperature, generator=generator)
         parts["solved"].append(task.verify(roll.tokens, x, f).cpu())
         seconds += time.perf_counter() - start
         scored = ~f & (y >= 0)
@@ -133,7 +135,7 @@ def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed:
             known = ((y >= 0) | f).all(1)
             if known.any():
                 forced = unmask(denoiser, order, x[known], task.vocab_size, k=k, target=y[known],
-                                teacher_force=True, generator=generator)
+                                teacher_force=True, order_temperature=order_temperature, generator=generator)
                 nll[known.cpu()] = forced.planner_nll().cpu()
             parts["nll"].append(nll)
         if on_batch is not None:
