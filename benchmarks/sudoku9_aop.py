@@ -7,7 +7,7 @@ Every number comes from `python -m aop_ray.evaluate` on the committed checkpoint
 in the report), on three kinds of puzzles: 1,000 held-out unique 30-clue puzzles (the core benchmark's
 test set), 1,000 unique-solution 24-28-clue puzzles (hard), and the public collections in
 ../shared/data/sudoku/ when present. The joint checkpoint carries its own, jointly trained denoiser,
-so its heuristics are re-measured on that denoiser. The ablation table reads each run's final
+so its margin order is re-measured on that denoiser. The ablation table reads each run's final
 validation metrics (200 validation puzzles, chosen-cell error on all their margin-trajectory states).
 Report: benchmarks/sudoku9_aop.md.
 """
@@ -30,6 +30,7 @@ GENERATED = {  # name: (path, generate arguments)
     "hard 24-28-clue": ("data/sudoku9/test-unique24-28-seed4", ["--seed", "4", "--option", "clues=[24,28]"]),
 }
 ALL_ORDERS = "random,confidence,margin,entropy,singles,learned"
+JOINT_ORDERS = "margin,learned"  # the jointly trained denoiser's own margin order is the fair reference
 REPORT = ROOT / "benchmarks" / "sudoku9_aop.md"
 
 
@@ -46,12 +47,20 @@ def evaluation_sets() -> dict[str, str]:
     return sets
 
 
-def evaluate(checkpoint: str, data: str, orders: str, out: Path, threads: int) -> tuple[list[dict], str, float]:
+def evaluate(checkpoint: str, data: str, orders: str, out: Path, threads: int, reuse: bool
+             ) -> tuple[list[dict], str, float]:
+    """Rows of one evaluate run; with `reuse`, an earlier run of the same command is read back instead."""
     cmd = [sys.executable, "-m", "aop_ray.evaluate", "--checkpoint", checkpoint, "--data", data, "--orders", orders,
            "--out", str(out.relative_to(ROOT)), "--threads", str(threads), "--no-planner-nll",
            "--run-name", f"benchmark-aop-{out.name}", "--quiet"]
+    shown = " ".join(["python", *cmd[1:]])
+    record = out / "command.json"
+    same = shown.replace(f"--threads {threads} ", "")  # threads change the speed, not the results
+    if reuse and record.is_file() and json.loads(record.read_text())["same"] == same:
+        return json.loads((out / "results.json").read_text()), shown, json.loads(record.read_text())["seconds"]
     seconds = sh(cmd)
-    return json.loads((out / "results.json").read_text()), " ".join(["python", *cmd[1:]]), seconds
+    record.write_text(json.dumps({"command": shown, "same": same, "seconds": seconds}))
+    return json.loads((out / "results.json").read_text()), shown, seconds
 
 
 def describe(manifest: dict) -> str:
@@ -63,19 +72,30 @@ def describe(manifest: dict) -> str:
             f"focus {aop.get('focus', 0)}, {manifest['step']} steps")
 
 
+def _last_evaluated_manifest(run_dir: Path) -> dict:
+    """The final checkpoint's manifest, or for a stopped run its latest checkpoint with validation metrics."""
+    paths = [run_dir / "final" / "manifest.json"] + sorted(run_dir.glob("checkpoint_*/manifest.json"), reverse=True)
+    for path in paths:
+        if path.is_file() and "val_solve_rate" in (manifest := json.loads(path.read_text()))["metrics"]:
+            return manifest
+    raise SystemExit(f"{run_dir}: no checkpoint with validation metrics")
+
+
 def ablation_rows(run_dirs: list[str]) -> list[str]:
     lines = ["| run | mixing | features | states | target | focus | val solve | chosen error: learned / margin "
              "/ singles | chosen CE: learned / margin |", "|---|---|---|---|---|---|---|---|---|"]
     for run_dir in run_dirs:
         cfg = json.loads((Path(run_dir) / "aop_run.json").read_text())["config"]
-        m = json.loads((Path(run_dir) / "final" / "manifest.json").read_text())["metrics"]
+        manifest = _last_evaluated_manifest(Path(run_dir))
+        m, stopped = manifest["metrics"], "" if manifest["step"] == cfg["train"]["steps"] else \
+            f", stopped at step {manifest['step']}"
         p, a = cfg["policy"], cfg["aop"]
         features = "+".join(p["features"] + p["task_features"])
         mixing = f"{p['n_layers']}-layer" if p["n_layers"] else "per-cell"
         states = a["states"] + (f" (DAgger/{a['refresh_every']})" if a["states"] == "trajectory"
                                 and a["refresh_every"] else "")
         lines.append(
-            f"| {Path(run_dir).name} ({cfg['train']['stage']}) | "
+            f"| {Path(run_dir).name} ({cfg['train']['stage']}{stopped}) | "
             f"{mixing} | "
             f"{features} | {states} | {a['target']} | {a.get('focus', 0)} | {m['val_solve_rate']:.3f} | "
             f"{m['val_chosen_error/learned']:.4f} / {m['val_chosen_error/margin']:.4f} / "
@@ -90,21 +110,33 @@ def main() -> None:
     parser.add_argument("--joint", default=JOINT, help="joint checkpoint, skipped if absent (default %(default)s)")
     parser.add_argument("--ablation", nargs="*", default=[], help="run directories for the ablation table")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per evaluation (default 2)")
+    parser.add_argument("--skip-joint-on", nargs="*", default=[], metavar="SET",
+                        help="evaluation sets the joint checkpoint skips (e.g. to fit a time budget)")
+    parser.add_argument("--reuse", action="store_true",
+                        help="read back evaluations already in out/sudoku9_aop/ that used the same command")
+    parser.add_argument("--only", choices=["policy", "joint"], default=None,
+                        help="evaluate one checkpoint only (e.g. while the other trains); no report")
     args = parser.parse_args()
     evaluated = commit()
     started = datetime.datetime.now()
     checkpoints = {"policy": args.policy}
     if (ROOT / args.joint / "manifest.json").is_file():
         checkpoints["joint"] = args.joint
+    if args.only:
+        checkpoints = {args.only: checkpoints[args.only]}
     tables, commands = {}, []
     for set_name, data in evaluation_sets().items():
         for label, checkpoint in checkpoints.items():
-            orders = ALL_ORDERS if label == "policy" else "confidence,margin,entropy,singles,learned"
+            if label == "joint" and set_name in args.skip_joint_on:
+                continue
+            orders = ALL_ORDERS if label == "policy" else JOINT_ORDERS
             slug = f"{label}-{set_name.replace(' ', '-')}"
             rows, cmd, seconds = evaluate(checkpoint, data, orders, ROOT / "out" / "sudoku9_aop" / slug,
-                                          args.threads)
+                                          args.threads, args.reuse)
             tables[(set_name, label)] = rows
             commands.append(f"`{cmd}` ({seconds / 60:.1f} min)")
+    if args.only:
+        return
 
     manifests = {label: json.loads((ROOT / c / "manifest.json").read_text()) for label, c in checkpoints.items()}
     sets = list(dict.fromkeys(s for s, _ in tables))
@@ -117,7 +149,7 @@ def main() -> None:
                                                               if args.ablation else "") + "`",
               "- orders decode greedily (argmax token, one cell per denoiser forward); solve rate = the grid "
               "is valid and keeps the clues", ""]
-    columns = [(s, label) for s in sets for label in checkpoints]
+    columns = [(s, label) for s in sets for label in checkpoints if (s, label) in tables]
     lines += ["## Solve rate", "", "| order | " + " | ".join(f"{s} ({label})" for s, label in columns) + " |",
               "|---|" + "---|" * len(columns)]
     order_names = list(dict.fromkeys(r["order"] for rows in tables.values() for r in rows))
@@ -128,6 +160,8 @@ def main() -> None:
             cells.append("-" if row is None else f"{row['solve_rate']:.3f}")
         lines.append(f"| {order} | " + " | ".join(cells) + " |")
     lines += ["", "n per set: " + ", ".join(f"{s} {tables[(s, 'policy')][0]['n']}" for s in sets), ""]
+    if args.skip_joint_on and "joint" in checkpoints:
+        lines += ["The joint checkpoint was not evaluated on: " + ", ".join(args.skip_joint_on) + " (time budget).", ""]
     if args.ablation:
         lines += ["## Ablation (validation metrics at the end of training)", ""] + ablation_rows(args.ablation) + [""]
     lines += ["## Commands", ""] + [f"- {c}" for c in commands] + [""]

@@ -1,4 +1,7 @@
+from pathlib import Path
+
 import pytest
+import yaml
 
 from aop_ray.config import Config, load_config
 from aop_ray.tasks import InputError
@@ -62,3 +65,21 @@ def test_bad_override(tmp_path):
         load_config(write(tmp_path, BASE), ["train.lr"])
     with pytest.raises(InputError, match="train.lr: expected float"):
         load_config(write(tmp_path, BASE), ["train.lr=[1]"])
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "tune_configs").glob("*.yaml")),
+                         ids=lambda p: p.name)
+def test_every_shipped_config_loads(path):
+    """Stage configs load as `Config`, pipelines as `PipelineConfig` with every stage config they name."""
+    from aop_ray.pipeline import load_pipeline
+
+    data = yaml.safe_load(path.read_text())
+    if "policy_config" in data:
+        pipeline = load_pipeline(path)
+        load_config(pipeline.denoiser_config, pipeline.denoiser_overrides)
+        assert load_config(pipeline.policy_config, pipeline.policy_overrides).train.stage == "policy"
+        return
+    needs_denoiser = data["train"].get("stage", "denoiser") != "denoiser" and \
+        not data.get("aop", {}).get("denoiser_checkpoint")
+    cfg = load_config(path, ["aop.denoiser_checkpoint=x"] if needs_denoiser else [])
+    assert cfg.name == data["name"]
