@@ -57,7 +57,8 @@ def evaluate(checkpoint: str, data: str, orders: str, out: Path, threads: int, r
     record = out / "command.json"
     same = shown.replace(f"--threads {threads} ", "")  # threads change the speed, not the results
     if reuse and record.is_file() and json.loads(record.read_text())["same"] == same:
-        return json.loads((out / "results.json").read_text()), shown, json.loads(record.read_text())["seconds"]
+        earlier = json.loads(record.read_text())
+        return json.loads((out / "results.json").read_text()), earlier["command"], earlier["seconds"]
     seconds = sh(cmd)
     record.write_text(json.dumps({"command": shown, "same": same, "seconds": seconds}))
     return json.loads((out / "results.json").read_text()), shown, seconds
@@ -112,6 +113,8 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads per evaluation (default 2)")
     parser.add_argument("--skip-joint-on", nargs="*", default=[], metavar="SET",
                         help="evaluation sets the joint checkpoint skips (e.g. to fit a time budget)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="write the report from the evaluations already in out/sudoku9_aop/, running none")
     parser.add_argument("--reuse", action="store_true",
                         help="read back evaluations already in out/sudoku9_aop/ that used the same command")
     parser.add_argument("--only", choices=["policy", "joint"], default=None,
@@ -131,8 +134,10 @@ def main() -> None:
                 continue
             orders = ALL_ORDERS if label == "policy" else JOINT_ORDERS
             slug = f"{label}-{set_name.replace(' ', '-')}"
+            if args.report_only and not (ROOT / "out" / "sudoku9_aop" / slug / "command.json").is_file():
+                continue
             rows, cmd, seconds = evaluate(checkpoint, data, orders, ROOT / "out" / "sudoku9_aop" / slug,
-                                          args.threads, args.reuse)
+                                          args.threads, args.reuse or args.report_only)
             tables[(set_name, label)] = rows
             commands.append(f"`{cmd}` ({seconds / 60:.1f} min)")
     if args.only:
