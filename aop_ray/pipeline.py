@@ -9,6 +9,7 @@ the heat maps, to MLflow.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 
@@ -27,7 +28,7 @@ def run_pipeline(cfg: PipelineConfig, mlflow: bool = True, stamp: str | None = N
     common = [f"mlflow.experiment={cfg.experiment}"]
     # Load every stage config before any compute, so a typo in the last one costs nothing.
     policy_cfg = load_config(cfg.policy_config, [*cfg.policy_overrides, *common, f"name={prefix}-policy",
-                                                 "aop.denoiser_checkpoint=pending"])
+                                                 "aop.denoiser_checkpoint=pending"])  # set after stage 1
     denoiser_cfg = load_config(cfg.denoiser_config, [*cfg.denoiser_overrides, *common, f"name={prefix}-denoiser"])
     if denoiser_cfg.task != policy_cfg.task:
         raise InputError(f"{cfg.policy_config}: task {policy_cfg.task} differs from {cfg.denoiser_config}'s "
@@ -40,8 +41,7 @@ def run_pipeline(cfg: PipelineConfig, mlflow: bool = True, stamp: str | None = N
              + (f"; no checkpoint at {denoiser}" if denoiser else "") + ")")
         denoiser = str(run(denoiser_cfg, mlflow=mlflow))
     say(f"stage 2/3: training the policy ({cfg.policy_config}) on {denoiser}")
-    policy_cfg = load_config(cfg.policy_config, [*cfg.policy_overrides, *common, f"name={prefix}-policy",
-                                                 f"aop.denoiser_checkpoint={denoiser}"])
+    policy_cfg = dataclasses.replace(policy_cfg, aop=dataclasses.replace(policy_cfg.aop, denoiser_checkpoint=denoiser))
     policy = run(policy_cfg, mlflow=mlflow)
 
     task = policy_cfg.build_task()

@@ -84,12 +84,17 @@ def test_singles_prefers_a_forced_cell_over_a_confident_one(sudoku4):
     assert select(get_order("singles", task=sudoku4)(state), state.masked, 1)[0].item() == 3
 
 
-def test_teacher_forced_states_rebuild_the_rollout(sudoku4):
-    inst = sudoku4.generate(4, seed=0, clues=6)
+def margin_trajectories(task, n):
+    """(tokens, target, trajectories) of an untrained denoiser's margin order on n generated puzzles."""
+    inst = task.generate(n, seed=0, clues=6)
     tokens, fixed, target = (torch.as_tensor(a) for a in (inst.tokens, inst.fixed, inst.target))
     torch.manual_seed(0)
-    model = Denoiser(4, sudoku4.position_groups(), SMALL).eval()
-    traj = Trajectories.collect(model, get_order("margin"), tokens, fixed, target, 4)
+    model = Denoiser(4, task.position_groups(), SMALL).eval()
+    return tokens, target, Trajectories.collect(model, get_order("margin"), tokens, fixed, target, 4)
+
+
+def test_teacher_forced_states_rebuild_the_rollout(sudoku4):
+    tokens, target, traj = margin_trajectories(sudoku4, 4)
     assert torch.equal(teacher_forced_state(tokens, traj.step_of, target, torch.zeros(4, dtype=torch.long)), tokens)
     assert torch.equal(teacher_forced_state(tokens, traj.step_of, target, torch.full((4,), 99)), target)
     xt, x0, f = traj.sample(64, torch.Generator().manual_seed(1))
@@ -165,11 +170,7 @@ def test_group_pooled_probabilities_exact(sudoku4):
 
 
 def test_all_trajectory_states_enumerate_every_step(sudoku4):
-    inst = sudoku4.generate(3, seed=0, clues=6)
-    tokens, fixed, target = (torch.as_tensor(a) for a in (inst.tokens, inst.fixed, inst.target))
-    torch.manual_seed(0)
-    model = Denoiser(4, sudoku4.position_groups(), SMALL).eval()
-    traj = Trajectories.collect(model, get_order("margin"), tokens, fixed, target, 4)
+    _, _, traj = margin_trajectories(sudoku4, 3)
     xt, x0 = traj.all_states()
     assert len(xt) == 3 * 10  # 10 free cells each, one state per decision
     assert (xt == 4).sum(1).tolist() == [10 - s for _ in range(3) for s in range(10)]
