@@ -205,8 +205,30 @@ class AopConfig:
 
 
 @dataclasses.dataclass
+class GrpoConfig:
+    """Stage `grpo`: group-relative policy gradient of the same policy network (aop_ray/grpo.py).
+
+    `train.batch_size` counts rollouts: batch_size / group_size puzzles per step, split over workers.
+    The frozen denoiser is `aop.denoiser_checkpoint`, as for stage `policy`.
+    """
+
+    group_size: int = 8  # rollouts per puzzle; advantages are standardised within a group
+    temperature: float = 1.0  # the policy samples positions from softmax(scores / temperature)
+    states_per_rollout: int = 8  # decoding steps of each rollout that enter the loss
+    kl_beta: float = 0.0  # + kl_beta * KL(pi || softmax(kl_scale * kl_reference / temperature))
+    kl_reference: Literal["margin", "confidence", "entropy"] = "margin"
+    kl_scale: float = 50.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "temperature", "states_per_rollout", "kl_scale", where="grpo")
+        _positive(self, "kl_beta", where="grpo", allow_zero=True)
+        if self.group_size < 2:
+            raise InputError(f"grpo.group_size: needs at least 2 rollouts per puzzle, got {self.group_size}")
+
+
+@dataclasses.dataclass
 class TrainConfig:
-    stage: Literal["denoiser", "policy", "joint"] = "denoiser"
+    stage: Literal["denoiser", "policy", "joint", "grpo"] = "denoiser"
     steps: int = 1000
     batch_size: int = 128  # global: split evenly across workers
     lr: float = 1e-3
@@ -264,6 +286,7 @@ class Config:
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
     policy: PolicyConfig = dataclasses.field(default_factory=PolicyConfig)
     aop: AopConfig = dataclasses.field(default_factory=AopConfig)
+    grpo: GrpoConfig = dataclasses.field(default_factory=GrpoConfig)
     train: TrainConfig = dataclasses.field(default_factory=TrainConfig)
     ray: RayConfig = dataclasses.field(default_factory=RayConfig)
     mlflow: MlflowConfig = dataclasses.field(default_factory=MlflowConfig)
@@ -281,6 +304,10 @@ class Config:
         if self.train.stage != "denoiser" and not self.aop.denoiser_checkpoint:
             raise InputError(f"aop.denoiser_checkpoint: stage {self.train.stage!r} needs a trained denoiser "
                              f"(train one with stage: denoiser first)")
+        if self.train.stage == "grpo" and self.train.batch_size < self.grpo.group_size * self.ray.num_workers:
+            raise InputError(f"train.batch_size: stage grpo needs at least grpo.group_size x ray.num_workers = "
+                             f"{self.grpo.group_size * self.ray.num_workers} rollouts per step, got "
+                             f"{self.train.batch_size}")
 
     def build_task(self) -> Task:
         return make_task(self.task)

@@ -32,6 +32,7 @@ from aop_ray import checkpoints, data
 from aop_ray.cli import run_main, say
 from aop_ray.config import Config, ModelConfig, load_config, parse_dataclass
 from aop_ray.aop import Trajectories, aop_step, chosen_costs, uniform_states
+from aop_ray.grpo import grpo_step
 from aop_ray.losses import denoiser_loss
 from aop_ray.models.denoiser import Denoiser
 from aop_ray.models.policy import Policy
@@ -156,7 +157,7 @@ class _States:
 
 
 def train_loop(loop_config: dict[str, Any]) -> None:
-    """Runs on every Ray Train worker: the denoiser stage, or the policy / joint AOP stages."""
+    """Runs on every Ray Train worker: the denoiser stage, the policy / joint AOP stages, or GRPO."""
     import ray.train
     import ray.train.torch
 
@@ -178,7 +179,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     trained = {"denoiser": (denoiser, tc.lr)} if stage == "denoiser" else {"policy": (policy, tc.lr)}
     if stage == "joint":
         trained["denoiser"] = (denoiser, cfg.aop.denoiser_lr)
-    if stage == "policy":
+    if stage in ("policy", "grpo"):
         denoiser.requires_grad_(False).eval()
     optimizer = torch.optim.AdamW([{"params": m.parameters(), "base_lr": lr} for m, lr in trained.values()],
                                   lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
@@ -202,7 +203,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     per_worker = max(1, tc.batch_size // world)
     batches = _batches(ray.train.get_dataset_shard("train"), per_worker, generator)
     val = loop_config["val"]
-    states = _States(cfg, task.vocab_size, batches, device) if policy is not None else None
+    states = _States(cfg, task.vocab_size, batches, device) if stage in ("policy", "joint") else None
     if states is not None and cfg.aop.states == "trajectory":
         states.refresh(denoiser, get_order(cfg.aop.trajectory_order, task=task))
         if cfg.aop.refresh_every and step >= cfg.aop.refresh_every:  # resumed after a DAgger round
@@ -223,6 +224,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             if policy is None:
                 loss = denoiser_loss(nets["denoiser"], x0, fixed, task.vocab_size, tc.loss_weighting, generator)
                 stats = {}
+            elif stage == "grpo":
+                puzzles = max(1, per_worker // cfg.grpo.group_size)
+                prompt = torch.where(fixed[:puzzles], x0[:puzzles], task.vocab_size)
+                loss, stats = grpo_step(denoiser, nets["policy"], policy, prompt, fixed[:puzzles], task, cfg.grpo,
+                                        generator)
             else:
                 xt, y = states.sample(x0, fixed, generator)
                 loss, stats = aop_step(nets["denoiser"], nets["policy"], xt, y, task.vocab_size, cfg.aop,
@@ -282,7 +288,8 @@ def _manifest(cfg: Config, task: Any, step: int, metrics: dict[str, Any], loop_c
     if cfg.train.stage == "denoiser":
         return checkpoints.denoiser_manifest(task, cfg.model, step=step, metrics=metrics)
     return checkpoints.policy_manifest(task, cfg.model, cfg.policy, cfg.train.stage, cfg.aop.denoiser_checkpoint,
-                                       step=step, metrics=metrics, aop=dataclasses.asdict(cfg.aop))
+                                       step=step, metrics=metrics, aop=dataclasses.asdict(cfg.aop),
+                                       **({"grpo": dataclasses.asdict(cfg.grpo)} if cfg.train.stage == "grpo" else {}))
 
 
 def _diagnostics(denoiser: torch.nn.Module, policy: Policy, task: Any, val: dict[str, np.ndarray], rank: int,

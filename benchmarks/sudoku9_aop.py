@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -43,7 +44,7 @@ def evaluation_sets() -> dict[str, str]:
                 "--option", "unique=true", "--out", path])
         sets[name] = path
     for file in sorted(PUBLIC.glob("*.txt")) if PUBLIC.is_dir() else []:
-        sets[f"public {file.stem}"] = str(file)
+        sets[f"public {file.stem}"] = os.path.relpath(file, ROOT)  # ../shared/...: the same on every checkout
     return sets
 
 
@@ -82,14 +83,35 @@ def _last_evaluated_manifest(run_dir: Path) -> dict:
     raise SystemExit(f"{run_dir}: no checkpoint with validation metrics")
 
 
+def _validation_metrics(run_dir: Path, step: int | None) -> tuple[int, dict]:
+    """(step, val_* metrics): from the last evaluated checkpoint, or at `step` from the run's MLflow curves
+    (checkpoints are pruned, the curves are not)."""
+    if step is None:
+        manifest = _last_evaluated_manifest(run_dir)
+        return manifest["step"], manifest["metrics"]
+    from mlflow.tracking import MlflowClient
+
+    sys.path.insert(0, str(ROOT))
+    from aop_ray.tracking import resolve_uri
+
+    client = MlflowClient(resolve_uri())
+    run_id = json.loads((run_dir / "aop_run.json").read_text())["mlflow_run_id"]
+    metrics = {key: next((m.value for m in client.get_metric_history(run_id, key) if m.step == step), None)
+               for key in client.get_run(run_id).data.metrics if key.startswith("val_")}
+    if any(value is None for value in metrics.values()) or not metrics:
+        raise SystemExit(f"{run_dir}: no validation metrics at step {step} in MLflow")
+    return step, metrics
+
+
 def ablation_rows(run_dirs: list[str]) -> list[str]:
-    lines = ["| run | mixing | features | states | target | focus | val solve | chosen error: learned / margin "
-             "/ singles | chosen CE: learned / margin |", "|---|---|---|---|---|---|---|---|---|"]
-    for run_dir in run_dirs:
+    lines = ["| run | mixing | features | states | target | temperature | focus | val solve | chosen error: learned / "
+             "margin / singles | chosen CE: learned / margin |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for spec in run_dirs:  # RUN_DIR, or RUN_DIR@STEP for an intermediate checkpoint
+        run_dir, _, at = spec.partition("@")
         cfg = json.loads((Path(run_dir) / "aop_run.json").read_text())["config"]
-        manifest = _last_evaluated_manifest(Path(run_dir))
-        m, stopped = manifest["metrics"], "" if manifest["step"] == cfg["train"]["steps"] else \
-            f", stopped at step {manifest['step']}"
+        step, m = _validation_metrics(Path(run_dir), int(at) if at else None)
+        stopped = "" if step == cfg["train"]["steps"] else \
+            f", step {step} of {cfg['train']['steps']}" if at else f", stopped at step {step}"
         p, a = cfg["policy"], cfg["aop"]
         features = "+".join(p["features"] + p["task_features"])
         mixing = f"{p['n_layers']}-layer" if p["n_layers"] else "per-cell"
@@ -98,7 +120,8 @@ def ablation_rows(run_dirs: list[str]) -> list[str]:
         lines.append(
             f"| {Path(run_dir).name} ({cfg['train']['stage']}{stopped}) | "
             f"{mixing} | "
-            f"{features} | {states} | {a['target']} | {a.get('focus', 0)} | {m['val_solve_rate']:.3f} | "
+            f"{features} | {states} | {a['target']} | {a['temperature']:g} | {a.get('focus', 0)} | "
+            f"{m['val_solve_rate']:.3f} | "
             f"{m['val_chosen_error/learned']:.4f} / {m['val_chosen_error/margin']:.4f} / "
             f"{m['val_chosen_error/singles']:.4f} | {m['val_chosen_ce/learned']:.4f} / "
             f"{m['val_chosen_ce/margin']:.4f} |")
@@ -109,7 +132,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default=POLICY, help="policy checkpoint (default %(default)s)")
     parser.add_argument("--joint", default=JOINT, help="joint checkpoint, skipped if absent (default %(default)s)")
-    parser.add_argument("--ablation", nargs="*", default=[], help="run directories for the ablation table")
+    parser.add_argument("--ablation", nargs="*", default=[],
+                        help="run directories for the ablation table (RUN_DIR@STEP: an intermediate checkpoint)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per evaluation (default 2)")
     parser.add_argument("--skip-joint-on", nargs="*", default=[], metavar="SET",
                         help="evaluation sets the joint checkpoint skips (e.g. to fit a time budget)")

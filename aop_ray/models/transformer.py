@@ -50,7 +50,8 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, relations: torch.Tensor | None = None) -> torch.Tensor:
         b, length, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, length, 3, self.n_heads, d // self.n_heads).unbind(2)
-        bias = self.relation_bias[:, relations].to(x.dtype) if self.relation_bias is not None else None
+        # (1, H, L, L): a 4-D mask lets CPU SDPA take its fused kernel (a 3-D one falls back to the slow path)
+        bias = self.relation_bias[None, :, relations].to(x.dtype) if self.relation_bias is not None else None
         att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
         x = x + self.proj(att.transpose(1, 2).reshape(b, length, d))
