@@ -135,6 +135,18 @@ def test_vector_env_matches_single_envs_step_for_step(world):
     assert (vobs["action_mask"].sum(1) == 10).all()
 
 
+def test_make_vec_builds_the_native_vector_env_and_batched_spaces_hold_its_observations(world):
+    ckpt, puzzles = world
+    vec = gym.make_vec("aop/Unmask-v0", num_envs=3, vectorization_mode="vector_entry_point",
+                       denoiser_checkpoint=str(ckpt), data=str(puzzles))
+    assert isinstance(vec.unwrapped, UnmaskVectorEnv) and vec.num_envs == 3
+    obs, _ = vec.reset(seed=0)
+    assert vec.observation_space.contains(obs) and vec.action_space.shape == (3,)
+    obs, reward, terminated, truncated, _ = vec.step(vec.action_space.sample())
+    assert vec.observation_space.contains(obs) and reward.dtype == np.float64 and terminated.dtype == bool
+    vec.close()
+
+
 def test_agents_only_ever_pick_masked_positions(world):
     ckpt, puzzles = world
     vec = UnmaskVectorEnv(4, str(ckpt), str(puzzles), illegal_action="error")  # an illegal pick would raise
