@@ -25,6 +25,7 @@ from common import ROOT, commit, machine, sh
 
 POLICY = "benchmarks/checkpoints/sudoku9-policy"
 JOINT = "benchmarks/checkpoints/sudoku9-joint"
+TASK_FEATURES = "benchmarks/checkpoints/sudoku9-policy-task"
 PUBLIC = ROOT.parent / "shared" / "data" / "sudoku"
 GENERATED = {  # name: (path, generate arguments)
     "held-out 30-clue": ("data/sudoku9/test-unique30-seed2", ["--seed", "2", "--option", "clues=30"]),
@@ -32,6 +33,7 @@ GENERATED = {  # name: (path, generate arguments)
 }
 ALL_ORDERS = "random,confidence,margin,entropy,singles,learned"
 JOINT_ORDERS = "margin,learned"  # the jointly trained denoiser's own margin order is the fair reference
+ORDERS = {"policy": ALL_ORDERS, "joint": JOINT_ORDERS, "task-features": "learned"}  # same denoiser as policy
 REPORT = ROOT / "benchmarks" / "sudoku9_aop.md"
 
 
@@ -49,8 +51,9 @@ def evaluation_sets() -> dict[str, str]:
 
 
 def evaluate(checkpoint: str, data: str, orders: str, out: Path, threads: int, reuse: bool
-             ) -> tuple[list[dict], str, float]:
-    """Rows of one evaluate run; with `reuse`, an earlier run of the same command is read back instead."""
+             ) -> tuple[list[dict], str, float, str]:
+    """Rows, command, seconds and git commit of one evaluate run; with `reuse`, an earlier run of the same
+    command is read back instead (each evaluation keeps the commit it ran at)."""
     cmd = [sys.executable, "-m", "aop_ray.evaluate", "--checkpoint", checkpoint, "--data", data, "--orders", orders,
            "--out", str(out.relative_to(ROOT)), "--threads", str(threads), "--no-planner-nll",
            "--run-name", f"benchmark-aop-{out.name}", "--quiet"]
@@ -59,10 +62,12 @@ def evaluate(checkpoint: str, data: str, orders: str, out: Path, threads: int, r
     same = shown.replace(f"--threads {threads} ", "")  # threads change the speed, not the results
     if reuse and record.is_file() and json.loads(record.read_text())["same"] == same:
         earlier = json.loads(record.read_text())
-        return json.loads((out / "results.json").read_text()), earlier["command"], earlier["seconds"]
+        return (json.loads((out / "results.json").read_text()), earlier["command"], earlier["seconds"],
+                earlier["commit"])
+    evaluated = commit()
     seconds = sh(cmd)
-    record.write_text(json.dumps({"command": shown, "same": same, "seconds": seconds}))
-    return json.loads((out / "results.json").read_text()), shown, seconds
+    record.write_text(json.dumps({"command": shown, "same": same, "seconds": seconds, "commit": evaluated}))
+    return json.loads((out / "results.json").read_text()), shown, seconds, evaluated
 
 
 def describe(manifest: dict) -> str:
@@ -132,6 +137,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--policy", default=POLICY, help="policy checkpoint (default %(default)s)")
     parser.add_argument("--joint", default=JOINT, help="joint checkpoint, skipped if absent (default %(default)s)")
+    parser.add_argument("--task-features", default=TASK_FEATURES,
+                        help="task-feature policy checkpoint, skipped if absent (default %(default)s)")
     parser.add_argument("--ablation", nargs="*", default=[],
                         help="run directories for the ablation table (RUN_DIR@STEP: an intermediate checkpoint)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per evaluation (default 2)")
@@ -141,14 +148,14 @@ def main() -> None:
                         help="write the report from the evaluations already in out/sudoku9_aop/, running none")
     parser.add_argument("--reuse", action="store_true",
                         help="read back evaluations already in out/sudoku9_aop/ that used the same command")
-    parser.add_argument("--only", choices=["policy", "joint"], default=None,
+    parser.add_argument("--only", choices=list(ORDERS), default=None,
                         help="evaluate one checkpoint only (e.g. while the other trains); no report")
     args = parser.parse_args()
-    evaluated = commit()
     started = datetime.datetime.now()
     checkpoints = {"policy": args.policy}
-    if (ROOT / args.joint / "manifest.json").is_file():
-        checkpoints["joint"] = args.joint
+    for label, path in (("joint", args.joint), ("task-features", args.task_features)):
+        if (ROOT / path / "manifest.json").is_file():
+            checkpoints[label] = path
     if args.only:
         checkpoints = {args.only: checkpoints[args.only]}
     tables, commands = {}, []
@@ -156,14 +163,14 @@ def main() -> None:
         for label, checkpoint in checkpoints.items():
             if label == "joint" and set_name in args.skip_joint_on:
                 continue
-            orders = ALL_ORDERS if label == "policy" else JOINT_ORDERS
+            orders = ORDERS[label]
             slug = f"{label}-{set_name.replace(' ', '-')}"
             if args.report_only and not (ROOT / "out" / "sudoku9_aop" / slug / "command.json").is_file():
                 continue
-            rows, cmd, seconds = evaluate(checkpoint, data, orders, ROOT / "out" / "sudoku9_aop" / slug,
-                                          args.threads, args.reuse or args.report_only)
+            rows, cmd, seconds, evaluated = evaluate(checkpoint, data, orders, ROOT / "out" / "sudoku9_aop" / slug,
+                                                     args.threads, args.reuse or args.report_only)
             tables[(set_name, label)] = rows
-            commands.append(f"`{cmd}` ({seconds / 60:.1f} min)")
+            commands.append(f"`{cmd}` ({seconds / 60:.1f} min, at commit {evaluated})")
     if args.only:
         return
 
@@ -171,7 +178,7 @@ def main() -> None:
     sets = list(dict.fromkeys(s for s, _ in tables))
     lines = ["# 9x9 Sudoku: learned order (AOP) against the heuristics and the `singles` rule", "",
              f"- date: {started:%Y-%m-%d %H:%M}", f"- machine: {machine()}",
-             f"- git commit evaluated: {evaluated}",
+             f"- report written at commit {commit()}; each evaluation's own commit is listed under Commands",
              "- denoiser: `benchmarks/checkpoints/sudoku9/` (the core benchmark's 0.8M-parameter model)"]
     lines += [f"- {label} checkpoint: `{checkpoints[label]}/`: {describe(m)}" for label, m in manifests.items()]
     lines += ["- command: `python benchmarks/sudoku9_aop.py" + (" --ablation " + " ".join(args.ablation)
