@@ -201,7 +201,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     # A distinct, resume-aware stream per worker: a resumed run does not replay old noise.
     generator = torch.Generator().manual_seed(tc.seed * 1_000_003 + rank * 7919 + step)
     per_worker = max(1, tc.batch_size // world)
-    batches = _batches(ray.train.get_dataset_shard("train"), per_worker, generator)
+    # GRPO decodes each puzzle group_size times, so it draws per_worker / group_size puzzles per step.
+    draw = max(1, per_worker // cfg.grpo.group_size) if stage == "grpo" else per_worker
+    batches = _batches(ray.train.get_dataset_shard("train"), draw, generator)
     val = loop_config["val"]
     states = _States(cfg, task.vocab_size, batches, device) if stage in ("policy", "joint") else None
     if states is not None and cfg.aop.states == "trajectory":
@@ -225,10 +227,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 loss = denoiser_loss(nets["denoiser"], x0, fixed, task.vocab_size, tc.loss_weighting, generator)
                 stats = {}
             elif stage == "grpo":
-                puzzles = max(1, per_worker // cfg.grpo.group_size)
-                prompt = torch.where(fixed[:puzzles], x0[:puzzles], task.vocab_size)
-                loss, stats = grpo_step(denoiser, nets["policy"], policy, prompt, fixed[:puzzles], task, cfg.grpo,
-                                        generator)
+                loss, stats = grpo_step(denoiser, nets["policy"], policy, torch.where(fixed, x0, task.vocab_size),
+                                        fixed, task, cfg.grpo, generator)
             else:
                 xt, y = states.sample(x0, fixed, generator)
                 loss, stats = aop_step(nets["denoiser"], nets["policy"], xt, y, task.vocab_size, cfg.aop,

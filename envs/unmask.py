@@ -99,6 +99,13 @@ class _Episodes:
         self.batch.load(rows, index)
         return index
 
+    def reset(self, rows: np.ndarray, rng: np.random.Generator, options: dict[str, Any] | None) -> np.ndarray:
+        """Start every board, reseed token sampling from `rng`, and run the first forward."""
+        index = self.start(rows, rng, options)
+        self.generator.manual_seed(int(rng.integers(2**62)))
+        self.batch.refresh()
+        return index
+
 
 def _kwargs(dense_reward: str, dense_weight: float, illegal_action: str, token_temperature: float, puzzles: str,
             limit: int | None) -> dict[str, Any]:
@@ -129,9 +136,7 @@ class UnmaskEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
-        index = self.episodes.start(self._row, self.np_random, options)
-        self.episodes.generator.manual_seed(int(self.np_random.integers(2**62)))
-        self.episodes.batch.refresh()
+        index = self.episodes.reset(self._row, self.np_random, options)
         self._over = False
         return self.episodes.batch.observe(0), self._info(int(index[0]))
 
@@ -199,9 +204,7 @@ class UnmaskVectorEnv(VectorEnv):
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
               ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
-        index = self.episodes.start(self._rows, self.np_random, options)
-        self.episodes.generator.manual_seed(int(self.np_random.integers(2**62)))
-        self.episodes.batch.refresh()
+        index = self.episodes.reset(self._rows, self.np_random, options)
         self._autoreset[:] = False
         return self.episodes.batch.observe(), {"index": index, "_index": np.ones(self.num_envs, dtype=bool)}
 
