@@ -397,3 +397,127 @@ class PipelineConfig:
     policy_overrides: list[str] = dataclasses.field(default_factory=list)
     name: str = "main"  # runs are <name>-<timestamp>-{denoiser,policy}
     experiment: str = "aop-ray"
+
+
+@dataclasses.dataclass
+class Domain:
+    """One hyper-parameter's search domain: exactly one of the fields is set."""
+
+    grid: list[Any] | None = None  # every value, in every seed (tune.grid_search)
+    choice: list[Any] | None = None  # one value per sample
+    uniform: list[float] | None = None  # [low, high]
+    loguniform: list[float] | None = None  # [low, high], both > 0
+    randint: list[int] | None = None  # [low, high), integers
+
+    def kind(self, where: str) -> str:
+        kinds = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
+        if len(kinds) != 1:
+            raise InputError(f"{where}: give exactly one of grid, choice, uniform, loguniform, randint "
+                             f"(got {', '.join(kinds) or 'none'})")
+        values = getattr(self, kinds[0])
+        if kinds[0] in ("grid", "choice") and not values:
+            raise InputError(f"{where}.{kinds[0]}: needs at least one value")
+        if kinds[0] in ("uniform", "loguniform", "randint"):
+            if len(values) != 2 or not values[0] < values[1]:
+                raise InputError(f"{where}.{kinds[0]}: expected [low, high] with low < high, got {values}")
+            if kinds[0] == "loguniform" and values[0] <= 0:
+                raise InputError(f"{where}.loguniform: bounds must be > 0, got {values}")
+        return kinds[0]
+
+    def probe_values(self) -> list[Any]:
+        """Values that stand for the domain when a training config is validated with it."""
+        return list(self.grid or self.choice or self.uniform or self.loguniform or self.randint)
+
+
+@dataclasses.dataclass
+class SchedulerConfig:
+    """`fifo`: every trial runs its full budget (the fair comparison). `asha`: early stopping, for searches."""
+
+    type: Literal["fifo", "asha"] = "fifo"
+    metric: str = "val_solve_rate"  # reported by the training loop at every evaluation
+    mode: Literal["max", "min"] = "max"
+    max_t: int = 100  # in reports (training_iteration), not steps
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_t", "grace_period", where="scheduler")
+        if self.reduction_factor <= 1:
+            raise InputError(f"scheduler.reduction_factor: must be > 1, got {self.reduction_factor}")
+
+
+@dataclasses.dataclass
+class SweepResources:
+    """What one trial holds. `learned` trials also start `ray.num_workers` Train workers of their own."""
+
+    max_concurrent_trials: int = 2
+    eval_cpus: float = 1.0  # a heuristic trial: it decodes in its own process
+    trainer_cpus: float = 0.25  # a learned trial's driver process, beside its Train workers
+    eval_threads: int = 1  # torch threads for decoding inside a trial
+    # Lower max_concurrent_trials until the trials leave one whole CPU free: Ray Data's file
+    # listing and block-metadata tasks need 1 CPU each (whatever read_parquet's num_cpus says),
+    # and hang forever behind trials that hold the rest. Turn off on an autoscaling cluster,
+    # whose size at the start is not its size.
+    fit_to_cluster: bool = True
+
+    def __post_init__(self) -> None:
+        _positive(self, "max_concurrent_trials", "eval_cpus", "eval_threads", where="resources")
+        _positive(self, "trainer_cpus", where="resources", allow_zero=True)
+
+
+@dataclasses.dataclass
+class SweepEvaluateConfig:
+    """The test set every trial is scored on; the same puzzles for every order and seed (a paired comparison)."""
+
+    data: DatasetConfig
+    limit: int | None = None
+    batch_size: int = 256
+    planner_nll: bool = False
+    k: int = 1
+
+    def __post_init__(self) -> None:
+        _positive(self, "batch_size", "k", where="evaluate")
+        if self.limit is not None:
+            _positive(self, "limit", where="evaluate")
+
+
+@dataclasses.dataclass
+class SweepConfig:
+    """A Ray Tune sweep: one trial per (order, seed) and, for `learned`, per hyper-parameter setting.
+
+    Heuristic trials decode the test set with the denoiser checkpoint. `learned` trials first
+    train a policy with `train_config` (+ `train_overrides` + the trial's `search` values +
+    its seed) on that denoiser, through a Ray Train `TorchTrainer` launched inside the trial.
+    """
+
+    name: str
+    orders: list[str]
+    evaluate: SweepEvaluateConfig
+    denoiser_checkpoint: str
+    denoiser_config: str | None = None  # trains the denoiser first when the checkpoint does not exist
+    train_config: str | None = None  # needed when `learned` is among the orders
+    train_overrides: list[str] = dataclasses.field(default_factory=list)
+    seeds: list[int] = dataclasses.field(default_factory=lambda: [0, 1, 2])
+    search: dict[str, Domain] = dataclasses.field(default_factory=dict)  # dotted train-config key -> domain
+    num_samples: int = 1  # samples of the non-grid domains
+    scheduler: SchedulerConfig = dataclasses.field(default_factory=SchedulerConfig)
+    resources: SweepResources = dataclasses.field(default_factory=SweepResources)
+    storage_path: str = "runs/tune"  # the sweep lives in <storage_path>/<name>; local, NFS or s3://
+    mlflow: MlflowConfig = dataclasses.field(default_factory=MlflowConfig)
+
+    def __post_init__(self) -> None:
+        _positive(self, "num_samples", where="sweep")
+        if not self.orders:
+            raise InputError("orders: the sweep needs at least one order")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise InputError(f"seeds: needs at least one seed and no repeats, got {self.seeds}")
+        if "learned" in self.orders and not self.train_config:
+            raise InputError("train_config: order 'learned' needs the training config of its policy")
+        if self.search and self.orders != ["learned"]:
+            raise InputError(f"search: hyper-parameters apply to learned trials only; a search sweep lists "
+                             f"orders: [learned], got {self.orders}")
+        for key, domain in self.search.items():
+            domain.kind(f"search.{key}")
+        if self.scheduler.type == "asha" and self.orders != ["learned"]:
+            raise InputError("scheduler.type: asha stops trials early, which biases an order comparison; "
+                             "use it in a search sweep (orders: [learned])")

@@ -30,7 +30,7 @@ from aop_ray.cli import run_main
 from aop_ray.models.policy import Policy
 from aop_ray.orders import Order, get_order, order_names
 from aop_ray.sampling import Decoded, decode_dataset
-from aop_ray.tasks import InputError, Task
+from aop_ray.tasks import InputError, Instances, Task
 from aop_ray.tracking import Tracker, resolve_uri
 
 FIELDS = ("order", "solve_rate", "cell_accuracy", "planner_nll", "per_s", "n", "k", "forwards_per_instance",
@@ -120,6 +120,45 @@ def policy_description(policy: Policy) -> str:
             + f", base={cfg.base_order}")
 
 
+def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, orders: dict[str, Order], *,
+                   k: int = 1, batch_size: int = 256, seed: int = 0, planner_nll: bool = True,
+                   temperature: float = 0.0, order_temperature: float = 0.0, policy: Policy | None = None,
+                   progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+    """Decode `instances` under each order: one summary row and one heat-map PNG per order.
+
+    Every order sees the same puzzles and the same seed, so the rows are a paired comparison.
+    """
+    tokens, fixed, target = (torch.as_tensor(a) for a in (instances.tokens, instances.fixed, instances.target))
+    rows, maps = [], {}
+    for name, order in orders.items():
+        with tqdm(total=len(instances), desc=f"{name:<10}", unit="inst", file=sys.stderr,
+                  disable=not progress) as bar:
+            decoded = decode_dataset(denoiser, task, tokens, fixed, target, order, k=k, batch_size=batch_size,
+                                     generator=torch.Generator().manual_seed(seed), planner_nll=planner_nll,
+                                     temperature=temperature, order_temperature=order_temperature,
+                                     on_batch=bar.update)
+        row = summarize(name, decoded, k)
+        if name == "learned" and policy is not None:
+            row["policy"] = policy_description(policy)
+        rows.append(row)
+        maps[name] = heatmap_png(task, decoded.step_of, f"{name}: mean reveal step (k={k})")
+    return rows, maps
+
+
+def numeric(row: dict[str, Any]) -> dict[str, float]:
+    """The row's numeric fields: what goes to MLflow as metrics."""
+    return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def write_results(out: Path, rows: list[dict[str, Any]], maps: dict[str, bytes]) -> None:
+    """results.json, results.csv and heatmap_<order>.png, each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    write_atomic(out / "results.json", json.dumps(rows, indent=2).encode())
+    write_atomic(out / "results.csv", results_csv(rows))
+    for name, png in maps.items():
+        write_atomic(out / f"heatmap_{name}.png", png)
+
+
 def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     if args.k < 1:
@@ -144,36 +183,20 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
                                     "temperature": args.temperature,
                                     "order_temperature": args.order_temperature, "task": manifest["task"]},
                             tags={"aop_ray.stage": "evaluate", "aop_ray.task": task.name})
-    tokens, fixed, target = (torch.as_tensor(a) for a in (instances.tokens, instances.fixed, instances.target))
-    rows, maps = [], {}
     status = "FAILED"
     try:
-        for name, order in orders.items():
-            with tqdm(total=len(instances), desc=f"{name:<10}", unit="inst", file=sys.stderr,
-                      disable=args.quiet) as bar:
-                decoded = decode_dataset(denoiser, task, tokens, fixed, target, order, k=args.k,
-                                         batch_size=args.batch_size,
-                                         generator=torch.Generator().manual_seed(args.seed),
-                                         planner_nll=not args.no_planner_nll, temperature=args.temperature,
-                                         order_temperature=args.order_temperature,
-                                         on_batch=bar.update)
-            row = summarize(name, decoded, args.k)
-            if name == "learned":
-                row["policy"] = policy_description(policy)
-            rows.append(row)
-            maps[name] = heatmap_png(task, decoded.step_of, f"{name}: mean reveal step (k={args.k})")
-            tracker.log_metrics({f"{name}/{k}": v for k, v in row.items()
-                                 if isinstance(v, (int, float)) and v is not None}, step=0)
+        rows, maps = compare_orders(denoiser, task, instances, orders, k=args.k, batch_size=args.batch_size,
+                                    seed=args.seed, planner_nll=not args.no_planner_nll,
+                                    temperature=args.temperature, order_temperature=args.order_temperature,
+                                    policy=policy, progress=not args.quiet)
+        for row in rows:
+            tracker.log_metrics({f"{row['order']}/{k}": v for k, v in numeric(row).items()}, step=0)
         print(format_table(rows))
         if args.out:
-            out = Path(args.out)
-            out.mkdir(parents=True, exist_ok=True)
-            write_atomic(out / "results.json", json.dumps(rows, indent=2).encode())
-            write_atomic(out / "results.csv", results_csv(rows))
-            for name, png in maps.items():
-                write_atomic(out / f"heatmap_{name}.png", png)
-            tracker.log_artifact(out, "evaluation")
-            print(f"wrote {out / 'results.json'}, {out / 'results.csv'} and {len(maps)} heat maps")
+            write_results(Path(args.out), rows, maps)
+            tracker.log_artifact(args.out, "evaluation")
+            print(f"wrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'results.csv'} and "
+                  f"{len(maps)} heat maps")
         status = "FINISHED"
     finally:
         tracker.end(status)

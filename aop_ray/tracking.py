@@ -64,21 +64,25 @@ class Tracker:
 
     @classmethod
     def start(cls, uri: str | None, experiment: str, run_name: str, params: dict[str, Any] | None = None,
-              tags: dict[str, str] | None = None) -> Tracker:
-        """Open a new run (the MLflow store must be reachable: checked before any compute)."""
+              tags: dict[str, str] | None = None, reuse: dict[str, str] | None = None) -> Tracker:
+        """Open a new run (the MLflow store must be reachable: checked before any compute).
+
+        With `reuse` (identifying tags, also set on the new run), a run that already carries
+        them is reopened instead: a Tune trial restarted after a restore continues its own
+        run rather than leaving a duplicate behind.
+        """
         tracker = cls(uri)
         if tracker._client is None:
             return tracker
         client = tracker._client
-        try:
-            exp = client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else client.create_experiment(
-                experiment, artifact_location=_local_artifact_root(uri))
-        except Exception as err:  # any store failure means "unreachable" to the user
-            raise InputError(f"MLflow tracking URI {uri!r} is unreachable ({type(err).__name__}: "
-                             f"{str(err).splitlines()[0][:200]}); fix MLFLOW_TRACKING_URI or pass --no-mlflow") \
-                from None
-        run = client.create_run(exp_id, run_name=run_name, tags=tags or {})
+        exp_id = experiment_id(client, uri, experiment, create=True)
+        tags = {**(tags or {}), **(reuse or {})}
+        found = find_runs(client, exp_id, reuse) if reuse else []
+        if found:
+            tracker.run_id = found[0].info.run_id
+            client.update_run(tracker.run_id, status="RUNNING")
+            return tracker
+        run = client.create_run(exp_id, run_name=run_name, tags=tags)
         tracker.run_id = run.info.run_id
         tracker.log_params(params or {})
         return tracker
@@ -117,9 +121,42 @@ class Tracker:
         if self._client is not None:
             self._client.set_tag(self.run_id, key, value)
 
+    def reopen(self) -> None:
+        """Mark an ended run RUNNING again: a resumed sweep continues its parent run."""
+        if self._client is not None and self.run_id is not None:
+            self._client.update_run(self.run_id, status="RUNNING")
+
     def end(self, status: str = "FINISHED") -> None:
         if self._client is not None and self.run_id is not None:
             self._client.set_terminated(self.run_id, status=status)
+
+
+def experiment_id(client: Any, uri: str, name: str, create: bool = False) -> str | None:
+    """The experiment's id (created if asked); an unreachable store is an `InputError`, not a traceback."""
+    try:
+        exp = client.get_experiment_by_name(name)
+        if exp is None and create:
+            return client.create_experiment(name, artifact_location=_local_artifact_root(uri))
+    except Exception as err:  # any store failure means "unreachable" to the user
+        raise InputError(f"MLflow tracking URI {uri!r} is unreachable ({type(err).__name__}: "
+                         f"{str(err).splitlines()[0][:200]}); fix MLFLOW_TRACKING_URI or pass --no-mlflow") \
+            from None
+    return exp.experiment_id if exp else None
+
+
+def find_runs(client: Any, exp_id: str, tags: dict[str, str], status: str | None = None) -> list[Any]:
+    """Every run of the experiment carrying all `tags` (values are ids: no quoting needed), oldest first."""
+    clauses = [f"tags.`{key}` = '{value}'" for key, value in tags.items()]
+    if status:
+        clauses.append(f"attributes.status = '{status}'")
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], " and ".join(clauses), max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time ASC"])
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
 
 
 def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -328,8 +328,14 @@ def _strip_optimizer(src: Path, dst: Path) -> Path:
     return checkpoints.write_checkpoint(dst, manifest, {n: checkpoints.load_tensors(src, n) for n in names})
 
 
-def run(cfg: Config, resume: bool = False, mlflow: bool = True) -> Path:
-    """Train as configured; returns the final checkpoint directory."""
+def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker | None = None,
+        callbacks: tuple = ()) -> Path:
+    """Train as configured; returns the final checkpoint directory.
+
+    A caller that owns the MLflow run (a Tune trial) passes its `tracker`: the
+    curves go there and the run is left open for the caller to end. `callbacks`
+    are Ray Train callbacks (a trial passes `TuneReportCallback`).
+    """
     import ray
     import ray.data
     import ray.train
@@ -343,6 +349,9 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True) -> Path:
                          f"or set name=<new name>")
     if resume and not state_file.is_file():
         raise InputError(f"--resume: no run to resume at {run_dir}")
+    if resume and (run_dir / "final" / checkpoints.MANIFEST).is_file():
+        say(f"run {run_dir} already finished: final checkpoint {run_dir / 'final'}")
+        return run_dir / "final"
 
     denoiser_state = None
     if cfg.train.stage != "denoiser":  # the denoiser's architecture comes from its checkpoint
@@ -359,14 +368,19 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True) -> Path:
         instances = data.load_instances(task, data.dataset_path(cfg.data.val, task, "val"))
         val = _val_arrays(instances.take(slice(0, cfg.train.eval_instances)))
 
+    owns_run = tracker is None
     uri = resolve_uri(cfg.mlflow.tracking_uri) if (mlflow and cfg.mlflow.enabled) else None
-    if resume:
+    if not owns_run:
+        if not resume:
+            tracker.log_params(cfg.to_dict())
+    elif resume:
         tracker = Tracker(uri, json.loads(state_file.read_text()).get("mlflow_run_id"))
         if tracker.enabled and tracker.run_id is None:
             raise InputError(f"--resume: {state_file} has no MLflow run id; rerun with --no-mlflow")
     else:
         tracker = Tracker.start(uri, cfg.mlflow.experiment, cfg.name, params=cfg.to_dict(),
                                 tags={"aop_ray.stage": cfg.train.stage, "aop_ray.task": task.name})
+    if not resume:
         run_dir.mkdir(parents=True)
         state_file.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "config": cfg.to_dict()}, indent=2))
 
@@ -378,7 +392,7 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True) -> Path:
         ["fixed", "target"])
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": cfg.to_dict(), "tracking_uri": uri, "run_id": tracker.run_id, "val": val,
+        train_loop_config={"config": cfg.to_dict(), "tracking_uri": tracker.uri, "run_id": tracker.run_id, "val": val,
                            "denoiser_state": denoiser_state},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu,
@@ -387,20 +401,22 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True) -> Path:
             name=cfg.name, storage_path=str(run_dir.parent),
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures)),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
+            callbacks=list(callbacks)),
         datasets={"train": dataset},
     )
     status = "FAILED"
     try:
         result = trainer.fit()
         final = _strip_optimizer(Path(result.checkpoint.path), run_dir / "final")
-        if cfg.output:
+        if cfg.output and Path(cfg.output).expanduser().resolve() != final:
             _strip_optimizer(final, Path(cfg.output).expanduser().resolve())
         tracker.log_artifact(final, "checkpoint")
         tracker.set_tag("aop_ray.checkpoint", str(final))
         status = "FINISHED"
     finally:
-        tracker.end(status)
+        if owns_run:
+            tracker.end(status)
     say(f"final checkpoint: {final}" + (f" (copied to {cfg.output})" if cfg.output else ""))
     return final
 

@@ -70,10 +70,20 @@ def test_bad_override(tmp_path):
 @pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "tune_configs").glob("*.yaml")),
                          ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
-    """Stage configs load as `Config`, pipelines as `PipelineConfig` with every stage config they name."""
+    """Stage configs load as `Config`, pipelines as `PipelineConfig`, sweeps as `SweepConfig`, each with
+    every config it names."""
+    from aop_ray.config import SweepConfig
     from aop_ray.pipeline import load_pipeline
 
     data = yaml.safe_load(path.read_text())
+    if "orders" in data:
+        sweep = load_config(path, cls=SweepConfig)
+        if sweep.denoiser_config:
+            load_config(sweep.denoiser_config)
+        if sweep.train_config:
+            load_config(sweep.train_config, [*sweep.train_overrides, "aop.denoiser_checkpoint=x"])
+        assert sweep.name == data["name"]
+        return
     if "policy_config" in data:
         pipeline = load_pipeline(path)
         load_config(pipeline.denoiser_config, pipeline.denoiser_overrides)
