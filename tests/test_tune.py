@@ -99,7 +99,7 @@ def _mlflow_runs(workdir: Path, experiment: str) -> list:
 
 @pytest.fixture(scope="module")
 def sweep(trained) -> dict:
-    """The smoke sweep, interrupted (SIGINT) once its first trial has finished, then resumed to the end."""
+    """The smoke sweep, interrupted (SIGINT) once a learned trial is training, then resumed to the end."""
     workdir = trained  # it holds the 4x4 smoke denoiser at runs/sudoku4-smoke/final
     sweep_dir = workdir / "runs" / "tune" / "smoke"
     configs = [f"{key}={ROOT / 'tune_configs' / name}" for key, name in (
@@ -107,11 +107,15 @@ def sweep(trained) -> dict:
     proc = subprocess.Popen([sys.executable, "-m", "aop_ray.tune", "--config", str(SMOKE_SWEEP), *configs], cwd=workdir,
                             env=cli_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 300
-    while not list(sweep_dir.glob("evaluations/*/results.json")) and proc.poll() is None and time.time() < deadline:
+    while not list(sweep_dir.glob("train/*/aop_run.json")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     first_out = proc.communicate(timeout=300)[0]
-    before = {p.parent.name: p.stat().st_mtime_ns for p in sweep_dir.glob("evaluations/*/results.json")}
+    state = json.loads(sorted(sweep_dir.glob("experiment_state-*.json"))[-1].read_text())
+    terminated = [t["trial_id"] for t in (json.loads(entry[0]) for entry in state["trial_data"])
+                  if t["status"] == "TERMINATED"]  # what Tune itself recorded as finished at the interrupt
+    before = {trial_id: (sweep_dir / "evaluations" / trial_id / "results.json").stat().st_mtime_ns
+              for trial_id in terminated}
     resumed = run_cli("aop_ray.tune", "--resume", str(sweep_dir), cwd=workdir, timeout=600)
     return {"workdir": workdir, "dir": sweep_dir, "first": (proc.returncode, first_out), "before": before,
             "resumed": resumed}
