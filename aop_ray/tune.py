@@ -44,12 +44,13 @@ INTERRUPTED = 130
 
 # ----------------------------------------------------------------------------- trial side
 def group_label(order: str, search: dict[str, Any]) -> str:
-    """What seeds are averaged over: the order, plus the searched values of a learned trial."""
-    if not search:
-        return order
-    values = [f"{key.rsplit('.', 1)[-1]}={value:.3g}" if isinstance(value, float) else
-              f"{key.rsplit('.', 1)[-1]}={value}" for key, value in sorted(search.items())]
-    return f"{order}[{','.join(values)}]"
+    """What seeds are averaged over: the order, plus the searched values of a learned trial.
+
+    Only characters MLflow allows in metric names (the parent run logs `<group>/<metric>`).
+    """
+    values = [f"{key.rsplit('.', 1)[-1]}:{value:.3g}" if isinstance(value, float) else
+              f"{key.rsplit('.', 1)[-1]}:{value}" for key, value in sorted(search.items())]
+    return " ".join([order, *values])
 
 
 def learned_config(state: dict[str, Any], seed: int, search: dict[str, Any], trial_id: str) -> Config:
@@ -125,8 +126,12 @@ def trial_resources(config: dict[str, Any], resources: dict[str, float]) -> Any:
 
 
 # ----------------------------------------------------------------------------- driver side
-def _close_trial_runs(state: dict[str, Any], status: str, trial_id: str | None = None) -> None:
-    """End the still-RUNNING runs of one trial (or of every trial): the trial was killed, not finished."""
+def _close_trial_runs(state: dict[str, Any], status: str, trial_id: str | None = None,
+                      replace: tuple[str, ...] = ("RUNNING",)) -> None:
+    """Set the runs of one trial (or of every trial) that are in a `replace` status to `status`.
+
+    The trial could not: Tune killed it (scheduler stop, interrupt), or it died.
+    """
     if state["parent_run_id"] is None:
         return
     from mlflow.tracking import MlflowClient
@@ -134,8 +139,9 @@ def _close_trial_runs(state: dict[str, Any], status: str, trial_id: str | None =
     client = MlflowClient(tracking_uri=state["tracking_uri"])
     exp_id = experiment_id(client, state["tracking_uri"], state["config"]["mlflow"]["experiment"])
     tags = {report.SWEEP_TAG: state["parent_run_id"], **({"aop_ray.trial_id": trial_id} if trial_id else {})}
-    for run in find_runs(client, exp_id, tags, status="RUNNING"):
-        client.set_terminated(run.info.run_id, status=status)
+    for run in find_runs(client, exp_id, tags):
+        if run.info.status in replace:
+            client.set_terminated(run.info.run_id, status=status)
 
 
 def _trial_run_closer(state: dict[str, Any]) -> Any:
@@ -145,8 +151,8 @@ def _trial_run_closer(state: dict[str, Any]) -> Any:
         """Driver-side: no trial run stays RUNNING after Tune is done with the trial."""
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            evaluated = "solve_rate" in (trial.last_result or {})
-            _close_trial_runs(state, "FINISHED" if evaluated else "KILLED", trial.trial_id)
+            if "solve_rate" not in (trial.last_result or {}):  # stopped early by the scheduler
+                _close_trial_runs(state, "KILLED", trial.trial_id, replace=("RUNNING", "FAILED"))
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             _close_trial_runs(state, "FAILED", trial.trial_id)
@@ -327,30 +333,48 @@ def run_sweep(state: dict[str, Any], resume: bool = False) -> list[dict[str, Any
             run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir.parent),
                                       callbacks=[_trial_run_closer(state)], verbose=1,
                                       failure_config=tune.FailureConfig(max_failures=0)))
-    results = tuner.fit()
-    trials = [(r.metrics or {}, r.config, r.error) for r in results]
-    records = [{"trial_id": m["trial_id"], "order": c["order"], "group": m["group"], "seed": c["seed"],
-                "n": m.get("n", 0), **{k: m[k] for k in report.METRICS if k in m}}
-               for m, c, e in trials if e is None and "solve_rate" in m]
-    unfinished = expected_trials(spec) - len(records)
-    failed = [e for _, _, e in trials if e is not None]
-    if unfinished > len(failed):  # interrupted (not every trial exists yet, or some did not end): Tune saved its state
+    errors = [r.error for r in tuner.fit() if r.error is not None]
+    trials = tune.ExperimentAnalysis(str(sweep_dir)).trials  # Tune's own record, this run's and earlier ones
+    ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
+    if len(ended) < expected_trials(spec):  # interrupted: Tune saved its state
         _close_trial_runs(state, "KILLED")
         parent.end("KILLED")
-        say(f"sweep interrupted with {unfinished} of {expected_trials(spec)} trials unfinished; continue it with: "
-            f"python -m aop_ray.tune --resume {sweep_dir}")
+        say(f"sweep interrupted with {expected_trials(spec) - len(ended)} of {expected_trials(spec)} trials "
+            f"unfinished; continue it with: python -m aop_ray.tune --resume {sweep_dir}")
         raise SystemExit(INTERRUPTED)
+    records = [{"trial_id": t.trial_id, "order": t.config["order"], "group": t.last_result["group"],
+                "seed": t.config["seed"], "n": t.last_result.get("n", 0),
+                **{k: t.last_result[k] for k in report.METRICS if k in t.last_result}}
+               for t in ended if t.status == "TERMINATED" and "solve_rate" in t.last_result]
+    stopped = sum(t.status == "TERMINATED" for t in ended) - len(records)
+    if stopped:
+        say(f"{stopped} trial(s) stopped early by the scheduler: not in the summary")
+    failed = len(ended) - len(records) - stopped
+    status = "FAILED"
+    try:
+        rows = _summarize(spec, state, records, started)
+        status = "FAILED" if failed else "FINISHED"
+    finally:
+        parent.end(status)
+    if failed:
+        first = str(errors[0]).splitlines()[0][:300] if errors else "see the trials' error.txt"
+        raise InputError(f"{failed} trial(s) failed, first: {first}; see {sweep_dir}; run them again with "
+                         f"--resume {sweep_dir}")
+    return rows
+
+
+def _summarize(spec: SweepConfig, state: dict[str, Any], records: list[dict[str, Any]], started: float
+               ) -> list[dict[str, Any]]:
+    """The sweep's summary: printed, written to <sweep dir>/summary and logged to the parent run."""
+    sweep_dir = Path(state["sweep_dir"])
+    parent = Tracker(state["tracking_uri"], state["parent_run_id"])
     rows = report.summarize(records)
-    title = f"{spec.name}: {len(records)} trials, {(time.perf_counter() - started) / 60:.1f} min"
+    title = f"{spec.name}: {len(records)} trials ({(time.perf_counter() - started) / 60:.1f} min in this run)"
     table = report.write_summary(sweep_dir / "summary", rows, records, title)
     parent.log_artifact(sweep_dir / "summary", "summary")
     parent.log_metrics({f"{r['group']}/{k}": v for r in rows for k, v in r.items()
                         if k.endswith(("_mean", "_std")) and isinstance(v, float)}, step=0)
-    parent.end("FAILED" if failed else "FINISHED")
     say(f"sweep {spec.name} ({len(records)} finished trials):\n{table}\nsummary: {sweep_dir / 'summary'}")
-    if failed:
-        raise InputError(f"{len(failed)} trial(s) failed, first: {str(failed[0]).splitlines()[0][:300]}; "
-                         f"see {sweep_dir}; rerun the failed trials with --resume {sweep_dir}")
     return rows
 
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from aop_ray import evaluate, train
+from aop_ray import evaluate, report, train, tune
 
 
-@pytest.mark.parametrize("module", [train, evaluate])
+@pytest.mark.parametrize("module", [train, evaluate, tune, report])
 def test_every_option_has_help(module):
     parser = module.build_parser()
     for action in parser._actions:
@@ -20,7 +20,7 @@ def test_every_option_has_help(module):
             assert flag in text
 
 
-@pytest.mark.parametrize("module", ["aop_ray.train", "aop_ray.evaluate"])
+@pytest.mark.parametrize("module", ["aop_ray.train", "aop_ray.evaluate", "aop_ray.tune", "aop_ray.report"])
 def test_help_runs(module):
     proc = subprocess.run([sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and "usage: python -m " + module in proc.stdout

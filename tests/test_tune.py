@@ -51,10 +51,40 @@ def test_sweep_config_refusals_name_the_key(tmp_path):
         assert message in str(err.value), (overrides, str(err.value))
 
 
+def test_search_config_builds_asha_and_checks_its_reports():
+    """The shipped search: ASHA on a metric present in every report, max_t leaving room for the final evaluation."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    from aop_ray.tune import _check_scheduler_metric, _scheduler, expected_trials
+
+    spec = load_config(ROOT / "tune_configs" / "sudoku9_policy_search.yaml", cls=SweepConfig)
+    scheduler = _scheduler(spec)
+    assert isinstance(scheduler, ASHAScheduler) and scheduler.metric == "val_solve_rate"
+    assert expected_trials(spec) == 16
+    cfg = load_config(ROOT / spec.train_config, spec.train_overrides)
+    _check_scheduler_metric(spec, cfg)  # 12 reports + 1 final = max_t 13
+    spec.scheduler.max_t = 12
+    with pytest.raises(InputError, match="scheduler.max_t: a trial reports 12 times"):
+        _check_scheduler_metric(spec, cfg)
+    cfg.train.eval_every = 0
+    with pytest.raises(InputError, match="scheduler.metric: val_solve_rate is reported only at evaluations"):
+        _check_scheduler_metric(spec, cfg)
+
+
+def test_concurrency_leaves_ray_data_a_cpu():
+    from aop_ray.tune import fit_concurrency
+
+    assert fit_concurrency(8, 0.75, 2.0) == 1
+    assert fit_concurrency(8, 1.0, 4.0) == 3
+    assert fit_concurrency(2, 0.5, 16.0) == 2
+    with pytest.raises(InputError, match="resources: one trial reserves 1.25 CPUs and Ray Data needs 1 more"):
+        fit_concurrency(2, 1.25, 2.0)
+
+
 def test_group_label_names_searched_values():
     assert group_label("margin", {}) == "margin"
     assert group_label("learned", {"train.lr": 0.000312345, "aop.states": "uniform"}) == \
-        "learned[states=uniform,lr=0.000312]"
+        "learned states:uniform lr:0.000312"
 
 
 def test_summarize_mean_std_over_seeds_exactly():
@@ -178,3 +208,51 @@ def test_report_rebuilds_the_table_from_mlflow(sweep, tmp_path):
     assert (out / "summary.png").read_bytes()[:4] == b"\x89PNG"
     driver_csv = (sweep["dir"] / "summary" / "summary.csv").read_text()
     assert (out / "summary.csv").read_text() == driver_csv  # the sweep's own summary, rebuilt from MLflow alone
+
+
+def test_mlflow_ui_serves_one_run_per_trial_and_the_pngs(sweep):
+    """What the browser gets from `mlflow ui`: the page, the runs with comparable metrics, the heat maps."""
+    import socket
+    import urllib.parse
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
+                               f"sqlite:///{sweep['workdir'] / 'mlflow.db'}", "--host", "127.0.0.1", "--port",
+                               str(port)], cwd=sweep["workdir"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+
+    def get(path: str, **query: str) -> bytes:
+        with urllib.request.urlopen(f"{base}{path}?{urllib.parse.urlencode(query)}", timeout=30) as response:
+            return response.read()
+
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                get("/health")
+                break
+            except OSError:
+                assert time.time() < deadline and server.poll() is None, "mlflow ui did not start"
+                time.sleep(1)
+        assert b"<html" in get("/").lower()
+        exp = json.loads(get("/api/2.0/mlflow/experiments/get-by-name", experiment_name="aop-ray-smoke"))
+        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", method="POST",
+                                         data=json.dumps({"experiment_ids": [exp["experiment"]["experiment_id"]],
+                                                          "max_results": 100}).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            runs = json.loads(response.read())["runs"]
+        trials = [r for r in runs if {"key": "aop_ray.role", "value": "trial"} in r["data"]["tags"]]
+        assert len(trials) == 4
+        for run in trials:  # the same metric on every run: comparable side by side
+            assert "solve_rate" in {m["key"] for m in run["data"]["metrics"]}
+        run_id = trials[0]["info"]["run_id"]
+        files = json.loads(get("/api/2.0/mlflow/artifacts/list", run_id=run_id, path="evaluation"))["files"]
+        png = next(f["path"] for f in files if f["path"].endswith(".png"))
+        assert get("/get-artifact", path=png, run_uuid=run_id)[:4] == b"\x89PNG"
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
