@@ -224,8 +224,8 @@ def test_mlflow_ui_serves_one_run_per_trial_and_the_pngs(sweep):
                                str(port)], cwd=sweep["workdir"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     base = f"http://127.0.0.1:{port}"
 
-    def get(path: str, **query: str) -> bytes:
-        with urllib.request.urlopen(f"{base}{path}?{urllib.parse.urlencode(query)}", timeout=30) as response:
+    def get(endpoint: str, **query: str) -> bytes:
+        with urllib.request.urlopen(f"{base}{endpoint}?{urllib.parse.urlencode(query)}", timeout=30) as response:
             return response.read()
 
     try:
