@@ -80,7 +80,7 @@ class Tracker:
         found = find_runs(client, exp_id, reuse) if reuse else []
         if found:
             tracker.run_id = found[0].info.run_id
-            client.update_run(tracker.run_id, status="RUNNING")
+            tracker.reopen()
             return tracker
         run = client.create_run(exp_id, run_name=run_name, tags=tags)
         tracker.run_id = run.info.run_id

@@ -94,10 +94,10 @@ def run_trial(config: dict[str, Any], state: dict[str, Any]) -> None:
             cfg = learned_config(state, seed, search, trial_id)
             resume = (Path(cfg.ray.storage_path) / cfg.name / train.RUN_STATE).is_file()
             checkpoint = train.run(cfg, resume=resume, tracker=tracker, callbacks=(TuneReportCallback(),))
-            final = checkpoints.read_manifest(checkpoint).get("metrics", {})
         denoiser, task, manifest = checkpoints.load_denoiser(checkpoint)
         if order == "learned":
             policy = checkpoints.load_policy(checkpoint, task, manifest["model"])
+            final = manifest.get("metrics", {})
         instances = data.load_instances(task, state["eval_data"])
         ev = spec.evaluate
         instances = instances.take(slice(0, ev.limit)) if ev.limit else instances
@@ -240,8 +240,7 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
         say(f"no denoiser at {denoiser}: training it with {spec.denoiser_config}")
         train.run(load_config(spec.denoiser_config, [f"output={denoiser}",
                                                      f"mlflow.experiment={spec.mlflow.experiment}"]), mlflow=mlflow)
-    manifest = checkpoints.read_manifest(denoiser)
-    task = checkpoints.load_denoiser(denoiser)[1]
+    _, task, manifest = checkpoints.load_denoiser(denoiser)
     for name in spec.orders:
         if name not in order_names(task):
             raise InputError(f"orders: unknown order {name!r} for task {task.name} "
