@@ -119,7 +119,7 @@ def load_denoiser(path: str | Path, task: Task | None = None,
     if task is not None:
         check_task(manifest, task, str(path))
     model_cfg = parse_dataclass(ModelConfig, manifest["model"], f"{path}: model")
-    model = Denoiser(ckpt_task.vocab_size, ckpt_task.position_groups(), model_cfg)
+    model = Denoiser.for_task(ckpt_task, model_cfg)
     load_state(model, load_tensors(path, "denoiser", map_location), path)
     model.eval()
     return model, ckpt_task, manifest

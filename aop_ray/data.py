@@ -177,9 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     for name, text in (("generate", "generate seeded, reproducible instances"),
                        ("convert", "convert text files (any supported format) to Parquet shards")):
         p = sub.add_parser(name, help=text, description=text)
-        p.add_argument("--task", default="sudoku", help="task name (default %(default)s)")
+        p.add_argument("--task", default="sudoku", help="task name: sudoku or sat (default %(default)s)")
         p.add_argument("--param", action="append", metavar="KEY=VALUE",
-                       help="task parameter, repeatable, e.g. --param size=9")
+                       help="task parameter, repeatable, e.g. --param size=9 (Sudoku) or --param n_vars=20 "
+                            "--param n_clauses=91 (SAT)")
         p.add_argument("--out", required=True, help="output directory (must not exist; written atomically)")
         p.add_argument("--shard-size", type=int, default=10_000, help="instances per Parquet file")
     gen = sub.choices["generate"]
@@ -187,7 +188,8 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--seed", type=int, default=0, help="seed; instance j depends only on (seed, j)")
     gen.add_argument("--option", action="append", metavar="KEY=VALUE",
                      help="generator option, repeatable, e.g. --option clues=30 --option unique=true "
-                          "(Sudoku: clues = count or [low, high], unique = solver-checked uniqueness)")
+                          "(Sudoku: clues = count or [low, high], unique = solver-checked uniqueness; "
+                          "SAT: none, the clause ratio is n_clauses / n_vars)")
     gen.add_argument("--processes", type=int, default=None, help="worker processes (default: all cores)")
     sub.choices["convert"].add_argument("--input", required=True, help="a file or a directory of files")
     return parser

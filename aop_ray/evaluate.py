@@ -45,21 +45,33 @@ def summarize(order: str, decoded: Decoded, k: int) -> dict[str, Any]:
     return {"order": order, "solve_rate": float(decoded.solved.float().mean()),
             "cell_accuracy": float(decoded.cell_accuracy.mean()), "planner_nll": nll_mean,
             "per_s": n / decoded.seconds if decoded.seconds > 0 else math.inf, "n": n, "k": k,
-            "forwards_per_instance": float(steps.float().mean())}
+            "forwards_per_instance": float(steps.float().mean()),
+            **{name: float(value.mean()) for name, value in decoded.metrics.items()}}
+
+
+def task_metric_names(rows: list[dict[str, Any]]) -> list[str]:
+    """The task's own metrics in the rows (beyond `FIELDS`), in first-seen order."""
+    return list(dict.fromkeys(key for row in rows for key in row if key not in FIELDS))
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
-    header = f"{'order':<12} {'solve_rate':>10} {'cell_acc':>9} {'planner_nll':>11} {'per_s':>8} {'n':>6}"
+    extra = task_metric_names(rows)
+    header = (f"{'order':<12} {'solve_rate':>10} {'cell_acc':>9} {'planner_nll':>11} "
+              + "".join(f"{name:>{max(10, len(name))}} " for name in extra) + f"{'per_s':>8} {'n':>6}")
     lines = [header, "-" * len(header)]
     for r in rows:
         nll = f"{r['planner_nll']:.4f}" if r["planner_nll"] is not None else "-"
+        extras = "".join(f"{r.get(name, float('nan')):>{max(10, len(name))}.4f} " for name in extra)
         lines.append(f"{r['order']:<12} {r['solve_rate']:>10.4f} {r['cell_accuracy']:>9.4f} {nll:>11} "
-                     f"{r['per_s']:>8.1f} {r['n']:>6}")
+                     f"{extras}{r['per_s']:>8.1f} {r['n']:>6}")
     return "\n".join(lines)
 
 
 def heatmap_png(task: Task, step_of: torch.Tensor, title: str) -> bytes:
-    """PNG of the mean reveal step per position (prompt positions excluded)."""
+    """PNG of the mean reveal step per position (prompt positions excluded).
+
+    A task without a 2-D layout (SAT) is drawn as one row of its free positions only.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -67,7 +79,10 @@ def heatmap_png(task: Task, step_of: torch.Tensor, title: str) -> bytes:
 
     revealed = (step_of >= 0).float()
     mean_step = (step_of.clamp(min=0) * revealed).sum(0) / revealed.sum(0)
-    grid = mean_step.reshape(task.grid_shape if len(task.grid_shape) == 2 else (1, -1)).numpy()
+    if len(task.grid_shape) == 2:
+        grid = mean_step.reshape(task.grid_shape).numpy()
+    else:
+        grid = mean_step[revealed.sum(0) > 0].reshape(1, -1).numpy()
     fig, ax = plt.subplots(figsize=(5, 4.5) if grid.shape[0] > 1 else (10, 2))
     image = ax.imshow(grid, cmap="viridis")
     fig.colorbar(image, ax=ax, label="mean reveal step")
@@ -92,7 +107,7 @@ def write_atomic(path: Path, content: bytes) -> None:
 
 def results_csv(rows: list[dict[str, Any]]) -> bytes:
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=FIELDS, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=[*FIELDS, *task_metric_names(rows)], extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue().encode()
@@ -216,8 +231,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="a policy checkpoint to run as 'learned' on the --checkpoint denoiser (must match "
                              "its task and model size)")
     parser.add_argument("--data", required=True,
-                        help="a file or directory: Parquet shards, 81-char lines ('0'/'.' blanks, optional "
-                             "'// comment'), puzzle,solution CSV, or Project Euler 'Grid NN' files")
+                        help="a file or directory: Parquet shards, or the task's text format. Sudoku: 81-char "
+                             "lines ('0'/'.' blanks, optional '// comment'), puzzle,solution CSV, or Project Euler "
+                             "'Grid NN' files. SAT: DIMACS CNF, one formula per file (SATLIB's as shipped)")
     parser.add_argument("--orders", default="random,confidence,margin,entropy",
                         help="comma-separated orders to compare: random, confidence, margin, entropy, the "
                              "task's rules (Sudoku: singles) and learned; default: %(default)s")

@@ -37,6 +37,12 @@ def mask_free_positions(x0: torch.Tensor, fixed: torch.Tensor, t: torch.Tensor, 
     return torch.where(masked, torch.full_like(x0, mask_id), x0), masked
 
 
+def output_targets(x0: torch.Tensor, vocab: int) -> torch.Tensor:
+    """x0 as class indices for CE: only free positions count, and prompt-only tokens
+    (SAT literals) or unknown references (-1) there are clamped into range, to be masked out."""
+    return x0.clamp(0, vocab - 1)
+
+
 def mdm_loss(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
              fixed: torch.Tensor, weighting: Literal["elbo", "mean"] = "elbo") -> torch.Tensor:
     """Scalar MDM loss.
@@ -45,7 +51,7 @@ def mdm_loss(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, t: to
     number of free positions (a per-token ELBO in nats), averaged over the batch.
     `mean`: the mean CE over all masked positions in the batch.
     """
-    ce = F.cross_entropy(logits.transpose(1, 2), x0.clamp(min=0), reduction="none")  # (B, L)
+    ce = F.cross_entropy(logits.transpose(1, 2), output_targets(x0, logits.shape[-1]), reduction="none")  # (B, L)
     ce = ce * masked
     if weighting == "mean":
         return ce.sum() / masked.sum().clamp(min=1)
@@ -66,7 +72,7 @@ def position_costs(logits: torch.Tensor, x0: torch.Tensor, kind: Literal["ce", "
 
     Differentiable through CE (joint training); the error indicator has no gradient.
     """
-    ce = F.cross_entropy(logits.float().transpose(1, 2), x0.clamp(min=0), reduction="none")
+    ce = F.cross_entropy(logits.float().transpose(1, 2), output_targets(x0, logits.shape[-1]), reduction="none")
     if kind == "ce":
         return ce
     error = (logits.argmax(-1) != x0).float()

@@ -104,6 +104,7 @@ class Decoded:
     cell_accuracy: torch.Tensor  # (N,) fraction of free positions equal to the reference
     planner_nll: torch.Tensor | None  # (N,) teacher-forced planner NLL (NaN: no reference); None if not asked
     step_of: torch.Tensor  # (N, L) reveal step per position, -1 for prompt
+    metrics: dict[str, torch.Tensor]  # the task's own (N,) scores, e.g. SAT's fraction of clauses satisfied
     seconds: float  # decoding and verifying only (not the planner-NLL pass)
 
 
@@ -120,6 +121,7 @@ def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed:
     device = next(denoiser.parameters()).device
     seconds = 0.0
     parts: dict[str, list[torch.Tensor]] = {"solved": [], "acc": [], "nll": [], "step_of": []}
+    metrics: dict[str, list[torch.Tensor]] = {}
     for lo in range(0, tokens.shape[0], batch_size):
         x, f, y = (a[lo:lo + batch_size].to(device) for a in (tokens, fixed, target))
         start = time.perf_counter()
@@ -127,6 +129,8 @@ def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed:
                       order_temperature=order_temperature, generator=generator)
         parts["solved"].append(task.verify(roll.tokens, x, f).cpu())
         seconds += time.perf_counter() - start
+        for name, value in task.metrics(roll.tokens, x, f).items():
+            metrics.setdefault(name, []).append(value.cpu())
         scored = ~f & (y >= 0)
         parts["acc"].append(((roll.tokens == y) & scored).sum(1).cpu() / scored.sum(1).clamp(min=1).cpu())
         parts["step_of"].append(roll.step_of.cpu())
@@ -142,7 +146,8 @@ def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed:
             on_batch(x.shape[0])
     return Decoded(solved=torch.cat(parts["solved"]), cell_accuracy=torch.cat(parts["acc"]),
                    planner_nll=torch.cat(parts["nll"]) if planner_nll else None,
-                   step_of=torch.cat(parts["step_of"]), seconds=seconds)
+                   step_of=torch.cat(parts["step_of"]),
+                   metrics={name: torch.cat(values) for name, values in metrics.items()}, seconds=seconds)
 
 
 def teacher_forced_state(tokens: torch.Tensor, step_of: torch.Tensor, target: torch.Tensor,

@@ -171,7 +171,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     tracker = Tracker(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else Tracker(None)
 
-    denoiser = Denoiser(task.vocab_size, task.position_groups(), cfg.model)
+    denoiser = Denoiser.for_task(task, cfg.model)
     policy = Policy(task, cfg.model.d_model, cfg.policy) if stage != "denoiser" else None
     if loop_config["denoiser_state"] is not None:
         denoiser.load_state_dict(loop_config["denoiser_state"])

@@ -69,7 +69,7 @@ def bare_forwards_per_second(env: UnmaskVectorEnv, steps: int) -> float:
 
 def tiny_checkpoint(directory: str) -> str:
     task, cfg = Sudoku(9), ModelConfig(d_model=32, n_layers=1, n_heads=2, ff_mult=2)
-    model = Denoiser(task.vocab_size, task.position_groups(), cfg)
+    model = Denoiser.for_task(task, cfg)
     return str(checkpoints.write_checkpoint(Path(directory) / "tiny", checkpoints.denoiser_manifest(task, cfg),
                                             {"denoiser": model.state_dict()}))
 

@@ -30,7 +30,7 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from aop_ray import checkpoints, data
-from aop_ray.tasks import InputError, Task
+from aop_ray.tasks import InputError, Task, input_vocab_size
 from envs.state import FEATURES, RewardConfig, UnmaskBatch, feature_bounds
 
 PUZZLE_ORDERS = ("random", "sequential")
@@ -40,7 +40,7 @@ def observation_space(task: Task) -> spaces.Dict:
     low, high = feature_bounds(task.vocab_size)
     length = task.seq_len
     return spaces.Dict({
-        "tokens": spaces.MultiDiscrete(np.full(length, task.vocab_size + 1)),
+        "tokens": spaces.MultiDiscrete(np.full(length, input_vocab_size(task))),
         "action_mask": spaces.MultiBinary(length),
         "features": spaces.Box(np.tile(low, (length, 1)), np.tile(high, (length, 1)),
                                (length, len(FEATURES)), np.float32),

@@ -82,7 +82,7 @@ class Policy(StructuredTransformer):
 
     def __init__(self, task: Task, hidden_dim: int, cfg: PolicyConfig) -> None:
         super().__init__(task.position_groups(), cfg.d_model, cfg.n_layers, cfg.n_heads, ff_mult=2,
-                         dropout=0.0, relation_bias=cfg.relation_bias)
+                         dropout=0.0, relation_bias=cfg.relation_bias, structure=task.token_structure())
         self.task = task
         self.cfg = cfg
         self.needs_hidden = "hidden" in cfg.features
@@ -103,7 +103,7 @@ class Policy(StructuredTransformer):
         return feats
 
     def forward(self, state: DecodeState) -> torch.Tensor:
-        residual = self.head(self.encode(self.inp(self.features(state)))).squeeze(-1).float()
+        residual = self.head(self.encode(self.inp(self.features(state)), state.tokens)).squeeze(-1).float()
         if self.log_scale is None:
             return residual
         return self.log_scale.exp() * self.base(state).float() + residual

@@ -1,8 +1,9 @@
 """Task registry: the YAML `task.name` picks the class, its other keys are the fields."""
 
-from aop_ray.tasks.base import InputError, Instances, Task, task_params
+from aop_ray.tasks.base import InputError, Instances, Task, TokenStructure, input_vocab_size, task_params
+from aop_ray.tasks.sat import Sat
 from aop_ray.tasks.sudoku import Sudoku
 
-TASKS: dict[str, type] = {Sudoku.name: Sudoku}
+TASKS: dict[str, type] = {Sudoku.name: Sudoku, Sat.name: Sat}
 
-__all__ = ["TASKS", "InputError", "Instances", "Task", "Sudoku", "task_params"]
+__all__ = ["TASKS", "InputError", "Instances", "Task", "TokenStructure", "Sat", "Sudoku", "input_vocab_size", "task_params"]

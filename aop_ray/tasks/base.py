@@ -6,14 +6,16 @@ denoiser fills in. Everything above this layer (losses, orders, the sampler,
 training, evaluation) sees only `Instances` and the `Task` protocol, so a new
 domain is one file in this package.
 
-Token ids run 0..vocab_size-1; the mask token is `vocab_size`.
+Token ids run 0..vocab_size-1 (what the denoiser predicts); the mask token is
+`vocab_size`; a task may add `prompt_vocab_size` prompt-only tokens after it
+(SAT literals), which the denoiser reads but never outputs.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from typing import Any, ClassVar, Protocol
+from typing import Any, Callable, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -82,6 +84,21 @@ class Instances:
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class TokenStructure:
+    """Structure that differs per instance, derived from the tokens, for the models' trunk.
+
+    `relations` gives attention a bias per pair kind (0: unrelated), `states` an
+    embedding per position (e.g. "this literal is currently false"): deterministic
+    functions of x_t, so they are part of the architecture, not extra inputs.
+    """
+
+    relations: Callable[[torch.Tensor], torch.Tensor]  # (B, L) tokens -> (B, L, L) ids in [0, n_relations)
+    n_relations: int
+    states: Callable[[torch.Tensor], torch.Tensor]  # (B, L) tokens -> (B, L) ids in [0, n_states)
+    n_states: int
+
+
 class Task(Protocol):
     """The protocol every task implements (see `sudoku.Sudoku`).
 
@@ -99,6 +116,11 @@ class Task(Protocol):
     def vocab_size(self) -> int: ...
 
     @property
+    def prompt_vocab_size(self) -> int:
+        """Tokens that only occur in the prompt, ids vocab_size+1 onwards (0 for most tasks)."""
+        ...
+
+    @property
     def grid_shape(self) -> tuple[int, ...]:
         """How positions lay out for heat maps, e.g. (9, 9); (L,) for plain sequences."""
         ...
@@ -111,6 +133,11 @@ class Task(Protocol):
         """
         ...
 
+    def token_structure(self) -> TokenStructure | None:
+        """Per-instance structure read off the tokens (SAT's formula graph); None when the
+        position groups say it all (Sudoku)."""
+        ...
+
     def read(self, path: Path) -> Instances:
         """Parse one file in any of the task's text formats."""
         ...
@@ -121,12 +148,21 @@ class Task(Protocol):
         """(B,) bool: the completed sequences are correct and keep the prompt."""
         ...
 
+    def metrics(self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Task-specific (B,) scores of completed sequences beyond solved/not (SAT: clauses satisfied)."""
+        ...
+
     def augment(self, tokens: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor,
                 generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A random symmetry of the task applied to a batch (identity if none)."""
         ...
 
     def render(self, tokens: np.ndarray) -> str: ...
+
+
+def input_vocab_size(task: Task) -> int:
+    """Token ids a sequence may hold: outputs, the mask, prompt-only tokens."""
+    return task.vocab_size + 1 + task.prompt_vocab_size
 
 
 def task_params(task: Task) -> dict[str, Any]:

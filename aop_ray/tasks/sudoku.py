@@ -120,12 +120,19 @@ class Sudoku:
         return self.size
 
     @property
+    def prompt_vocab_size(self) -> int:
+        return 0  # clues are digits
+
+    @property
     def grid_shape(self) -> tuple[int, ...]:
         return (self.size, self.size)
 
     def position_groups(self) -> dict[str, np.ndarray]:
         s = self._solver
         return {"row": np.array(s.row), "col": np.array(s.col), "box": np.array(s.box)}
+
+    def token_structure(self) -> None:
+        return None  # the same structure for every puzzle: position_groups says it all
 
     def units(self) -> np.ndarray:
         """(3n, n) cell indices of every row, column and box."""
@@ -340,6 +347,9 @@ class Sudoku:
         valid = (per_unit == 1).all(dim=(1, 2))
         keeps_clues = ((tokens == prompt) | ~fixed).all(dim=1)
         return valid & keeps_clues
+
+    def metrics(self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}  # solved and cell accuracy say it all
 
     # ------------------------------------------------- rule features and order
     feature_names: ClassVar[tuple[str, ...]] = ("candidates", "naked_single", "hidden_single", "argmax_legal")
