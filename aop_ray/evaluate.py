@@ -46,7 +46,7 @@ def summarize(order: str, decoded: Decoded, k: int) -> dict[str, Any]:
             "cell_accuracy": float(decoded.cell_accuracy.mean()), "planner_nll": nll_mean,
             "per_s": n / decoded.seconds if decoded.seconds > 0 else math.inf, "n": n, "k": k,
             "forwards_per_instance": float(steps.float().mean()),
-            **{name: float(value.mean()) for name, value in decoded.metrics.items()}}
+            **{name: float(torch.nanmean(value)) for name, value in decoded.metrics.items()}}
 
 
 def task_metric_names(rows: list[dict[str, Any]]) -> list[str]:

@@ -129,7 +129,7 @@ def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed:
                       order_temperature=order_temperature, generator=generator)
         parts["solved"].append(task.verify(roll.tokens, x, f).cpu())
         seconds += time.perf_counter() - start
-        for name, value in task.metrics(roll.tokens, x, f).items():
+        for name, value in task.metrics(roll.tokens, x, f, roll.step_of).items():
             metrics.setdefault(name, []).append(value.cpu())
         scored = ~f & (y >= 0)
         parts["acc"].append(((roll.tokens == y) & scored).sum(1).cpu() / scored.sum(1).clamp(min=1).cpu())

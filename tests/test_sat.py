@@ -132,7 +132,8 @@ def test_verify_and_clause_metric_on_a_hand_checked_case(sat4, tmp_path):
     # x = (0, 0, 1, 1): clause 1 (1 v 2 v -3) false, clause 2 (-1 v 2 v 4) true, 3 true, 4 (-2 ...) true
     bad = with_values([0, 0, 1, 1])
     assert sat4.verify(bad, prompt, fixed).tolist() == [False]
-    assert sat4.metrics(bad, prompt, fixed)["clause_sat"].tolist() == [0.75]
+    step_of = torch.tensor([[-1] * 12 + [0, 1, 2, 3]])
+    assert sat4.metrics(bad, prompt, fixed, step_of)["clause_sat"].tolist() == [0.75]
     assert sat4.verify(with_values([1, 1, 0, 2]), prompt, fixed).tolist() == [False]  # a variable left masked
     changed = good.clone()
     changed[0, 0] = 4  # literal +1 turned into -1: the prompt was not kept
@@ -161,6 +162,21 @@ def test_unit_propagation_state_and_features_exactly(sat4, tmp_path):
     assert not forced.any()
     with pytest.raises(InputError, match="unknown sat feature 'nope'"):
         sat4.policy_features(tokens, probs, ["nope"])
+
+
+def test_unit_first_replays_the_order_and_counts_forced_choices_exactly(sat4, tmp_path):
+    path = tmp_path / "f.cnf"
+    path.write_text(SATLIB_STYLE)
+    prompt, fixed = torch.as_tensor(sat4.read(path).tokens), torch.as_tensor(sat4.read(path).fixed)
+    tokens = torch.cat([prompt[:, :12], torch.tensor([[0, 0, 0, 0]])], dim=1)
+    # reveal x1, x2 (nothing forced yet), then x4 while x3 is forced by (1 v 2 v -3): a miss,
+    # then x3 while still forced: a hit -> 1/2
+    step_of = torch.tensor([[-1] * 12 + [0, 1, 3, 2]])
+    assert sat4.metrics(tokens, prompt, fixed, step_of)["unit_first"].tolist() == [0.5]
+    step_of = torch.tensor([[-1] * 12 + [0, 1, 2, 3]])  # x3 right when forced; then x4 (not forced)
+    assert sat4.metrics(tokens, prompt, fixed, step_of)["unit_first"].tolist() == [1.0]
+    step_of = torch.tensor([[-1] * 12 + [2, 3, 0, 1]])  # x3, x4 first: x1/x2 never forced -> undefined
+    assert sat4.metrics(tokens, prompt, fixed, step_of)["unit_first"].isnan().all()
 
 
 def test_unit_order_reveals_forced_variables_first_and_only_masked_ones(sat4, tmp_path):
@@ -192,8 +208,9 @@ def test_augmentation_preserves_every_verdict_and_the_prompt_structure():
     _, _, a_partial = task.augment(tokens, fixed, partial, torch.Generator().manual_seed(5))
     assert task.verify(a_target, a_tokens, a_fixed).all()
     assert torch.equal(task.verify(a_guess, a_tokens, a_fixed), task.verify(guesses, tokens, fixed))
-    assert torch.equal(task.metrics(a_guess, a_tokens, a_fixed)["clause_sat"],
-                       task.metrics(guesses, tokens, fixed)["clause_sat"])
+    step_of = torch.where(fixed, -1, torch.arange(task.seq_len) - task.n_literals)
+    assert torch.equal(task.metrics(a_guess, a_tokens, a_fixed, step_of)["clause_sat"],
+                       task.metrics(guesses, tokens, fixed, step_of)["clause_sat"])
     assert torch.equal(a_fixed, fixed) and ((a_partial[:, task.n_literals:] == 2).sum(1) == 3).all()
     assert not torch.equal(a_tokens, tokens)
     # each formula keeps its literal count per variable, up to the relabelling
@@ -223,3 +240,35 @@ def test_token_relations_give_attention_the_formula_graph(sat4, tmp_path):
     assert rel[0, 1] == 4 and rel[3, 5] == 4 and rel[2, 3] == 0  # clause mates; different clauses
     assert rel[0, 13] == 0 and rel[12, 13] == 0
     assert int((rel == 1).sum()) == 2 * 12  # each literal linked to exactly one value position, both ways
+
+
+def test_aop_and_grpo_steps_train_a_structured_policy_on_sat():
+    """The same policy network and both training objectives work on SAT: gradients reach the
+    policy (its trunk sees the formula graph), and its order is a distribution over value positions only."""
+    from aop_ray.aop import aop_step, uniform_states
+    from aop_ray.config import AopConfig, GrpoConfig, ModelConfig, PolicyConfig
+    from aop_ray.grpo import grpo_step
+    from aop_ray.models.denoiser import Denoiser
+    from aop_ray.models.policy import Policy
+
+    task = Sat(n_vars=6, n_clauses=24)
+    torch.manual_seed(0)
+    model_cfg = ModelConfig(d_model=16, n_layers=1, n_heads=2, ff_mult=2)
+    denoiser = Denoiser.for_task(task, model_cfg).eval()
+    policy = Policy(task, model_cfg.d_model, PolicyConfig(d_model=16, n_layers=1, n_heads=2,
+                                                          features=["probs", "stats", "group_probs"],
+                                                          task_features=["unit", "open_clauses", "argmax_safe"]))
+    inst = task.generate(8, seed=1)
+    x0, fixed = torch.as_tensor(inst.target), torch.as_tensor(inst.fixed)
+    g = torch.Generator().manual_seed(0)
+    xt = uniform_states(x0, fixed, 2, g)
+    loss, stats = aop_step(denoiser, policy, xt, x0, 2, AopConfig(), joint=False)
+    loss.backward()
+    assert torch.isfinite(loss) and policy.head[-1].weight.grad.abs().sum() > 0
+    assert policy.blocks[0].token_bias.grad is not None  # the formula-graph bias is trained too
+    policy.zero_grad()
+    loss, stats = grpo_step(denoiser, policy, policy, torch.where(fixed, x0, 2), fixed, task,
+                            GrpoConfig(group_size=4, states_per_rollout=2), g)
+    loss.backward()
+    assert torch.isfinite(loss) and 0.0 <= float(stats["reward"]) <= 1.0
+    assert policy.head[-1].weight.grad is not None

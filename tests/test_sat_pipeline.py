@@ -54,6 +54,8 @@ def test_sat_sweep_trains_and_compares_unit_margin_and_learned(sweep):
     for row in rows:
         assert row["n"] == 64 and 0.0 <= row["solve_rate"] <= row["clause_sat"] <= 1.0
         assert row["forwards_per_instance"] == 6.0  # one value per step, six variables
+    unit = next(r for r in rows if r["order"] == "unit")
+    assert unit["unit_first"] == 1.0  # by construction: the replay agrees with the order's own choices
     learned = next(r for r in rows if r["order"] == "learned")
     assert "task_features=unit+open_clauses" in learned["policy"]  # reports say which features a policy used
     summary = (sweep["dir"] / "summary" / "summary.md").read_text()

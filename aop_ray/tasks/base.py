@@ -148,8 +148,10 @@ class Task(Protocol):
         """(B,) bool: the completed sequences are correct and keep the prompt."""
         ...
 
-    def metrics(self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Task-specific (B,) scores of completed sequences beyond solved/not (SAT: clauses satisfied)."""
+    def metrics(self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor, step_of: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+        """Task-specific (B,) scores of decoded sequences beyond solved/not (SAT: clauses satisfied,
+        and how often the order took a unit-forced variable, replayed from `step_of`); NaN = not defined."""
         ...
 
     def augment(self, tokens: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor,

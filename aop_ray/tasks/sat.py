@@ -294,9 +294,28 @@ class Sat:
         keeps_prompt = ((tokens == prompt) | ~fixed).all(dim=1)
         return assigned & self.clauses_satisfied(tokens, prompt).all(1) & keeps_prompt
 
-    def metrics(self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Per formula: the fraction of clauses the generated assignment satisfies."""
-        return {"clause_sat": self.clauses_satisfied(tokens, prompt).float().mean(1)}
+    def metrics(self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor, step_of: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
+        """Per formula: `clause_sat`, the fraction of clauses satisfied, and `unit_first`.
+
+        `unit_first` replays the decoding (the order's own reveals, from `step_of`):
+        of the steps at which some variable was forced by a unit clause, the
+        fraction at which the order revealed a forced one. The `unit` rule scores
+        1 by construction; a learned order near 1 has rediscovered unit
+        propagation. NaN for a formula where no step had a forced variable.
+        """
+        values = step_of[:, self.n_literals:]
+        hits = torch.zeros(tokens.shape[0], device=tokens.device)
+        chances = torch.zeros_like(hits)
+        for step in range(int(values.max()) + 1 if values.numel() else 0):
+            shown = (step_of >= 0) & (step_of < step)
+            forced, _, _ = self.propagation_state(torch.where(shown, tokens, prompt))
+            chosen = values == step
+            chance = forced.any(1) & chosen.any(1)
+            chances += chance
+            hits += chance & (chosen & forced).any(1)
+        return {"clause_sat": self.clauses_satisfied(tokens, prompt).float().mean(1),
+                "unit_first": torch.where(chances > 0, hits / chances.clamp(min=1), torch.nan)}
 
     # ------------------------------------------------- rule features and order
     feature_names: ClassVar[tuple[str, ...]] = ("unit", "open_clauses", "argmax_safe")

@@ -348,7 +348,8 @@ class Sudoku:
         keeps_clues = ((tokens == prompt) | ~fixed).all(dim=1)
         return valid & keeps_clues
 
-    def metrics(self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor) -> dict[str, torch.Tensor]:
+    def metrics(self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor, step_of: torch.Tensor
+                ) -> dict[str, torch.Tensor]:
         return {}  # solved and cell accuracy say it all
 
     # ------------------------------------------------- rule features and order
