@@ -474,9 +474,13 @@ class SweepEvaluateConfig:
     batch_size: int = 256
     planner_nll: bool = False
     k: int = 1
+    temperature: float = 0.0  # token sampling temperature (proteins sample; every order at the same one)
+    oracle: str | None = None  # protein families: the oracle directory (python -m aop_ray.oracle)
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size", "k", where="evaluate")
+        if self.temperature < 0:
+            raise InputError(f"evaluate.temperature: must be >= 0, got {self.temperature}")
         if self.limit is not None:
             _positive(self, "limit", where="evaluate")
 

@@ -135,10 +135,21 @@ def policy_description(policy: Policy) -> str:
             + f", base={cfg.base_order}")
 
 
+def load_scorer(oracle: str | None, task: Task) -> Any:
+    """The family oracle's `score` for a protein task (`--oracle`), else None."""
+    if oracle is None:
+        return None
+    if task.name != "protein":
+        raise InputError(f"--oracle: only protein tasks have a family oracle (this checkpoint is {task.name})")
+    from aop_ray.oracle import FamilyOracle
+
+    return FamilyOracle.load(oracle, task).score
+
+
 def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, orders: dict[str, Order], *,
                    k: int = 1, batch_size: int = 256, seed: int = 0, planner_nll: bool = True,
                    temperature: float = 0.0, order_temperature: float = 0.0, policy: Policy | None = None,
-                   progress: bool = True) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+                   progress: bool = True, scorer: Any = None) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
     """Decode `instances` under each order: one summary row and one heat-map PNG per order.
 
     Every order sees the same puzzles and the same seed, so the rows are a paired comparison.
@@ -151,7 +162,7 @@ def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, 
             decoded = decode_dataset(denoiser, task, tokens, fixed, target, order, k=k, batch_size=batch_size,
                                      generator=torch.Generator().manual_seed(seed), planner_nll=planner_nll,
                                      temperature=temperature, order_temperature=order_temperature,
-                                     on_batch=bar.update)
+                                     on_batch=bar.update, scorer=scorer)
         row = summarize(name, decoded, k)
         if name == "learned" and policy is not None:
             row["policy"] = policy_description(policy)
@@ -185,6 +196,7 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     policy_path = args.policy or (args.checkpoint if manifest["kind"] == "policy" else None)
     policy = checkpoints.load_policy(policy_path, task, manifest["model"], device) if policy_path else None
     orders = parse_orders(args.orders, task, policy)
+    scorer = load_scorer(args.oracle, task)
     instances = data.load_instances(task, args.data)
     if args.limit is not None:
         instances = instances.take(slice(0, args.limit))
@@ -203,7 +215,7 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
         rows, maps = compare_orders(denoiser, task, instances, orders, k=args.k, batch_size=args.batch_size,
                                     seed=args.seed, planner_nll=not args.no_planner_nll,
                                     temperature=args.temperature, order_temperature=args.order_temperature,
-                                    policy=policy, progress=not args.quiet)
+                                    policy=policy, progress=not args.quiet, scorer=scorer)
         for row in rows:
             tracker.log_metrics({f"{row['order']}/{k}": v for k, v in numeric(row).items()}, step=0)
         print(format_table(rows))
@@ -233,10 +245,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data", required=True,
                         help="a file or directory: Parquet shards, or the task's text format. Sudoku: 81-char "
                              "lines ('0'/'.' blanks, optional '// comment'), puzzle,solution CSV, or Project Euler "
-                             "'Grid NN' files. SAT: DIMACS CNF, one formula per file (SATLIB's as shipped)")
+                             "'Grid NN' files. SAT: DIMACS CNF, one formula per file (SATLIB's as shipped). Protein: "
+                             "aligned FASTA or A2M of the family")
     parser.add_argument("--orders", default="random,confidence,margin,entropy",
                         help="comma-separated orders to compare: random, confidence, margin, entropy, the "
                              "task's rules (Sudoku: singles) and learned; default: %(default)s")
+    parser.add_argument("--oracle", default=None,
+                        help="protein families: the oracle directory from python -m aop_ray.oracle; adds Potts "
+                             "energy, below_p5, HMM bits, novelty and batch identity to every row")
     parser.add_argument("--k", type=int, default=1, help="positions revealed per denoiser forward (default 1)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N instances")
     parser.add_argument("--out", default=None,

@@ -112,11 +112,13 @@ def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed:
                    target: torch.Tensor, order: Order, k: int = 1, batch_size: int = 256,
                    generator: torch.Generator | None = None, planner_nll: bool = True,
                    temperature: float = 0.0, order_temperature: float = 0.0,
-                   on_batch: Callable[[int], None] | None = None) -> Decoded:
+                   on_batch: Callable[[int], None] | None = None,
+                   scorer: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None) -> Decoded:
     """Decode every instance with `order`, verify it, and optionally score the planner NLL.
 
     Generator state carries across batches, so results depend on the batch
-    size only through floating-point reduction order.
+    size only through floating-point reduction order. `scorer` adds per-instance
+    metrics of the decoded sequences (a protein family's oracle).
     """
     device = next(denoiser.parameters()).device
     seconds = 0.0
@@ -129,7 +131,8 @@ def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed:
                       order_temperature=order_temperature, generator=generator)
         parts["solved"].append(task.verify(roll.tokens, x, f).cpu())
         seconds += time.perf_counter() - start
-        for name, value in task.metrics(roll.tokens, x, f, roll.step_of).items():
+        scores = {**task.metrics(roll.tokens, x, f, roll.step_of), **(scorer(roll.tokens) if scorer else {})}
+        for name, value in scores.items():
             metrics.setdefault(name, []).append(value.cpu())
         scored = ~f & (y >= 0)
         parts["acc"].append(((roll.tokens == y) & scored).sum(1).cpu() / scored.sum(1).clamp(min=1).cpu())

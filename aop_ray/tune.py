@@ -33,7 +33,7 @@ from typing import Any
 from aop_ray import checkpoints, data, report
 from aop_ray.cli import run_main, say
 from aop_ray.config import Config, Domain, SweepConfig, apply_override, load_config, parse_dataclass
-from aop_ray.evaluate import compare_orders, numeric, write_results
+from aop_ray.evaluate import compare_orders, load_scorer, numeric, write_results
 from aop_ray.orders import get_order, order_names
 from aop_ray.tasks import InputError
 from aop_ray.tracking import Tracker, experiment_id, find_runs, resolve_uri
@@ -103,7 +103,8 @@ def run_trial(config: dict[str, Any], state: dict[str, Any]) -> None:
         instances = instances.take(slice(0, ev.limit)) if ev.limit else instances
         rows, maps = compare_orders(denoiser, task, instances, {order: get_order(order, policy=policy, task=task)},
                                     k=ev.k, batch_size=ev.batch_size, seed=seed, planner_nll=ev.planner_nll,
-                                    policy=policy, progress=False)
+                                    temperature=ev.temperature, policy=policy, progress=False,
+                                    scorer=load_scorer(state.get("oracle"), task))
         out = Path(state["sweep_dir"]) / "evaluations" / trial_id
         write_results(out, rows, maps)
         metrics = numeric(rows[0])
@@ -252,6 +253,8 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
         if cfg.data.val is not None:
             train_data["val"]["path"] = str(data.dataset_path(cfg.data.val, task, "val"))
     state["eval_data"] = str(data.dataset_path(spec.evaluate.data, task, "evaluate"))
+    state["oracle"] = str(Path(spec.evaluate.oracle).expanduser().resolve()) if spec.evaluate.oracle else None
+    load_scorer(state["oracle"], task)  # refuse a wrong oracle before the first trial
     state["tracking_uri"] = uri = resolve_uri(spec.mlflow.tracking_uri) if (mlflow and spec.mlflow.enabled) else None
     state["parent_run_id"] = Tracker.start(uri, spec.mlflow.experiment, spec.name, params={
         "orders": ",".join(spec.orders), "seeds": " ".join(map(str, spec.seeds)), "denoiser": str(denoiser),
