@@ -111,6 +111,7 @@ def build(args: argparse.Namespace) -> None:
     out = Path(args.out)
     if out.exists():
         raise InputError(f"--out: {out} already exists; refusing to overwrite")
+    hmm = load_hmm(args.hmm) if args.hmm else None  # refused before any compute
     alignment = read_alignment(args.alignment)
     task = Protein(length=alignment.seqs.shape[1], family=args.family)
     train_idx, heldout_idx = cluster_split(alignment.seqs, args.identity, args.heldout, args.seed)
@@ -118,7 +119,6 @@ def build(args: argparse.Namespace) -> None:
           f"(identity clusters at {args.identity})")
     heldout = Alignment(names=[alignment.names[i] for i in heldout_idx], seqs=alignment.seqs[heldout_idx],
                         lines=[alignment.lines[i] for i in heldout_idx])
-    hmm = load_hmm(args.hmm) if args.hmm else None
     oracle = fit(alignment.seqs[train_idx], heldout, args.family, hmm, args.identity, args.plm_steps)
     instances = task.read(Path(args.alignment))
     tmp = out.with_name(f".{out.name}.tmp")
