@@ -120,7 +120,7 @@ def build(args: argparse.Namespace) -> None:
     heldout = Alignment(names=[alignment.names[i] for i in heldout_idx], seqs=alignment.seqs[heldout_idx],
                         lines=[alignment.lines[i] for i in heldout_idx])
     oracle = fit(alignment.seqs[train_idx], heldout, args.family, hmm, args.identity, args.plm_steps)
-    instances = task.read(Path(args.alignment))
+    instances = task.from_alignment(alignment, Path(args.alignment))
     tmp = out.with_name(f".{out.name}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     data.write_shards(instances.take(train_idx), task, tmp / "train")

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
-from aop_ray.protein import ALPHABET, decode, read_alignment
+from aop_ray.protein import ALPHABET, Alignment, decode, read_alignment
 from aop_ray.tasks.base import InputError, Instances, located
 
 MASK = len(ALPHABET)
@@ -70,7 +70,10 @@ class Protein:
 
     def read(self, path: Path) -> Instances:
         """An aligned FASTA or A2M file of this family (see `aop_ray.protein.read_alignment`)."""
-        alignment = read_alignment(path)
+        return self.from_alignment(read_alignment(path), path)
+
+    def from_alignment(self, alignment: Alignment, path: Path) -> Instances:
+        """The rows of an alignment already read from `path` (named in errors and metadata)."""
         if alignment.seqs.shape[1] != self.length:
             raise located(path, alignment.lines[0], f"alignment has {alignment.seqs.shape[1]} match columns; "
                                                     f"this protein task holds task.length={self.length}")
