@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import platform
+import sys
 import subprocess
 import time
 from pathlib import Path
@@ -38,3 +40,12 @@ def commit() -> str:
     dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
                            capture_output=True, text=True).stdout.strip()
     return head + (" (with uncommitted changes)" if dirty else "")
+
+
+def evaluate(checkpoint: str, data: str, orders: str, out: str, *options: str) -> tuple[list[dict], str, float]:
+    """Rows of one `python -m aop_ray.evaluate` run, the command as a reader would type it, and its seconds."""
+    cmd = [sys.executable, "-m", "aop_ray.evaluate", "--checkpoint", checkpoint, "--data", data, "--orders", orders,
+           "--out", out, "--run-name", f"benchmark-{Path(out).parent.name}-{Path(out).name}", "--quiet", *options]
+    seconds = sh(cmd)
+    shown = " ".join(["python" if c == sys.executable else c for c in cmd]).replace(str(ROOT.parent), "..")
+    return json.loads((ROOT / out / "results.json").read_text()), shown, seconds

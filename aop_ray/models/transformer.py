@@ -67,14 +67,19 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, relations: torch.Tensor | None = None,
                 linked: torch.Tensor | None = None) -> torch.Tensor:
-        """`linked`: (B, L, L, R-1) one-hot token relations 1.. (a matmul, not a gather: gathers
-        of a (B, H, L, L) bias from a tiny table backpropagate through slow scatter-adds)."""
+        """`linked`: the token relations, as (B, L, L) ids when no gradient reaches `token_bias` (a
+        gather), else as (B, L, L, R-1) one-hot 1.. (a matmul: gathers of a (B, H, L, L) bias from a
+        tiny table backpropagate through slow scatter-adds). Both give the same bias values."""
         b, length, d = x.shape
         q, k, v = self.qkv(self.ln1(x)).view(b, length, 3, self.n_heads, d // self.n_heads).unbind(2)
         # (1 or B, H, L, L): a 4-D mask lets CPU SDPA take its fused kernel (a 3-D one falls back to the slow path)
         bias = self.relation_bias[None, :, relations].to(x.dtype) if self.relation_bias is not None else None
         if bias is not None and self.token_bias is not None and linked is not None:
-            bias = bias + (linked @ self.token_bias.to(linked.dtype)).permute(0, 3, 1, 2).to(x.dtype)
+            if linked.dtype == torch.long:
+                token_bias = F.embedding(linked, F.pad(self.token_bias, (0, 0, 1, 0)))  # id 0: no bias
+            else:
+                token_bias = linked @ self.token_bias.to(linked.dtype)
+            bias = bias + token_bias.permute(0, 3, 1, 2).to(x.dtype)
         att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
                                              attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
         x = x + self.proj(att.transpose(1, 2).reshape(b, length, d))
@@ -121,8 +126,10 @@ class StructuredTransformer(nn.Module):
         linked = None
         if self.structure is not None:
             x = x + self.emb_state(self.structure.states(tokens))
-            ids = self.structure.relations(tokens)
-            linked = F.one_hot(ids, self.structure.n_relations)[..., 1:].to(x.dtype)
+            linked = self.structure.relations(tokens)
+            if torch.is_grad_enabled() and any(b.token_bias is not None and b.token_bias.requires_grad
+                                               for b in self.blocks):
+                linked = F.one_hot(linked, self.structure.n_relations)[..., 1:].to(x.dtype)
         for block in self.blocks:
             x = block(x, self.relations, linked)
         return self.ln_f(x)
