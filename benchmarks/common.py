@@ -42,10 +42,22 @@ def commit() -> str:
     return head + (" (with uncommitted changes)" if dirty else "")
 
 
-def evaluate(checkpoint: str, data: str, orders: str, out: str, *options: str) -> tuple[list[dict], str, float]:
-    """Rows of one `python -m aop_ray.evaluate` run, the command as a reader would type it, and its seconds."""
+def evaluate(checkpoint: str, data: str, orders: str, out: str, *options: str, reuse: bool = False
+             ) -> tuple[list[dict], str, float, str]:
+    """Rows of one `python -m aop_ray.evaluate` run into `out` (relative to the root), the command as a
+    reader would type it, its seconds and the commit it ran at. With `reuse`, an earlier run of the same
+    command (threads aside: they change the speed, not the results) is read back instead."""
     cmd = [sys.executable, "-m", "aop_ray.evaluate", "--checkpoint", checkpoint, "--data", data, "--orders", orders,
            "--out", out, "--run-name", f"benchmark-{Path(out).parent.name}-{Path(out).name}", "--quiet", *options]
-    seconds = sh(cmd)
     shown = " ".join(["python" if c == sys.executable else c for c in cmd]).replace(str(ROOT.parent), "..")
-    return json.loads((ROOT / out / "results.json").read_text()), shown, seconds
+    threads = cmd.index("--threads") if "--threads" in cmd else None
+    same = " ".join(c for i, c in enumerate(cmd[1:], 1) if threads is None or i not in (threads, threads + 1))
+    record = ROOT / out / "command.json"
+    if reuse and record.is_file() and json.loads(record.read_text())["same"] == same:
+        earlier = json.loads(record.read_text())
+        return (json.loads((ROOT / out / "results.json").read_text()), earlier["command"], earlier["seconds"],
+                earlier["commit"])
+    evaluated = commit()
+    seconds = sh(cmd)
+    record.write_text(json.dumps({"command": shown, "same": same, "seconds": seconds, "commit": evaluated}))
+    return json.loads((ROOT / out / "results.json").read_text()), shown, seconds, evaluated

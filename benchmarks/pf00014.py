@@ -1,6 +1,6 @@
 """Benchmark: every unmasking order generating Kunitz domains (Pfam PF00014), scored by the family oracle.
 
-    python benchmarks/pf00014.py          # evaluate the committed checkpoints, write benchmarks/pf00014.md
+    python benchmarks/pf00014.py [--reuse]   # evaluate the committed checkpoints, write benchmarks/pf00014.md
 
 The identity-cluster split and the oracle (Potts + HMM fitted on the held-out split) are built
 first when `data/pf00014` is missing (python -m aop_ray.oracle, ~4 min). The denoiser
@@ -12,6 +12,7 @@ naturals are scored by the same oracle in the same batch size, as the reference 
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import sys
@@ -58,6 +59,10 @@ def fmt(r: dict) -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reuse", action="store_true",
+                        help="read back evaluations already in out/pf00014/ that used the same command")
+    args = parser.parse_args()
     built = []
     if not (ROOT / SPLIT / "oracle").is_dir():
         if not ALIGNMENT.is_file():
@@ -68,12 +73,15 @@ def main() -> int:
         built.append(f"- split and oracle: `python -m aop_ray.oracle --alignment {ALIGNMENT.relative_to(ROOT.parent)}"
                      f" --family pf00014 --out {SPLIT}` ({sh(cmd) / 60:.1f} min)")
     data = f"{SPLIT}/heldout"
-    results, cmd, seconds = evaluate(DENOISER, data, HEURISTICS, "out/pf00014/heuristics", *OPTIONS)
-    rows, commands = list(results), [f"- `{cmd}` ({seconds / 60:.1f} min)"]
+    results, cmd, seconds, at = evaluate(DENOISER, data, HEURISTICS, "out/pf00014/heuristics", *OPTIONS,
+                                         reuse=args.reuse)
+    rows, commands = list(results), [f"- `{cmd}` ({seconds / 60:.1f} min, at commit {at})"]
     if (ROOT / POLICY / "manifest.json").is_file():
-        results, cmd, seconds = evaluate(POLICY, data, "learned", "out/pf00014/learned", *OPTIONS)
+        results, cmd, seconds, at = evaluate(POLICY, data, "learned", "out/pf00014/learned", *OPTIONS,
+                                             reuse=args.reuse)
         rows += results
-        commands.append(f"- `{cmd}` ({seconds / 60:.1f} min); policy: {results[0].get('policy', '-')}")
+        commands.append(f"- `{cmd}` ({seconds / 60:.1f} min, at commit {at}); "
+                        f"policy: {results[0].get('policy', '-')}")
     else:
         commands.append(f"- not measured (no checkpoint): learned ({POLICY})")
     manifest = json.loads((ROOT / DENOISER / "manifest.json").read_text())
@@ -86,7 +94,7 @@ def main() -> int:
         "# Proteins: every order generating PF00014 (Kunitz) domains", "",
         f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}",
         f"- machine: {machine()}",
-        f"- git commit evaluated: {commit()}",
+        f"- report written at commit {commit()}; each evaluation's own commit is listed with its command",
         f"- denoiser: `{DENOISER}` (step {manifest.get('step')}, model {manifest['model']}), trained on the "
         "training split only (`tune_configs/pf00014_denoiser.yaml`)",
         f"- oracle: Potts (PLM) and HMM fitted on the held-out split; held-out 5th-percentile energy "

@@ -1,6 +1,6 @@
 """Benchmark: every unmasking order on SATLIB uf20-91 (500 satisfiable 3-SAT formulas, 20 variables).
 
-    python benchmarks/sat20.py            # evaluate the committed checkpoints, write benchmarks/sat20.md
+    python benchmarks/sat20.py [--reuse]   # evaluate the committed checkpoints, write benchmarks/sat20.md
 
 The denoiser (benchmarks/checkpoints/sat20) was trained on generated formulas only
 (tune_configs/sat20_denoiser.yaml); the policies next to it by tune_configs/sat20_policy.yaml,
@@ -11,6 +11,7 @@ commands are in the report. Orders whose checkpoint is missing are left out, and
 
 from __future__ import annotations
 
+import argparse
 import datetime
 import json
 import sys
@@ -34,21 +35,28 @@ def row(label: str, r: dict) -> str:
 
 
 def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reuse", action="store_true",
+                        help="read back evaluations already in out/sat20/ that used the same command")
+    args = parser.parse_args()
     if not SATLIB.is_dir():
         print(f"error: {SATLIB} not found (the SATLIB uf20-91 instances)", file=sys.stderr)
         return 1
     rows, commands = [], []
-    results, cmd, seconds = evaluate(DENOISER, str(SATLIB), HEURISTICS, "out/sat20/heuristics", *OPTIONS)
+    results, cmd, seconds, at = evaluate(DENOISER, str(SATLIB), HEURISTICS, "out/sat20/heuristics", *OPTIONS,
+                                         reuse=args.reuse)
     rows += [row(r["order"], r) for r in results]
-    commands.append(f"- `{cmd}` ({seconds / 60:.1f} min)")
+    commands.append(f"- `{cmd}` ({seconds / 60:.1f} min, at commit {at})")
     missing = []
     for label, path in POLICIES.items():
         if not (ROOT / path / "manifest.json").is_file():
             missing.append(f"{label} ({path})")
             continue
-        results, cmd, seconds = evaluate(path, str(SATLIB), "learned", f"out/sat20/{Path(path).name}", *OPTIONS)
+        results, cmd, seconds, at = evaluate(path, str(SATLIB), "learned", f"out/sat20/{Path(path).name}", *OPTIONS,
+                                             reuse=args.reuse)
         rows.append(row(f"learned, {label}", results[0]))
-        commands.append(f"- `{cmd}` ({seconds / 60:.1f} min); policy: {results[0].get('policy', '-')}")
+        commands.append(f"- `{cmd}` ({seconds / 60:.1f} min, at commit {at}); "
+                        f"policy: {results[0].get('policy', '-')}")
     manifest = json.loads((ROOT / DENOISER / "manifest.json").read_text())
     table = "\n".join(["| order | solve rate | clauses satisfied | unit first | value accuracy | "
                        "formulas/s | n |", "|---|---|---|---|---|---|---|", *rows])
@@ -56,7 +64,7 @@ def main() -> int:
         "# 3-SAT: every order on SATLIB uf20-91", "",
         f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}",
         f"- machine: {machine()}",
-        f"- git commit evaluated: {commit()}",
+        f"- report written at commit {commit()}; each evaluation's own commit is listed with its command",
         f"- denoiser: `{DENOISER}` (step {manifest.get('step')}, model {manifest['model']}), trained on "
         "generated satisfiable formulas only (`tune_configs/sat20_denoiser.yaml`)",
         "- test set: the 500 SATLIB uf20-91 instances as shipped (`../shared/data/satlib/uf20-91`)",

@@ -21,7 +21,7 @@ import os
 import sys
 from pathlib import Path
 
-from common import ROOT, commit, machine, sh
+from common import ROOT, commit, evaluate, machine, sh
 
 POLICY = "benchmarks/checkpoints/sudoku9-policy"
 JOINT = "benchmarks/checkpoints/sudoku9-joint"
@@ -48,26 +48,6 @@ def evaluation_sets() -> dict[str, str]:
     for file in sorted(PUBLIC.glob("*.txt")) if PUBLIC.is_dir() else []:
         sets[f"public {file.stem}"] = os.path.relpath(file, ROOT)  # ../shared/...: the same on every checkout
     return sets
-
-
-def evaluate(checkpoint: str, data: str, orders: str, out: Path, threads: int, reuse: bool
-             ) -> tuple[list[dict], str, float, str]:
-    """Rows, command, seconds and git commit of one evaluate run; with `reuse`, an earlier run of the same
-    command is read back instead (each evaluation keeps the commit it ran at)."""
-    cmd = [sys.executable, "-m", "aop_ray.evaluate", "--checkpoint", checkpoint, "--data", data, "--orders", orders,
-           "--out", str(out.relative_to(ROOT)), "--threads", str(threads), "--no-planner-nll",
-           "--run-name", f"benchmark-aop-{out.name}", "--quiet"]
-    shown = " ".join(["python", *cmd[1:]])
-    record = out / "command.json"
-    same = shown.replace(f"--threads {threads} ", "")  # threads change the speed, not the results
-    if reuse and record.is_file() and json.loads(record.read_text())["same"] == same:
-        earlier = json.loads(record.read_text())
-        return (json.loads((out / "results.json").read_text()), earlier["command"], earlier["seconds"],
-                earlier["commit"])
-    evaluated = commit()
-    seconds = sh(cmd)
-    record.write_text(json.dumps({"command": shown, "same": same, "seconds": seconds, "commit": evaluated}))
-    return json.loads((out / "results.json").read_text()), shown, seconds, evaluated
 
 
 def describe(manifest: dict) -> str:
@@ -167,8 +147,9 @@ def main() -> None:
             slug = f"{label}-{set_name.replace(' ', '-')}"
             if args.report_only and not (ROOT / "out" / "sudoku9_aop" / slug / "command.json").is_file():
                 continue
-            rows, cmd, seconds, evaluated = evaluate(checkpoint, data, orders, ROOT / "out" / "sudoku9_aop" / slug,
-                                                     args.threads, args.reuse or args.report_only)
+            rows, cmd, seconds, evaluated = evaluate(checkpoint, data, orders, f"out/sudoku9_aop/{slug}",
+                                                     "--threads", str(args.threads), "--no-planner-nll",
+                                                     reuse=args.reuse or args.report_only)
             tables[(set_name, label)] = rows
             commands.append(f"`{cmd}` ({seconds / 60:.1f} min, at commit {evaluated})")
     if args.only:
