@@ -304,6 +304,10 @@ class Config:
         if self.train.stage != "denoiser" and not self.aop.denoiser_checkpoint:
             raise InputError(f"aop.denoiser_checkpoint: stage {self.train.stage!r} needs a trained denoiser "
                              f"(train one with stage: denoiser first)")
+        if self.train.stage == "grpo" and not task.has_verifier:
+            raise InputError(f"train.stage: grpo rewards a rollout by the task's verifier, and task {task.name!r} "
+                             f"has none (its family oracle is fitted on held-out data, for evaluation only); "
+                             f"train its order with stage policy")
         if self.train.stage == "grpo" and self.train.batch_size < self.grpo.group_size * self.ray.num_workers:
             raise InputError(f"train.batch_size: stage grpo needs at least grpo.group_size x ray.num_workers = "
                              f"{self.grpo.group_size * self.ray.num_workers} rollouts per step, got "

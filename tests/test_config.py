@@ -42,6 +42,16 @@ def test_bad_values_name_the_key(tmp_path, extra, message):
     assert str(err.value).startswith(str(tmp_path / "c.yaml"))
 
 
+def test_grpo_is_refused_for_a_task_without_a_verifier(tmp_path):
+    """A protein 'verifies' every completion, so GRPO's reward would be constant: refused, with the key."""
+    text = BASE.replace("task: {name: sudoku, size: 4}", "task: {name: protein, length: 12, family: toy}")
+    text += "train: {stage: grpo}\naop: {denoiser_checkpoint: d}\n"
+    with pytest.raises(InputError, match="train.stage: grpo rewards a rollout by the task's verifier, and task "
+                                         "'protein' has none"):
+        load_config(write(tmp_path, text))
+    load_config(write(tmp_path, text.replace("stage: grpo", "stage: policy")))  # the AOP stage is fine
+
+
 def test_bad_task(tmp_path):
     with pytest.raises(InputError, match="task.name: unknown task 'chess'"):
         load_config(write(tmp_path, BASE.replace("sudoku", "chess")))

@@ -108,6 +108,8 @@ class Task(Protocol):
     """
 
     name: ClassVar[str]
+    # False: `verify` accepts any completion (proteins), so it cannot reward an order (stage grpo)
+    has_verifier: ClassVar[bool]
 
     @property
     def seq_len(self) -> int: ...

@@ -34,6 +34,7 @@ class Protein:
     """An aligned family of `length` match columns; `family` labels it (checkpoints refuse another)."""
 
     name: ClassVar[str] = "protein"
+    has_verifier: ClassVar[bool] = False
     length: int = 53
     family: str = "synthetic"
 

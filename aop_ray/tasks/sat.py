@@ -65,6 +65,7 @@ class Sat:
     """3-SAT with `n_vars` variables and exactly `n_clauses` 3-literal clauses (SATLIB uf20-91: 20, 91)."""
 
     name: ClassVar[str] = "sat"
+    has_verifier: ClassVar[bool] = True
     n_vars: int = 20
     n_clauses: int = 91
 

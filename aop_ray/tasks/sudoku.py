@@ -100,6 +100,7 @@ class Sudoku:
     """An n x n Sudoku task. `size` is 4, 6 or 9."""
 
     name: ClassVar[str] = "sudoku"
+    has_verifier: ClassVar[bool] = True
     size: int = 9
 
     def __post_init__(self) -> None:
