@@ -61,3 +61,19 @@ def evaluate(checkpoint: str, data: str, orders: str, out: str, *options: str, r
     seconds = sh(cmd)
     record.write_text(json.dumps({"command": shown, "same": same, "seconds": seconds, "commit": evaluated}))
     return json.loads((ROOT / out / "results.json").read_text()), shown, seconds, evaluated
+
+
+def describe_model(manifest: dict) -> str:
+    m = manifest["model"]
+    return f"{m['n_layers']} layers, d{m['d_model']}, {m['n_heads']} heads, {manifest.get('step')} steps"
+
+
+NOTES = "## Notes"
+
+
+def write_report(path: Path, text: str) -> None:
+    """Write a generated report, keeping its hand-written `## Notes` section (the reading of the numbers)
+    from the previous version: a rerun refreshes the measurements without erasing the analysis."""
+    old = path.read_text() if path.is_file() else ""
+    notes = old[old.index(NOTES):] if NOTES in old else ""
+    path.write_text(text.rstrip("\n") + "\n\n" + notes if notes else text)

@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import ROOT, commit, evaluate, machine
+from common import ROOT, commit, describe_model, evaluate, machine, write_report
 
 SATLIB = ROOT.parent / "shared" / "data" / "satlib" / "uf20-91"
 DENOISER = "benchmarks/checkpoints/sat20"
@@ -65,7 +65,7 @@ def main() -> int:
         f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}",
         f"- machine: {machine()}",
         f"- report written at commit {commit()}; each evaluation's own commit is listed with its command",
-        f"- denoiser: `{DENOISER}` (step {manifest.get('step')}, model {manifest['model']}), trained on "
+        f"- denoiser: `{DENOISER}` ({describe_model(manifest)}), trained on "
         "generated satisfiable formulas only (`tune_configs/sat20_denoiser.yaml`)",
         "- test set: the 500 SATLIB uf20-91 instances as shipped (`../shared/data/satlib/uf20-91`)",
         "- command: `python benchmarks/sat20.py`, which ran:", *commands,
@@ -78,7 +78,7 @@ def main() -> int:
         "as solved, so this is only a proxy); formulas/s: decoding only, one denoiser forward per revealed "
         "variable, 2 CPU threads.", ""])
     print(table)
-    REPORT.write_text(report)
+    write_report(REPORT, report)
     print(f"wrote {REPORT}")
     return 0
 
