@@ -98,13 +98,14 @@ def main() -> int:
         f"- report written at commit {commit()}; each evaluation's own commit is listed with its command",
         f"- denoiser: `{DENOISER}` ({describe_model(manifest)}), trained on the "
         "training split only (`tune_configs/pf00014_denoiser.yaml`)",
-        f"- oracle: Potts (PLM) and HMM fitted on the held-out split; held-out 5th-percentile energy "
+        f"- oracle: Potts (PLM) and HMM fitted on the held-out split; `below p5` threshold: the training "
+        f"naturals' (out-of-sample) 5th-percentile energy "
         f"{oracle['energy_p5']:.1f}",
         "- command: `python benchmarks/pf00014.py`, which ran:", *built, *commands, "",
         table, "",
         "Every order samples each revealed residue at temperature 1, seed 0, one sequence per held-out row "
         "(the first 512). "
-        "Potts energy: lower is more family-like; below p5: fraction below the held-out naturals' 5th-percentile "
+        "Potts energy: lower is more family-like; below p5: fraction below the training naturals' 5th-percentile "
         "energy; HMM bits: mean over sequences with a hit, HMM hit: fraction with one; novelty: 1 - max identity "
         "to a training sequence; batch identity: mean pairwise identity within a batch of 256 (lower = more "
         "diverse); planner NLL: teacher-forced NLL of the held-out natural along the order (what the AOP "

@@ -80,6 +80,9 @@ def test_oracle_split_and_scores(family):
     assert nat["hmm_bits"].nanmean() > shuf["hmm_bits"].nanmean()
     train = torch.as_tensor(oracle.train[:10])
     assert (oracle.score(train)["novelty"] == 0).all()  # a training sequence is not novel
+    # the threshold is the out-of-sample one: 5% of the training naturals (unseen by the Potts model) lie below it
+    below = oracle.score(torch.as_tensor(oracle.train))["below_p5"].mean().item()
+    assert below == pytest.approx(0.05, abs=1.5 / len(oracle.train))
     assert set(nat) == {"potts_energy", "below_p5", "hmm_bits", "hmm_hit", "novelty", "batch_identity"}
     with pytest.raises(InputError, match="field 'length' is 12, the checkpoint's task has 13"):
         FamilyOracle.load(out / "oracle", Protein(length=13, family="toy"))
