@@ -42,11 +42,12 @@ def commit() -> str:
     return head + (" (with uncommitted changes)" if dirty else "")
 
 
-def evaluate(checkpoint: str, data: str, orders: str, out: str, *options: str, reuse: bool = False
-             ) -> tuple[list[dict], str, float, str]:
+def evaluate(checkpoint: str, data: str, orders: str, out: str, *options: str, reuse: bool = False,
+             run: bool = True) -> tuple[list[dict], str, float, str] | None:
     """Rows of one `python -m aop_ray.evaluate` run into `out` (relative to the root), the command as a
     reader would type it, its seconds and the commit it ran at. With `reuse`, an earlier run of the same
-    command (threads aside: they change the speed, not the results) is read back instead."""
+    command (threads aside: they change the speed, not the results) is read back instead; with
+    `run=False` nothing new is run, and None says there was no such earlier run."""
     cmd = [sys.executable, "-m", "aop_ray.evaluate", "--checkpoint", checkpoint, "--data", data, "--orders", orders,
            "--out", out, "--run-name", f"benchmark-{Path(out).parent.name}-{Path(out).name}", "--quiet", *options]
     shown = " ".join(["python" if c == sys.executable else c for c in cmd]).replace(str(ROOT.parent), "..")
@@ -57,6 +58,8 @@ def evaluate(checkpoint: str, data: str, orders: str, out: str, *options: str, r
         earlier = json.loads(record.read_text())
         return (json.loads((ROOT / out / "results.json").read_text()), earlier["command"], earlier["seconds"],
                 earlier["commit"])
+    if not run:
+        return None
     evaluated = commit()
     seconds = sh(cmd)
     record.write_text(json.dumps({"command": shown, "same": same, "seconds": seconds, "commit": evaluated}))

@@ -145,11 +145,11 @@ def main() -> None:
                 continue
             orders = ORDERS[label]
             slug = f"{label}-{set_name.replace(' ', '-')}"
-            if args.report_only and not (ROOT / "out" / "sudoku9_aop" / slug / "command.json").is_file():
+            evaluation = evaluate(checkpoint, data, orders, f"out/sudoku9_aop/{slug}", "--threads", str(args.threads),
+                                  "--no-planner-nll", reuse=args.reuse or args.report_only, run=not args.report_only)
+            if evaluation is None:
                 continue
-            rows, cmd, seconds, evaluated = evaluate(checkpoint, data, orders, f"out/sudoku9_aop/{slug}",
-                                                     "--threads", str(args.threads), "--no-planner-nll",
-                                                     reuse=args.reuse or args.report_only)
+            rows, cmd, seconds, evaluated = evaluation
             tables[(set_name, label)] = rows
             commands.append(f"`{cmd}` ({seconds / 60:.1f} min, at commit {evaluated})")
     if args.only:
