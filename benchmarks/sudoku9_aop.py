@@ -154,6 +154,9 @@ def main() -> None:
             commands.append(f"`{cmd}` ({seconds / 60:.1f} min, at commit {evaluated})")
     if args.only:
         return
+    if not tables:
+        sys.exit("error: --report-only found no evaluation in out/sudoku9_aop/ run with the current commands; "
+                 f"{REPORT.relative_to(ROOT)} left as it was")
 
     manifests = {label: json.loads((ROOT / c / "manifest.json").read_text()) for label, c in checkpoints.items()}
     sets = list(dict.fromkeys(s for s, _ in tables))
