@@ -23,7 +23,7 @@ import numpy as np
 from aop_ray.cli import run_main
 from aop_ray.evaluate import write_atomic
 from aop_ray.tasks import InputError
-from aop_ray.tracking import experiment_id, find_runs, resolve_uri
+from aop_ray.tracking import client_for, experiment_id, find_runs, resolve_uri
 
 METRICS = ("solve_rate", "cell_accuracy", "planner_nll", "forwards_per_instance")
 ROLE_TAG, SWEEP_TAG, GROUP_TAG, ORDER_TAG = "aop_ray.role", "aop_ray.sweep_run", "aop_ray.group", "aop_ray.order"
@@ -138,9 +138,7 @@ def sweep_run(client: Any, exp_id: str, sweep: str | None) -> Any:
 
 def records_from_mlflow(uri: str, experiment: str, sweep: str | None = None) -> tuple[Any, list[dict[str, Any]]]:
     """The sweep's parent run and one record per FINISHED trial run, read from MLflow alone."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=uri)
+    client = client_for(uri)
     exp_id = experiment_id(client, uri, experiment)
     if exp_id is None:
         raise InputError(f"--experiment: no experiment {experiment!r} at {uri}")

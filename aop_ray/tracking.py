@@ -54,9 +54,7 @@ class Tracker:
         self.run_id = run_id
         self._client = None
         if uri is not None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=uri)
+            self._client = client_for(uri)
 
     @property
     def enabled(self) -> bool:
@@ -131,6 +129,23 @@ class Tracker:
             self._client.set_terminated(self.run_id, status=status)
 
 
+def _unreachable(uri: str, err: Exception) -> InputError:
+    first = (str(err).splitlines() or [""])[0][:200]
+    return InputError(f"MLflow tracking URI {uri!r} is unreachable ({type(err).__name__}: {first}); "
+                      f"fix MLFLOW_TRACKING_URI or pass --no-mlflow")
+
+
+def client_for(uri: str) -> Any:
+    """An `MlflowClient`; a store that cannot even be opened (e.g. a sqlite file under a regular
+    file) is an `InputError` naming the URI, not a traceback."""
+    from mlflow.tracking import MlflowClient
+
+    try:
+        return MlflowClient(tracking_uri=uri)
+    except Exception as err:  # any store failure means "unreachable" to the user
+        raise _unreachable(uri, err) from None
+
+
 def experiment_id(client: Any, uri: str, name: str, create: bool = False) -> str | None:
     """The experiment's id (created if asked); an unreachable store is an `InputError`, not a traceback."""
     try:
@@ -138,10 +153,14 @@ def experiment_id(client: Any, uri: str, name: str, create: bool = False) -> str
         if exp is None and create:
             return client.create_experiment(name, artifact_location=_local_artifact_root(uri))
     except Exception as err:  # any store failure means "unreachable" to the user
-        raise InputError(f"MLflow tracking URI {uri!r} is unreachable ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:200]}); fix MLFLOW_TRACKING_URI or pass --no-mlflow") \
-            from None
+        raise _unreachable(uri, err) from None
     return exp.experiment_id if exp else None
+
+
+def check_reachable(uri: str | None, experiment: str) -> None:
+    """Refuse an unreachable store before any compute (data generation, training), creating nothing."""
+    if uri is not None:
+        experiment_id(client_for(uri), uri, experiment)
 
 
 def find_runs(client: Any, exp_id: str, tags: dict[str, str], status: str | None = None) -> list[Any]:

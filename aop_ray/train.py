@@ -39,7 +39,7 @@ from aop_ray.models.policy import Policy
 from aop_ray.orders import Order, get_order, order_names
 from aop_ray.sampling import decode_dataset
 from aop_ray.tasks import InputError, Instances
-from aop_ray.tracking import Tracker, resolve_uri
+from aop_ray.tracking import Tracker, check_reachable, resolve_uri
 
 RUN_STATE = "aop_run.json"  # in the run directory: the MLflow run id, for --resume
 
@@ -353,6 +353,11 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker
         say(f"run {run_dir} already finished: final checkpoint {run_dir / 'final'}")
         return run_dir / "final"
 
+    owns_run = tracker is None
+    uri = resolve_uri(cfg.mlflow.tracking_uri) if (mlflow and cfg.mlflow.enabled) else None
+    if owns_run:
+        check_reachable(uri, cfg.mlflow.experiment)
+
     denoiser_state = None
     if cfg.train.stage != "denoiser":  # the denoiser's architecture comes from its checkpoint
         denoiser, _, manifest = checkpoints.load_denoiser(cfg.aop.denoiser_checkpoint, task)
@@ -368,8 +373,6 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker
         instances = data.load_instances(task, data.dataset_path(cfg.data.val, task, "val"))
         val = _val_arrays(instances.take(slice(0, cfg.train.eval_instances)))
 
-    owns_run = tracker is None
-    uri = resolve_uri(cfg.mlflow.tracking_uri) if (mlflow and cfg.mlflow.enabled) else None
     if not owns_run:
         if not resume:
             tracker.log_params(cfg.to_dict())

@@ -36,7 +36,7 @@ from aop_ray.config import Config, Domain, SweepConfig, apply_override, load_con
 from aop_ray.evaluate import compare_orders, load_scorer, numeric, write_results
 from aop_ray.orders import get_order, order_names
 from aop_ray.tasks import InputError
-from aop_ray.tracking import Tracker, experiment_id, find_runs, resolve_uri
+from aop_ray.tracking import Tracker, client_for, experiment_id, find_runs, resolve_uri
 
 SWEEP_STATE = "aop_sweep.json"  # in the sweep directory: the resolved config and MLflow ids, for --resume
 INTERRUPTED = 130
@@ -135,9 +135,7 @@ def _close_trial_runs(state: dict[str, Any], status: str, trial_id: str | None =
     """
     if state["parent_run_id"] is None:
         return
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri=state["tracking_uri"])
+    client = client_for(state["tracking_uri"])
     exp_id = experiment_id(client, state["tracking_uri"], state["config"]["mlflow"]["experiment"])
     tags = {report.SWEEP_TAG: state["parent_run_id"], **({"aop_ray.trial_id": trial_id} if trial_id else {})}
     for run in find_runs(client, exp_id, tags):

@@ -1,5 +1,6 @@
 """CLI surface: every option is documented, and bad input is one line on stderr with exit code 2."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -7,6 +8,21 @@ from pathlib import Path
 import pytest
 
 from aop_ray import evaluate, report, train, tune
+
+
+def test_unreachable_mlflow_is_refused_before_any_compute(tmp_path):
+    """A bad MLFLOW_TRACKING_URI: one line naming it and --no-mlflow, exit 2, and no data generated, no
+    run directory, no Ray started (the smoke config would generate its datasets first)."""
+    smoke = Path(__file__).resolve().parents[1] / "tune_configs" / "sudoku4_smoke.yaml"
+    (tmp_path / "afile").write_text("")
+    uri = f"sqlite:///{tmp_path}/afile/mlflow.db"  # a store under a regular file cannot be opened
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    proc = subprocess.run([sys.executable, "-m", "aop_ray.train", "--config", str(smoke)], capture_output=True,
+                          text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().startswith(f"error: MLflow tracking URI {uri!r} is unreachable")
+    assert "--no-mlflow" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
 
 
 @pytest.mark.parametrize("module", [train, evaluate, tune, report])
