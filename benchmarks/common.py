@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -9,6 +10,7 @@ import sys
 import subprocess
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -42,28 +44,45 @@ def commit() -> str:
     return head + (" (with uncommitted changes)" if dirty else "")
 
 
+class Evaluation(NamedTuple):
+    rows: list[dict]
+    command: str  # as a reader would type it
+    seconds: float
+    commit: str  # the commit it ran at
+
+    def line(self) -> str:
+        return f"`{self.command}` ({self.seconds / 60:.1f} min, at commit {self.commit})"
+
+
 def evaluate(checkpoint: str, data: str, orders: str, out: str, *options: str, reuse: bool = False,
-             run: bool = True) -> tuple[list[dict], str, float, str] | None:
-    """Rows of one `python -m aop_ray.evaluate` run into `out` (relative to the root), the command as a
-    reader would type it, its seconds and the commit it ran at. With `reuse`, an earlier run of the same
-    command (threads aside: they change the speed, not the results) is read back instead; with
-    `run=False` nothing new is run, and None says there was no such earlier run."""
+             run: bool = True) -> Evaluation | None:
+    """One `python -m aop_ray.evaluate` run into `out` (relative to the root). With `reuse`, an earlier
+    run of the same command (threads aside: they change the speed, not the results) is read back
+    instead; with `run=False` nothing new is run, and None says there was no such earlier run."""
     cmd = [sys.executable, "-m", "aop_ray.evaluate", "--checkpoint", checkpoint, "--data", data, "--orders", orders,
            "--out", out, "--run-name", f"benchmark-{Path(out).parent.name}-{Path(out).name}", "--quiet", *options]
     shown = " ".join(["python" if c == sys.executable else c for c in cmd]).replace(str(ROOT.parent), "..")
     threads = cmd.index("--threads") if "--threads" in cmd else None
     same = " ".join(c for i, c in enumerate(cmd[1:], 1) if threads is None or i not in (threads, threads + 1))
     record = ROOT / out / "command.json"
-    if reuse and record.is_file() and json.loads(record.read_text())["same"] == same:
-        earlier = json.loads(record.read_text())
-        return (json.loads((ROOT / out / "results.json").read_text()), earlier["command"], earlier["seconds"],
-                earlier["commit"])
+    earlier = json.loads(record.read_text()) if reuse and record.is_file() else None
+    if earlier is not None and earlier["same"] == same:
+        return Evaluation(json.loads((ROOT / out / "results.json").read_text()), earlier["command"],
+                          earlier["seconds"], earlier["commit"])
     if not run:
         return None
     evaluated = commit()
     seconds = sh(cmd)
     record.write_text(json.dumps({"command": shown, "same": same, "seconds": seconds, "commit": evaluated}))
-    return json.loads((ROOT / out / "results.json").read_text()), shown, seconds, evaluated
+    return Evaluation(json.loads((ROOT / out / "results.json").read_text()), shown, seconds, evaluated)
+
+
+def reuse_arguments(doc: str, out: str) -> argparse.Namespace:
+    """The command line of a report script that evaluates into `out`: only `--reuse`."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--reuse", action="store_true",
+                        help=f"read back evaluations already in {out}/ that used the same command")
+    return parser.parse_args()
 
 
 def describe_model(manifest: dict) -> str:

@@ -12,7 +12,6 @@ naturals are scored by the same oracle in the same batch size, as the reference 
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import sys
@@ -20,7 +19,7 @@ import sys
 import numpy as np
 import torch
 
-from common import ROOT, commit, describe_model, evaluate, machine, sh, write_report
+from common import ROOT, commit, describe_model, evaluate, machine, reuse_arguments, sh, write_report
 
 sys.path.insert(0, str(ROOT))
 from aop_ray.data import load_instances  # noqa: E402
@@ -60,10 +59,7 @@ def fmt(r: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reuse", action="store_true",
-                        help="read back evaluations already in out/pf00014/ that used the same command")
-    args = parser.parse_args()
+    args = reuse_arguments(__doc__, "out/pf00014")
     built = []
     if not (ROOT / SPLIT / "oracle").is_dir():
         if not ALIGNMENT.is_file():
@@ -74,15 +70,12 @@ def main() -> int:
         built.append(f"- split and oracle: `python -m aop_ray.oracle --alignment {ALIGNMENT.relative_to(ROOT.parent)}"
                      f" --family pf00014 --out {SPLIT}` ({sh(cmd) / 60:.1f} min)")
     data = f"{SPLIT}/heldout"
-    results, cmd, seconds, at = evaluate(DENOISER, data, HEURISTICS, "out/pf00014/heuristics", *OPTIONS,
-                                         reuse=args.reuse)
-    rows, commands = list(results), [f"- `{cmd}` ({seconds / 60:.1f} min, at commit {at})"]
+    heuristics = evaluate(DENOISER, data, HEURISTICS, "out/pf00014/heuristics", *OPTIONS, reuse=args.reuse)
+    rows, commands = list(heuristics.rows), [f"- {heuristics.line()}"]
     if (ROOT / POLICY / "manifest.json").is_file():
-        results, cmd, seconds, at = evaluate(POLICY, data, "learned", "out/pf00014/learned", *OPTIONS,
-                                             reuse=args.reuse)
-        rows += results
-        commands.append(f"- `{cmd}` ({seconds / 60:.1f} min, at commit {at}); "
-                        f"policy: {results[0].get('policy', '-')}")
+        learned = evaluate(POLICY, data, "learned", "out/pf00014/learned", *OPTIONS, reuse=args.reuse)
+        rows += learned.rows
+        commands.append(f"- {learned.line()}; policy: {learned.rows[0].get('policy', '-')}")
     else:
         commands.append(f"- not measured (no checkpoint): learned ({POLICY})")
     manifest = json.loads((ROOT / DENOISER / "manifest.json").read_text())

@@ -11,13 +11,12 @@ commands are in the report. Orders whose checkpoint is missing are left out, and
 
 from __future__ import annotations
 
-import argparse
 import datetime
 import json
 import sys
 from pathlib import Path
 
-from common import ROOT, commit, describe_model, evaluate, machine, write_report
+from common import ROOT, commit, describe_model, evaluate, machine, reuse_arguments, write_report
 
 SATLIB = ROOT.parent / "shared" / "data" / "satlib" / "uf20-91"
 DENOISER = "benchmarks/checkpoints/sat20"
@@ -35,28 +34,22 @@ def row(label: str, r: dict) -> str:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--reuse", action="store_true",
-                        help="read back evaluations already in out/sat20/ that used the same command")
-    args = parser.parse_args()
+    args = reuse_arguments(__doc__, "out/sat20")
     if not SATLIB.is_dir():
         print(f"error: {SATLIB} not found (the SATLIB uf20-91 instances)", file=sys.stderr)
         return 1
     rows, commands = [], []
-    results, cmd, seconds, at = evaluate(DENOISER, str(SATLIB), HEURISTICS, "out/sat20/heuristics", *OPTIONS,
-                                         reuse=args.reuse)
-    rows += [row(r["order"], r) for r in results]
-    commands.append(f"- `{cmd}` ({seconds / 60:.1f} min, at commit {at})")
+    heuristics = evaluate(DENOISER, str(SATLIB), HEURISTICS, "out/sat20/heuristics", *OPTIONS, reuse=args.reuse)
+    rows += [row(r["order"], r) for r in heuristics.rows]
+    commands.append(f"- {heuristics.line()}")
     missing = []
     for label, path in POLICIES.items():
         if not (ROOT / path / "manifest.json").is_file():
             missing.append(f"{label} ({path})")
             continue
-        results, cmd, seconds, at = evaluate(path, str(SATLIB), "learned", f"out/sat20/{Path(path).name}", *OPTIONS,
-                                             reuse=args.reuse)
-        rows.append(row(f"learned, {label}", results[0]))
-        commands.append(f"- `{cmd}` ({seconds / 60:.1f} min, at commit {at}); "
-                        f"policy: {results[0].get('policy', '-')}")
+        learned = evaluate(path, str(SATLIB), "learned", f"out/sat20/{Path(path).name}", *OPTIONS, reuse=args.reuse)
+        rows.append(row(f"learned, {label}", learned.rows[0]))
+        commands.append(f"- {learned.line()}; policy: {learned.rows[0].get('policy', '-')}")
     manifest = json.loads((ROOT / DENOISER / "manifest.json").read_text())
     table = "\n".join(["| order | solve rate | clauses satisfied | unit first | value accuracy | "
                        "formulas/s | n |", "|---|---|---|---|---|---|---|", *rows])

@@ -149,9 +149,8 @@ def main() -> None:
                                   "--no-planner-nll", reuse=args.reuse or args.report_only, run=not args.report_only)
             if evaluation is None:
                 continue
-            rows, cmd, seconds, evaluated = evaluation
-            tables[(set_name, label)] = rows
-            commands.append(f"`{cmd}` ({seconds / 60:.1f} min, at commit {evaluated})")
+            tables[(set_name, label)] = evaluation.rows
+            commands.append(evaluation.line())
     if args.only:
         return
     if not tables:
