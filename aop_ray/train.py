@@ -66,7 +66,9 @@ def _batches(shard: Any, batch_size: int, generator: torch.Generator) -> Iterato
     training steps themselves on a small machine.
     """
     kept: list[dict[str, torch.Tensor]] = []
-    for batch in shard.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=4 * batch_size):
+    seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
+    for batch in shard.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=4 * batch_size,
+                                          local_shuffle_seed=seed):
         kept.append(batch)
         if len(batch["target"]) == batch_size:
             yield batch
