@@ -324,6 +324,18 @@ class Config:
         return parse_dataclass(cls, data, "")
 
 
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested config dicts as {dotted.key: value}: the names users write in overrides."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
 def apply_override(data: dict[str, Any], override: str) -> None:
     """Apply one `dotted.key=value` override (value parsed as YAML) in place."""
     key, sep, raw = override.partition("=")

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from aop_ray.config import flatten
 from aop_ray.tasks import InputError
 
 for _noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
@@ -90,7 +91,7 @@ class Tracker:
             return
         from mlflow.entities import Param
 
-        flat = _flatten(params)
+        flat = flatten(params)
         items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
         for start in range(0, len(items), 100):
             self._client.log_batch(self.run_id, params=items[start:start + 100])
@@ -176,14 +177,3 @@ def find_runs(client: Any, exp_id: str, tags: dict[str, str], status: str | None
         token = page.token
         if not token:
             return runs
-
-
-def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            out.update(_flatten(value, f"{name}."))
-        else:
-            out[name] = value
-    return out

@@ -19,18 +19,19 @@ import json
 import logging
 import math
 import os
+import posixpath
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
 from aop_ray import checkpoints, data
 from aop_ray.cli import run_main, say
-from aop_ray.config import Config, ModelConfig, load_config, parse_dataclass
+from aop_ray.config import Config, ModelConfig, flatten, load_config, parse_dataclass
 from aop_ray.aop import Trajectories, aop_step, chosen_costs, uniform_states
 from aop_ray.grpo import grpo_step
 from aop_ray.losses import denoiser_loss
@@ -57,30 +58,59 @@ def lr_at(step: int, cfg: Config) -> float:
 
 
 # ----------------------------------------------------------------------------- worker side
-def _batches(shard: Any, batch_size: int, generator: torch.Generator) -> Iterator[dict[str, torch.Tensor]]:
-    """Endless per-worker batches of this worker's Ray Data shard.
+def _shard_columns(shard: Any, batch_size: int) -> dict[str, torch.Tensor]:
+    """This worker's rows of the train set, in memory, in the order Ray Data delivered them.
 
-    The first epoch streams the shard through Ray Data and keeps it; later
-    epochs reshuffle the kept tensors locally. Datasets here are megabytes,
-    and re-running the Ray Data pipeline every epoch costs more than the
-    training steps themselves on a small machine.
+    The split is deterministic (`preserve_order`), and datasets here are
+    megabytes: holding the shard lets every batch be a pure function of
+    (seed, step) below, which is what makes a resumed run the same run.
     """
-    kept: list[dict[str, torch.Tensor]] = []
-    seed = int(torch.randint(2**31 - 1, (1,), generator=generator))
-    for batch in shard.iter_torch_batches(batch_size=batch_size, local_shuffle_buffer_size=4 * batch_size,
-                                          local_shuffle_seed=seed):
-        kept.append(batch)
-        if len(batch["target"]) == batch_size:
-            yield batch
-    columns = {key: torch.cat([b[key] for b in kept]) for key in ("fixed", "target")} if kept else {}
-    n = len(columns["target"]) if kept else 0
+    parts = list(shard.iter_torch_batches(batch_size=4096))
+    n = sum(len(p["target"]) for p in parts)
     if n < batch_size:
         raise InputError(f"data.train: a worker's shard holds {n} instances, fewer than one batch of {batch_size}")
+    return {key: torch.cat([p[key] for p in parts]) for key in ("fixed", "target")}
+
+
+def _batches(columns: dict[str, torch.Tensor], batch_size: int, seed: int, start: int
+             ) -> Iterator[dict[str, torch.Tensor]]:
+    """Endless batches from `start` on: epoch e is one seeded permutation of the shard (drop-last)."""
+    n = len(columns["target"])
+    per_epoch = n // batch_size
+    epoch, index = divmod(start, per_epoch)
     while True:
-        order = torch.randperm(n, generator=generator)
-        for lo in range(0, n - batch_size + 1, batch_size):
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+        for lo in range(index * batch_size, per_epoch * batch_size, batch_size):
             idx = order[lo:lo + batch_size]
             yield {key: value[idx] for key, value in columns.items()}
+        epoch, index = epoch + 1, 0
+
+
+def _load_last_good(latest: Any, names: list[str], warn: Callable[[str], None]
+                    ) -> tuple[dict[str, dict[str, Any]], int, str]:
+    """The state dicts, step and path of the newest readable checkpoint of this run, starting at `latest`.
+
+    A checkpoint truncated by a full disk or a dying node must not end a
+    week-long run: it is reported by file name and the one before it is used
+    (Ray keeps `num_to_keep` of them side by side in the run's storage).
+    """
+    import pyarrow.fs
+    import ray.train
+
+    fs, parent = latest.filesystem, posixpath.dirname(latest.path.rstrip("/"))
+    older = sorted((info.path for info in fs.get_file_info(pyarrow.fs.FileSelector(parent))
+                    if info.type == pyarrow.fs.FileType.Directory and info.base_name.startswith("checkpoint_")
+                    and info.path < latest.path), reverse=True)  # names are timestamps: newest first
+    errors = []
+    for candidate in [latest, *(ray.train.Checkpoint(path, filesystem=fs) for path in older)]:
+        try:
+            with candidate.as_directory() as ckpt_dir:
+                step = checkpoints.read_manifest(ckpt_dir)["step"]
+                return {name: checkpoints.load_tensors(ckpt_dir, name) for name in names}, step, candidate.path
+        except InputError as err:
+            errors.append(str(err))
+            warn(f"{err}; trying the checkpoint before it")
+    raise InputError(f"no readable checkpoint to resume from in {parent}: " + "; ".join(errors))
 
 
 def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
@@ -173,6 +203,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     tracker = Tracker(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else Tracker(None)
 
+    torch.manual_seed(tc.seed)  # the same initial weights for every run of this seed (rank 0's are broadcast)
     denoiser = Denoiser.for_task(task, cfg.model)
     policy = Policy(task, cfg.model.d_model, cfg.policy) if stage != "denoiser" else None
     if loop_config["denoiser_state"] is not None:
@@ -186,13 +217,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     optimizer = torch.optim.AdamW([{"params": m.parameters(), "base_lr": lr} for m, lr in trained.values()],
                                   lr=tc.lr, weight_decay=tc.weight_decay, betas=(0.9, 0.98))
     step = 0
-    resume = ray.train.get_checkpoint()
-    if resume is not None:
-        with resume.as_directory() as ckpt_dir:
-            for name, module in saved.items():
-                checkpoints.load_state(module, checkpoints.load_tensors(ckpt_dir, name), ckpt_dir)
-            optimizer.load_state_dict(checkpoints.load_tensors(ckpt_dir, "optimizer"))
-            step = checkpoints.read_manifest(ckpt_dir)["step"]
+    latest = ray.train.get_checkpoint()
+    if latest is not None:
+        states, step, where = _load_last_good(latest, [*saved, "optimizer"], say if rank == 0 else lambda _: None)
+        for name, module in saved.items():
+            checkpoints.load_state(module, states[name], where)
+        optimizer.load_state_dict(states["optimizer"])
         if rank == 0:
             say(f"resumed from checkpoint at step {step}")
     for module in saved.values():
@@ -200,12 +230,12 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     nets = {name: ray.train.torch.prepare_model(module) for name, (module, _) in trained.items()}
     nets.setdefault("denoiser", denoiser)
 
-    # A distinct, resume-aware stream per worker: a resumed run does not replay old noise.
-    generator = torch.Generator().manual_seed(tc.seed * 1_000_003 + rank * 7919 + step)
+    # Batches and noise are functions of (seed, rank, step): a resumed run continues the same run.
+    generator = torch.Generator()
     per_worker = max(1, tc.batch_size // world)
     # GRPO decodes each puzzle group_size times, so it draws per_worker / group_size puzzles per step.
     draw = max(1, per_worker // cfg.grpo.group_size) if stage == "grpo" else per_worker
-    batches = _batches(ray.train.get_dataset_shard("train"), draw, generator)
+    batches = _batches(_shard_columns(ray.train.get_dataset_shard("train"), draw), draw, tc.seed + rank, step)
     val = loop_config["val"]
     states = _States(cfg, task.vocab_size, batches, device) if stage in ("policy", "joint") else None
     if states is not None and cfg.aop.states == "trajectory":
@@ -217,6 +247,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     window: dict[str, float] = {}
     window_n, window_start = 0, time.perf_counter()
     while step < tc.steps:
+        generator.manual_seed(tc.seed * 1_000_003 + rank * 7919 + step)
+        torch.manual_seed(generator.initial_seed() + 1)  # dropout and any other draw from the global stream
         batch = next(batches)
         x0, fixed = batch["target"].long().to(device), batch["fixed"].to(device)
         if tc.augment:
@@ -375,6 +407,8 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker
         instances = data.load_instances(task, data.dataset_path(cfg.data.val, task, "val"))
         val = _val_arrays(instances.take(slice(0, cfg.train.eval_instances)))
 
+    if resume:
+        _check_resumed_config(json.loads(state_file.read_text()).get("config", {}), cfg, state_file)
     if not owns_run:
         if not resume:
             tracker.log_params(cfg.to_dict())
@@ -409,6 +443,7 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker
             failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
             callbacks=list(callbacks)),
         datasets={"train": dataset},
+        dataset_config=ray.train.DataConfig(execution_options=_ordered_ingest()),
     )
     status = "FAILED"
     try:
@@ -424,6 +459,25 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker
             tracker.end(status)
     say(f"final checkpoint: {final}" + (f" (copied to {cfg.output})" if cfg.output else ""))
     return final
+
+
+def _ordered_ingest() -> Any:
+    """Ray Train's ingest options with a deterministic split: the same rows reach the same worker every run."""
+    import ray.train
+
+    options = ray.train.DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
+def _check_resumed_config(saved: dict[str, Any], cfg: Config, state_file: Path) -> None:
+    """A resumed run must be the run that was started: a changed value would silently mix two experiments."""
+    ours, theirs = flatten(json.loads(json.dumps(cfg.to_dict()))), flatten(saved)
+    changed = [key for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key)]
+    if changed:
+        key = changed[0]
+        raise InputError(f"--resume: {key} is {ours.get(key)!r} but the run was started with {theirs.get(key)!r} "
+                         f"({state_file}); rerun the original command, or start a new run with name=<new name>")
 
 
 def _val_arrays(instances: Instances) -> dict[str, np.ndarray]:

@@ -1,0 +1,148 @@
+"""Injected faults on real Ray runs: a SIGKILLed Train worker, a SIGKILLed driver, a corrupted checkpoint.
+
+Each faulty run is the smoke denoiser config of the `trained` fixture under
+another name, so that uninterrupted run (same config, same seed) is the
+reference its final metrics are compared with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from aop_ray import checkpoints
+
+from conftest import SMOKE, cli_env, run_cli
+from test_aop_train import metric_history
+
+pytestmark = pytest.mark.reliability
+STEPS = 250  # the smoke config's
+FAST = ["train.checkpoint_every=25", "train.log_every=25"]  # cadence only: the same training math as the reference
+
+
+def _parent(pid: int) -> int:
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the (command) is the state, then ppid
+
+
+def _descendants_titled(driver: int, title: bytes) -> list[int]:
+    """PIDs under `driver` whose command line starts with `title` (Linux /proc).
+
+    A local `ray.init` starts the raylet as the driver's child, so the Ray
+    workers of a run descend from its driver.
+    """
+    pids = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if not (entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(title)):
+                continue
+            pid = ancestor = int(entry.name)
+            while ancestor > 1 and ancestor != driver:
+                ancestor = _parent(ancestor)
+            if ancestor == driver:
+                pids.append(pid)
+        except OSError:  # the process ended while we looked
+            continue
+    return pids
+
+
+def _registered(run_dir: Path) -> list[dict]:
+    """The checkpoints Ray Train has registered (a directory alone may still be half-reported), oldest first."""
+    try:
+        snapshot = json.loads((run_dir / "checkpoint_manager_snapshot.json").read_text())
+    except (OSError, ValueError):
+        return []
+    return snapshot.get("checkpoint_results", [])
+
+
+def _start(workdir: Path, *args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "aop_ray.train", "--config", str(SMOKE), *args], cwd=workdir,
+                            env=cli_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_checkpoints(proc: subprocess.Popen, run_dir: Path, n: int) -> list[dict]:
+    deadline = time.monotonic() + 300
+    while len(_registered(run_dir)) < n and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None and len(_registered(run_dir)) >= n, "the run ended (or stalled) before the fault"
+    return _registered(run_dir)
+
+
+def _resumed_at(output: str) -> list[int]:
+    return [int(line.rsplit(" ", 1)[1]) for line in output.splitlines() if "resumed from checkpoint at step" in line]
+
+
+def _assert_finished_like_the_reference(workdir: Path, name: str) -> None:
+    """Every step's loss is logged once, and the end matches the uninterrupted run within noise."""
+    assert checkpoints.read_manifest(workdir / "runs" / name / "final")["step"] == STEPS
+    steps = [m.step for m in metric_history(workdir, name, "loss")]
+    assert steps[-1] == STEPS and set(steps) == set(range(25, STEPS + 1, 25))  # no gap in the curve
+    # Batches, noise and initial weights are functions of (seed, rank, step), so the resumed run is the
+    # uninterrupted one up to float reduction order: the same training loss and validation accuracy.
+    for key in ("loss", "val_cell_accuracy"):
+        ours = metric_history(workdir, name, key)[-1]
+        reference = metric_history(workdir, "sudoku4-smoke", key)[-1]
+        assert ours.step == reference.step == STEPS
+        assert ours.value == pytest.approx(reference.value, rel=1e-3, abs=1e-4), key
+
+
+def test_a_killed_worker_is_replaced_and_the_run_resumes_from_its_checkpoint(trained):
+    """SIGKILL one of two Train workers mid-run: Ray restarts the group from the last checkpoint."""
+    name = "worker-killed"
+    proc = _start(trained, f"name={name}", *FAST, "ray.max_failures=1")
+    try:
+        killed_at = _wait_for_checkpoints(proc, trained / "runs" / name, 1)[-1]["metrics"]["step"]
+        workers = _descendants_titled(proc.pid, b"ray::RayTrainWorker")
+        assert len(workers) == 2
+        os.kill(workers[0], signal.SIGKILL)
+        output, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, output[-4000:]
+    resumed = _resumed_at(output)
+    assert len(resumed) == 1 and killed_at <= resumed[0] < STEPS, output[-4000:]
+    _assert_finished_like_the_reference(trained, name)
+
+
+def test_a_killed_driver_resumes_with_resume_and_skips_a_corrupted_checkpoint(trained):
+    """SIGKILL the driver, truncate its newest checkpoint, rerun: refused without --resume, and with a changed
+    value; with --resume the corrupted file is named and the run continues from the checkpoint before it."""
+    name = "driver-killed"
+    args = [f"name={name}", *FAST]
+    run_dir = trained / "runs" / name
+    proc = _start(trained, *args)
+    try:
+        _wait_for_checkpoints(proc, run_dir, 2)
+        proc.send_signal(signal.SIGKILL)  # the local Ray processes share the driver's fate
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    deadline = time.monotonic() + 60
+    while _descendants_titled(1, b"ray::RayTrainWorker") and time.monotonic() < deadline:  # let the workers die
+        time.sleep(0.5)
+    older, newest = _registered(run_dir)[-2:]
+    weights = run_dir / newest["checkpoint_dir_name"] / "denoiser.pt"
+    weights.write_bytes(weights.read_bytes()[:100])
+
+    again = run_cli("aop_ray.train", "--config", str(SMOKE), *args, cwd=trained, timeout=120)
+    assert again.returncode == 2 and "already exists; pass --resume" in again.stderr
+    changed = run_cli("aop_ray.train", "--config", str(SMOKE), *args, "train.lr=0.01", "--resume", cwd=trained,
+                      timeout=120)
+    assert changed.returncode == 2 and changed.stderr.strip().count("\n") == 0
+    assert "--resume: train.lr is 0.01 but the run was started with 0.003" in changed.stderr
+
+    resumed = run_cli("aop_ray.train", "--config", str(SMOKE), *args, "--resume", cwd=trained)
+    output = resumed.stdout + resumed.stderr
+    assert resumed.returncode == 0, output[-4000:]
+    assert f"{weights}: truncated or corrupted checkpoint" in output
+    assert _resumed_at(output) == [older["metrics"]["step"]], output[-4000:]
+    _assert_finished_like_the_reference(trained, name)
