@@ -266,6 +266,8 @@ class RayConfig:
     torch_threads: int = 1  # intra-op threads per CPU worker
     storage_path: str = "runs"  # Ray Train storage: local dir, NFS, s3:// or gs://
     max_failures: int = 2  # worker-group restarts from the last checkpoint (Ray Train FailureConfig)
+    # How workers spread over nodes (Ray placement group strategy): STRICT_SPREAD puts each on its own node.
+    placement_strategy: Literal["PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD"] = "PACK"
 
     def __post_init__(self) -> None:
         _positive(self, "num_workers", "cpus_per_worker", "torch_threads", where="ray")

@@ -132,7 +132,7 @@ def policy_description(policy: Policy) -> str:
     mixing = f"{cfg.n_layers}-layer transformer" if cfg.n_layers else "per-position MLP"
     return (f"{mixing}, features={'+'.join(cfg.features)}"
             + (f", task_features={'+'.join(cfg.task_features)}" if cfg.task_features else "")
-            + f", base={cfg.base_order}")
+            + f", base={cfg.base_order if cfg.base_scale else 'none'}")  # base_scale 0: the residual alone
 
 
 def load_scorer(oracle: str | None, task: Task) -> Any:

@@ -36,7 +36,7 @@ from aop_ray.config import Config, Domain, SweepConfig, apply_override, load_con
 from aop_ray.evaluate import compare_orders, load_scorer, numeric, write_results
 from aop_ray.orders import get_order, order_names
 from aop_ray.tasks import InputError
-from aop_ray.tracking import Tracker, client_for, experiment_id, find_runs, resolve_uri
+from aop_ray.tracking import Tracker, check_reachable, client_for, experiment_id, find_runs, resolve_uri
 
 SWEEP_STATE = "aop_sweep.json"  # in the sweep directory: the resolved config and MLflow ids, for --resume
 INTERRUPTED = 130
@@ -224,8 +224,10 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
                     Config.from_dict(probe)
                 except InputError as err:
                     raise InputError(f"search.{key}: {err}") from None
+    uri = resolve_uri(spec.mlflow.tracking_uri) if (mlflow and spec.mlflow.enabled) else None
+    check_reachable(uri, spec.mlflow.experiment)  # before Ray, a denoiser or any data is spent on it
     state = {"config": dataclasses.asdict(spec), "train_config": cfg.to_dict() if cfg else None,
-             "sweep_dir": str(sweep_dir), "denoiser": str(denoiser)}
+             "sweep_dir": str(sweep_dir), "denoiser": str(denoiser), "tracking_uri": uri}
     _ray_init()
     state["concurrency"] = spec.resources.max_concurrent_trials
     if spec.resources.fit_to_cluster:
@@ -253,7 +255,6 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
     state["eval_data"] = str(data.dataset_path(spec.evaluate.data, task, "evaluate"))
     state["oracle"] = str(Path(spec.evaluate.oracle).expanduser().resolve()) if spec.evaluate.oracle else None
     load_scorer(state["oracle"], task)  # refuse a wrong oracle before the first trial
-    state["tracking_uri"] = uri = resolve_uri(spec.mlflow.tracking_uri) if (mlflow and spec.mlflow.enabled) else None
     state["parent_run_id"] = Tracker.start(uri, spec.mlflow.experiment, spec.name, params={
         "orders": ",".join(spec.orders), "seeds": " ".join(map(str, spec.seeds)), "denoiser": str(denoiser),
         "eval_data": state["eval_data"], "eval_limit": spec.evaluate.limit, "scheduler": spec.scheduler.type,

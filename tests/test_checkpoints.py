@@ -9,6 +9,7 @@ from aop_ray.config import ModelConfig
 from aop_ray.models.denoiser import Denoiser
 from aop_ray.tasks import InputError
 
+pytestmark = pytest.mark.reliability
 SMALL = ModelConfig(d_model=16, n_layers=1, n_heads=2, ff_mult=2)
 
 
@@ -80,3 +81,29 @@ def test_rewrite_is_atomic_and_replaces(tmp_path, sudoku4):
     checkpoints.write_checkpoint(path, {"kind": "denoiser", "step": 9}, {})
     assert checkpoints.read_manifest(path)["step"] == 9
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]
+
+
+@pytest.mark.parametrize("fail_at", [1, 2])  # the first tensor file, or the second after one was written
+def test_a_write_that_fails_midway_leaves_the_old_checkpoint_and_no_debris(tmp_path, sudoku4, monkeypatch,
+                                                                          fail_at):
+    """A full disk or a kill during the write: the previous checkpoint stays whole and loadable."""
+    model, path = save(tmp_path, sudoku4)
+    real_save, calls = torch.save, []
+
+    def failing_save(obj, file, *args, **kwargs):
+        calls.append(file)
+        if len(calls) == fail_at:
+            open(file, "wb").write(b"half")  # a partial file, then the error
+            raise OSError(28, "No space left on device")
+        return real_save(obj, file, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", failing_save)
+    with pytest.raises(OSError, match="No space left"):
+        checkpoints.write_checkpoint(path, {"kind": "denoiser", "step": 8},
+                                     {"optimizer": {"x": torch.zeros(2)}, "denoiser": model.state_dict()})
+    monkeypatch.undo()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary directory left behind
+    assert checkpoints.read_manifest(path)["step"] == 7
+    loaded, _, _ = checkpoints.load_denoiser(path, sudoku4)
+    for name, value in model.state_dict().items():
+        assert torch.equal(loaded.state_dict()[name], value)

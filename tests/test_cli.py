@@ -1,6 +1,5 @@
 """CLI surface: every option is documented, and bad input is one line on stderr with exit code 2."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,20 +8,26 @@ import pytest
 
 from aop_ray import evaluate, report, train, tune
 
+from conftest import ROOT, call_cli
 
-def test_unreachable_mlflow_is_refused_before_any_compute(tmp_path):
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("module,config,extra", [
+    ("aop_ray.train", "sudoku4_smoke.yaml", []),
+    ("aop_ray.tune", "smoke.yaml", [f"{key}={ROOT / 'tune_configs' / name}" for key, name in (
+        ("train_config", "sudoku4_policy_smoke.yaml"), ("denoiser_config", "sudoku4_smoke.yaml"))]),
+])
+def test_unreachable_mlflow_is_refused_before_any_compute(tmp_path, module, config, extra):
     """A bad MLFLOW_TRACKING_URI: one line naming it and --no-mlflow, exit 2, and no data generated, no
-    run directory, no Ray started (the smoke config would generate its datasets first)."""
-    smoke = Path(__file__).resolve().parents[1] / "tune_configs" / "sudoku4_smoke.yaml"
+    run or sweep directory, no denoiser trained, no Ray started (both configs would do all of that first)."""
     (tmp_path / "afile").write_text("")
     uri = f"sqlite:///{tmp_path}/afile/mlflow.db"  # a store under a regular file cannot be opened
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
-    proc = subprocess.run([sys.executable, "-m", "aop_ray.train", "--config", str(smoke)], capture_output=True,
-                          text=True, timeout=300, cwd=tmp_path, env=env)
+    proc = call_cli(module, "--config", str(ROOT / "tune_configs" / config), *extra, cwd=tmp_path,
+                    env={"MLFLOW_TRACKING_URI": uri})
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().startswith(f"error: MLflow tracking URI {uri!r} is unreachable")
     assert "--no-mlflow" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "data").exists() and not (tmp_path / "runs").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]
 
 
 @pytest.mark.parametrize("module", [train, evaluate, tune, report])
@@ -45,8 +50,7 @@ def test_help_runs(module):
 def test_bad_config_key_is_one_line(tmp_path):
     cfg = tmp_path / "c.yaml"
     cfg.write_text("task: {name: sudoku, size: 4}\ndata: {train: {path: x}}\ntrain: {stepz: 3}\n")
-    proc = subprocess.run([sys.executable, "-m", "aop_ray.train", "--config", str(cfg)], capture_output=True,
-                          text=True, timeout=120, cwd=tmp_path)
+    proc = call_cli("aop_ray.train", "--config", str(cfg), cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith(f"error: {cfg}: train.stepz: unknown key")
     assert proc.stderr.strip().count("\n") == 0
@@ -64,10 +68,42 @@ BENCH_CKPT = Path(__file__).resolve().parents[1] / "benchmarks" / "checkpoints" 
 ])
 def test_evaluate_bad_arguments(tmp_path, checkpoint, extra, message):
     argv = ["--checkpoint", str(checkpoint or tmp_path / "nowhere"), "--data", str(tmp_path), *extra, "--no-mlflow"]
-    proc = subprocess.run([sys.executable, "-m", "aop_ray.evaluate", *argv], capture_output=True, text=True,
-                          timeout=120, cwd=tmp_path)
+    proc = call_cli("aop_ray.evaluate", *argv, cwd=tmp_path)
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr and proc.stderr.strip().count("\n") == 0
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("checkpoint,name,text,where", [
+    ("sudoku9", "bad.txt", "0" * 80 + "x\n", 1),
+    ("sat20", "bad.cnf", "c SATLIB-style\np cnf 20 91\n1 -2 3 0\n4 21 -5 0\n", 4),
+    ("pf00014", "bad.fasta", ">a\n" + "A" * 53 + "\n>b\n" + "A" * 50 + "*!?\n", 4),
+])
+def test_malformed_files_are_refused_by_evaluate_naming_file_and_line(tmp_path, checkpoint, name, text, where):
+    """Through the CLI, for every task: one line `FILE:LINE: ...`, exit 2, and no --out directory."""
+    bad = tmp_path / name
+    bad.write_text(text)
+    proc = call_cli("aop_ray.evaluate", "--checkpoint", str(BENCH_CKPT.parent / checkpoint), "--data", str(bad),
+                    "--out", str(tmp_path / "out"), "--no-mlflow", cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().startswith(f"error: {bad}:{where}: ") and proc.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.reliability
+@pytest.mark.parametrize("argv,message", [
+    (["--config", "x.yaml", "--quick"], "--config runs one stage; --quick and --pipeline run a pipeline"),
+    (["--resume"], "--resume continues one stage: give its --config"),
+    (["--quick", "--pipeline", "p.yaml"], "--quick is a preset pipeline: give --quick or --pipeline, not both"),
+    (["--config", "missing.yaml"], "missing.yaml"),
+    (["--config"], "expected one argument"),
+])
+def test_contradictory_train_arguments_are_one_line(tmp_path, argv, message):
+    proc = call_cli("aop_ray.train", *argv, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
+    if "expected one" not in message:  # argparse's own errors come after its usage lines
+        assert proc.stderr.strip().count("\n") == 0
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_data_cli_generate_convert_and_refusals(tmp_path, capsys, sudoku4):

@@ -26,6 +26,7 @@ def test_defaults_and_overrides(tmp_path):
     assert Config.from_dict(cfg.to_dict()) == cfg  # the dict that travels to Ray workers
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("extra,message", [
     ("train: {lrr: 1}", "train.lrr: unknown key"),
     ("train: {lr: fast}", "train.lr: expected float, got str 'fast'"),
@@ -42,6 +43,7 @@ def test_bad_values_name_the_key(tmp_path, extra, message):
     assert str(err.value).startswith(str(tmp_path / "c.yaml"))
 
 
+@pytest.mark.reliability
 def test_grpo_is_refused_for_a_task_without_a_verifier(tmp_path):
     """A protein 'verifies' every completion, so GRPO's reward would be constant: refused, with the key."""
     text = BASE.replace("task: {name: sudoku, size: 4}", "task: {name: protein, length: 12, family: toy}")
@@ -52,6 +54,7 @@ def test_grpo_is_refused_for_a_task_without_a_verifier(tmp_path):
     load_config(write(tmp_path, text.replace("stage: grpo", "stage: policy")))  # the AOP stage is fine
 
 
+@pytest.mark.reliability
 def test_bad_task(tmp_path):
     with pytest.raises(InputError, match="task.name: unknown task 'chess'"):
         load_config(write(tmp_path, BASE.replace("sudoku", "chess")))
@@ -61,6 +64,7 @@ def test_bad_task(tmp_path):
         load_config(write(tmp_path, BASE.replace("size: 4", "colour: 4")))
 
 
+@pytest.mark.reliability
 def test_missing_section_and_bad_yaml(tmp_path):
     with pytest.raises(InputError, match="missing 1 required positional argument: 'data'"):
         load_config(write(tmp_path, "task: {name: sudoku}\n"))
@@ -70,6 +74,7 @@ def test_missing_section_and_bad_yaml(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
+@pytest.mark.reliability
 def test_bad_override(tmp_path):
     with pytest.raises(InputError, match="expected dotted.key=value"):
         load_config(write(tmp_path, BASE), ["train.lr"])

@@ -81,6 +81,7 @@ def test_episode_fills_the_board_keeps_the_clues_and_pays_the_verifier(world):
         env.step(0)
 
 
+@pytest.mark.reliability
 def test_illegal_actions_are_refused_loudly_or_penalised_never_applied(world):
     env = make(world, illegal_action="error")
     obs, _ = env.reset(seed=1)
@@ -97,6 +98,7 @@ def test_illegal_actions_are_refused_loudly_or_penalised_never_applied(world):
     assert truncated and not terminated
 
 
+@pytest.mark.reliability
 def test_bad_constructor_arguments_name_the_argument(world):
     with pytest.raises(InputError, match="dense_reward"):
         make(world, dense_reward="bonus")
@@ -147,6 +149,7 @@ def test_make_vec_builds_the_native_vector_env_and_batched_spaces_hold_its_obser
     vec.close()
 
 
+@pytest.mark.reliability
 def test_agents_only_ever_pick_masked_positions(world):
     ckpt, puzzles = world
     vec = UnmaskVectorEnv(4, str(ckpt), str(puzzles), illegal_action="error")  # an illegal pick would raise

@@ -31,6 +31,7 @@ class FixedBelief(nn.Module):
         return (logits, torch.zeros(*tokens.shape, 4)) if return_hidden else logits
 
 
+@pytest.mark.reliability
 @settings(max_examples=60, deadline=None)
 @given(seed=st.integers(0, 10_000), k=st.integers(1, 4), order=st.sampled_from(sorted(HEURISTICS)),
        temperature=st.sampled_from([0.0, 1.0]))
@@ -52,6 +53,7 @@ def test_select_only_ever_picks_masked_positions(seed, k, order, temperature):
     assert not valid[0].any() and valid[1].sum() == 1 and positions[1, 0] == 3
 
 
+@pytest.mark.reliability
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 10_000), k=st.integers(1, 3), order=st.sampled_from(sorted(HEURISTICS)))
 def test_sampler_keeps_prompt_and_fills_every_mask(seed, k, order):
@@ -113,6 +115,7 @@ def test_one_forward_per_step_and_finished_rows_are_not_recomputed():
     assert roll.steps == 3 and model.calls == 3
 
 
+@pytest.mark.reliability
 def test_learned_order_needs_a_policy_and_unknown_orders_fail():
     with pytest.raises(ValueError, match="needs a policy"):
         get_order("learned")

@@ -5,6 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.reliability
+
 from aop_ray import data
 from aop_ray.tasks import InputError
 

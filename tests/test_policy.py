@@ -48,6 +48,7 @@ def test_policy_is_small_next_to_the_denoiser(sudoku9):
     assert count(policy) <= 0.1 * count(denoiser)
 
 
+@pytest.mark.reliability
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 1000), k=st.integers(1, 3), temperature=st.sampled_from([0.0, 0.5]))
 def test_learned_and_singles_only_pick_masked_cells(sudoku4, seed, k, temperature):
@@ -145,6 +146,7 @@ def test_policy_checkpoint_round_trip_and_decoding(tmp_path, sudoku4):
     assert (roll.tokens < 4).all()
 
 
+@pytest.mark.reliability
 def test_policy_against_a_denoiser_of_another_size_fails_clearly(tmp_path, sudoku4, sudoku9):
     _, _, path = save_policy(tmp_path, sudoku4, SMALL)
     bigger = {**SMALL.__dict__, "d_model": 32}

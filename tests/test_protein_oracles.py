@@ -78,6 +78,7 @@ def test_plain_fasta_dots_are_gaps_and_gzip_is_read(tmp_path):
     assert plain.seqs[0, 2] == GAP == ALPHABET.index("-") == 20
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("text, line, words", [
     ("", 1, "no sequence records"),
     ("\n\n  \n", 1, "no sequence records"),
@@ -98,12 +99,14 @@ def test_reader_errors_name_file_and_line(tmp_path, text, line, words):
     assert len(message.splitlines()) == 1
 
 
+@pytest.mark.reliability
 def test_reader_errors_for_unreadable_files(tmp_path):
     for path in (tmp_path / "missing.fasta", write(tmp_path, b"\x1f\x8b\x08garbage", "bad.gz")):
         with pytest.raises(InputError, match=f"^{path}: "):
             read_alignment(path)
 
 
+@pytest.mark.reliability
 @fuzz
 @given(st.text(alphabet=st.sampled_from(list(">ACDWXacx.-*1 \n\r\t\x0b\u2028é")) | st.characters(codec="utf-8"), max_size=80))
 def test_reader_fuzz_parses_or_raises_input_error(tmp_path, text):
@@ -117,6 +120,7 @@ def test_reader_fuzz_parses_or_raises_input_error(tmp_path, text):
         assert aln.seqs.min() >= 0 and aln.seqs.max() <= GAP
 
 
+@pytest.mark.reliability
 @fuzz
 @given(st.binary(max_size=60))
 def test_reader_fuzz_bytes(tmp_path, data):
@@ -294,6 +298,7 @@ def test_plm_weights_equal_duplicated_rows():
         fit_plm(seqs, weights=np.ones(3))
 
 
+@pytest.mark.reliability
 def test_potts_save_load_round_trip_and_refusals(tmp_path):
     model = fit_plm(np.random.default_rng(0).integers(0, 21, (20, 5)), l2_h=0.02, l2_J=0.03, steps=5)
     path = tmp_path / "potts.pt"

@@ -66,6 +66,7 @@ def test_unsatisfiable_formula_is_kept_with_unknown_reference(tmp_path):
     assert (inst.target == -1).all() and not inst.meta[0]["satisfiable"]
 
 
+@pytest.mark.reliability
 @pytest.mark.parametrize("text, where, message", [
     ("p cnf 4 4\n1 2 5 0\n", ":2:", "literal 5 out of range"),
     ("p cnf 4 4\n1 2 3 0\n1 2 3 0\n1 2 3 0\n", ":1:", "declares 4 clauses, the file has 3"),
@@ -87,6 +88,7 @@ def test_bad_cnf_names_file_and_line(sat4, tmp_path, text, where, message):
     assert str(err.value).startswith(str(path)) and where in str(err.value) and message in str(err.value)
 
 
+@pytest.mark.reliability
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.sampled_from(["c x", "p cnf 4 4", "p cnf 4 3", "1 2 3 0", "-4 1 2 0", "1 -2", "3 0", "0", "%",
                                  "5 1 2 0", "a", "", "1 2 3 4 0"]), max_size=10))

@@ -6,24 +6,27 @@ import json
 import os
 
 import numpy as np
+import pytest
 import torch
+import yaml
 
 from aop_ray import checkpoints, data
 from aop_ray.orders import get_order
 from aop_ray.sampling import decode_dataset
 from aop_ray.tasks import Sudoku
 
-from conftest import SMOKE, run_cli
+from conftest import SMOKE, call_cli, run_cli
 
 def test_two_worker_run_checkpoints_and_logs(trained):
     run_dir = trained / "runs" / "sudoku4-smoke"
     final = run_dir / "final"
     model, task, manifest = checkpoints.load_denoiser(final)
-    assert task == Sudoku(4) and manifest["step"] == 150
+    steps = yaml.safe_load(SMOKE.read_text())["train"]["steps"]
+    assert task == Sudoku(4) and manifest["step"] == steps
     assert sorted(os.listdir(final)) == ["denoiser.pt", "manifest.json"]
     ray_checkpoints = sorted(p for p in run_dir.glob("checkpoint_*") if p.is_dir())
     assert ray_checkpoints, "Ray Train kept no periodic checkpoints"
-    assert checkpoints.read_manifest(ray_checkpoints[-1])["step"] == 150
+    assert checkpoints.read_manifest(ray_checkpoints[-1])["step"] == steps
     assert (ray_checkpoints[-1] / "optimizer.pt").is_file()
 
     from mlflow.tracking import MlflowClient
@@ -32,17 +35,18 @@ def test_two_worker_run_checkpoints_and_logs(trained):
     run_id = json.loads((run_dir / "aop_run.json").read_text())["mlflow_run_id"]
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
-    assert run.data.params["train.steps"] == "150" and run.data.params["ray.num_workers"] == "2"
+    assert run.data.params["train.steps"] == str(steps) and run.data.params["ray.num_workers"] == "2"
     loss = client.get_metric_history(run_id, "loss")
-    assert [m.step for m in loss] == [25, 50, 75, 100, 125, 150]
+    assert [m.step for m in loss] == list(range(25, steps + 1, 25))
     assert loss[-1].value < loss[0].value
     artifacts = {a.path for a in client.list_artifacts(run_id, "checkpoint")}
     assert artifacts == {"checkpoint/denoiser.pt", "checkpoint/manifest.json"}
 
 
+@pytest.mark.reliability
 def test_rerun_without_resume_refuses_to_touch_the_old_run(trained):
     before = sorted(p.name for p in (trained / "runs" / "sudoku4-smoke").iterdir())
-    proc = run_cli("aop_ray.train", "--config", str(SMOKE), cwd=trained, timeout=120)
+    proc = call_cli("aop_ray.train", "--config", str(SMOKE), cwd=trained)
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "already exists; pass --resume" in proc.stderr
     assert sorted(p.name for p in (trained / "runs" / "sudoku4-smoke").iterdir()) == before
@@ -78,11 +82,12 @@ def test_evaluate_cli_end_to_end(trained, tmp_path):
     assert rows[1]["cell_accuracy"] > rows[0]["cell_accuracy"]
 
 
+@pytest.mark.reliability
 def test_evaluate_refuses_data_for_another_board(trained, tmp_path):
     (tmp_path / "nine.txt").write_text("0" * 81 + "\n")
     ckpt = trained / "runs" / "sudoku4-smoke" / "final"
-    proc = run_cli("aop_ray.evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "nine.txt"),
-                   "--no-mlflow", "--out", str(tmp_path / "out"), cwd=tmp_path, timeout=120)
+    proc = call_cli("aop_ray.evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "nine.txt"),
+                    "--no-mlflow", "--out", str(tmp_path / "out"), cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {tmp_path / 'nine.txt'}:1: expected 16 cells for a 4x4 Sudoku, got 81"
     assert not (tmp_path / "out").exists()

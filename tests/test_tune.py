@@ -20,11 +20,12 @@ from aop_ray.report import summarize
 from aop_ray.tasks import InputError
 from aop_ray.tune import group_label
 
-from conftest import ROOT, cli_env, run_cli
+from conftest import ROOT, call_cli, cli_env, run_cli
 
 SMOKE_SWEEP = ROOT / "tune_configs" / "smoke.yaml"
 
 
+@pytest.mark.reliability
 def test_sweep_config_refusals_name_the_key(tmp_path):
     def load(*overrides, search=None):
         path = tmp_path / "sweep.yaml"
@@ -105,16 +106,18 @@ def test_summarize_mean_std_over_seeds_exactly():
     assert margin["eval_se"] == pytest.approx(0.05)  # sqrt(0.5 * 0.5 / 100)
 
 
+@pytest.mark.reliability
 def test_tune_cli_refusals_are_one_line(tmp_path):
     for argv, message in [([], "give --config FILE to start a sweep or --resume PATH"),
                           (["--resume", str(tmp_path)], "aop_sweep.json not found"),
                           (["--config", str(SMOKE_SWEEP), "ordrs=[margin]"], "ordrs: unknown key"),
                           (["--config", str(SMOKE_SWEEP), "orders=[best]", f"denoiser_checkpoint={tmp_path}",
                             "denoiser_config=null"], "denoiser_checkpoint: no checkpoint at")]:
-        proc = run_cli("aop_ray.tune", *argv, cwd=tmp_path, timeout=120)
+        proc = call_cli("aop_ray.tune", *argv, cwd=tmp_path)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert message in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
-    proc = run_cli("aop_ray.report", "--experiment", "nothing-here", cwd=tmp_path, timeout=120)
+    proc = call_cli("aop_ray.report", "--experiment", "nothing-here", cwd=tmp_path,
+                    env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
     assert proc.returncode == 2 and "no experiment 'nothing-here'" in proc.stderr
 
 
@@ -151,6 +154,7 @@ def sweep(trained) -> dict:
             "resumed": resumed}
 
 
+@pytest.mark.reliability
 def test_interrupted_sweep_resumes_without_rerunning_finished_trials(sweep):
     rc, out = sweep["first"]
     assert rc == 130, out[-3000:]
