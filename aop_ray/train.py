@@ -138,16 +138,18 @@ def _all_mean(values: list[float], device: torch.device) -> list[float]:
 
 def _validate(denoiser: torch.nn.Module, order: Order, cfg: Config, val: dict[str, np.ndarray], rank: int,
               world: int, device: torch.device) -> dict[str, float]:
-    """Solve rate of this worker's slice of the validation set, averaged over workers."""
+    """Solve rate of the validation set, each worker decoding its slice (which may be empty)."""
     task = cfg.build_task()
     rows = slice(rank, None, world)
     x, f, y = (torch.tensor(val[k][rows]).to(device) for k in ("tokens", "fixed", "target"))
-    with _autocast(device):
-        decoded = decode_dataset(denoiser, task, x, f, y, order, generator=torch.Generator().manual_seed(
-            cfg.train.seed), planner_nll=False)
-    n = max(len(decoded.solved), 1)
-    solve, acc = _all_mean([decoded.solved.float().sum().item() / n, decoded.cell_accuracy.sum().item() / n],
-                           device)
+    solved = accurate = 0.0
+    if len(x):
+        with _autocast(device):
+            decoded = decode_dataset(denoiser, task, x, f, y, order, generator=torch.Generator().manual_seed(
+                cfg.train.seed), planner_nll=False)
+        solved, accurate = decoded.solved.float().sum().item(), decoded.cell_accuracy.sum().item()
+    solved, accurate, n = _all_sum([solved, accurate, float(len(x))], device)  # exact over unequal slices
+    solve, acc = solved / n, accurate / n
     return {"val_solve_rate": solve, "val_cell_accuracy": acc}
 
 
