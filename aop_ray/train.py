@@ -418,13 +418,14 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker
         instances = data.load_instances(task, data.dataset_path(cfg.data.val, task, "val"))
         val = _val_arrays(instances.take(slice(0, cfg.train.eval_instances)))
 
+    saved_state = json.loads(state_file.read_text()) if resume else {}
     if resume:
-        _check_resumed_config(json.loads(state_file.read_text()).get("config", {}), cfg, state_file)
+        _check_resumed_config(saved_state.get("config", {}), cfg, state_file)
     if not owns_run:
         if not resume:
             tracker.log_params(cfg.to_dict())
     elif resume:
-        tracker = Tracker(uri, json.loads(state_file.read_text()).get("mlflow_run_id"))
+        tracker = Tracker(uri, saved_state.get("mlflow_run_id"))
         if tracker.enabled and tracker.run_id is None:
             raise InputError(f"--resume: {state_file} has no MLflow run id; rerun with --no-mlflow")
     else:

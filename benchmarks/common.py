@@ -90,6 +90,14 @@ def describe_model(manifest: dict) -> str:
     return f"{m['n_layers']} layers, d{m['d_model']}, {m['n_heads']} heads, {manifest.get('step')} steps"
 
 
+def header(title: str, command: str, machine_note: str = "") -> list[str]:
+    """The lines every measured report opens with: what ran, where, when, at which commit."""
+    import datetime
+
+    return [f"# {title}", "", f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}",
+            f"- machine: {machine()}{machine_note}", f"- commit: {commit()}", f"- command: `{command}`"]
+
+
 NOTES = "## Notes"
 
 

@@ -16,7 +16,6 @@ bookkeeping. Writes benchmarks/sampler_overhead.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import statistics
 import sys
 import time
@@ -24,7 +23,7 @@ import time
 import torch
 from torch import nn
 
-from common import ROOT, commit, describe_model, machine, write_report
+from common import ROOT, describe_model, header, write_report
 
 from aop_ray import checkpoints
 from aop_ray.orders import get_order
@@ -97,11 +96,8 @@ def main() -> int:
     shown = " ".join(["python benchmarks/sampler_overhead.py", "--batch", *map(str, args.batch), "--repeats",
                       str(args.repeats), "--threads", str(args.threads), "--clues", str(args.clues)])
     report = "\n".join([
-        "# Sampler overhead: whole rollout vs its bare denoiser forwards", "",
-        f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}",
-        f"- machine: {machine()}, {args.threads} torch threads",
-        f"- commit: {commit()}",
-        f"- command: `{shown}`",
+        *header("Sampler overhead: whole rollout vs its bare denoiser forwards", shown,
+                f", {args.threads} torch threads"),
         f"- denoiser and policy: `{POLICY}` ({describe_model(manifest)}); generated 9x9 puzzles with "
         f"{args.clues} clues ({81 - args.clues} forwards per rollout at k=1)", "",
         table, "",

@@ -13,7 +13,6 @@ the start-up and is left out. Writes benchmarks/train_scaling.md.
 from __future__ import annotations
 
 import argparse
-import datetime
 import re
 import shutil
 import statistics
@@ -21,7 +20,7 @@ import subprocess
 import sys
 import tempfile
 
-from common import ROOT, commit, machine, write_report
+from common import ROOT, header, write_report
 
 CONFIG = "tune_configs/sudoku9_denoiser.yaml"
 LAYOUTS = [(1, 2), (1, 1), (2, 1)]  # (workers, torch threads per worker)
@@ -62,11 +61,8 @@ def main() -> int:
     table = "\n".join(["| workers | threads each | samples/s (median window) | range | vs 1x2 |",
                        "|---|---|---|---|---|", *rows])
     report = "\n".join([
-        "# Ray Train throughput: 1 vs 2 workers (9x9 denoiser stage, CPU)", "",
-        f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}",
-        f"- machine: {machine()}",
-        f"- commit: {commit()}",
-        f"- command: `python benchmarks/train_scaling.py --steps {args.steps} --log-every {args.log_every}`",
+        *header("Ray Train throughput: 1 vs 2 workers (9x9 denoiser stage, CPU)",
+                f"python benchmarks/train_scaling.py --steps {args.steps} --log-every {args.log_every}"),
         f"- config: `{CONFIG}` (global batch from the config, split over the workers), MLflow off", "",
         table, "",
         "samples/s: the global batch times the steps of a logging window over its wall time, as the "
