@@ -492,6 +492,7 @@ class SweepEvaluateConfig:
     batch_size: int = 256
     planner_nll: bool = False
     k: int = 1
+    threshold: float | None = None  # also reveal every masked position this confident (sampling.unmask)
     temperature: float = 0.0  # token sampling temperature (proteins sample; every order at the same one)
     oracle: str | None = None  # protein families: the oracle directory (python -m aop_ray.oracle)
 
@@ -499,6 +500,8 @@ class SweepEvaluateConfig:
         _positive(self, "batch_size", "k", where="evaluate")
         if self.temperature < 0:
             raise InputError(f"evaluate.temperature: must be >= 0, got {self.temperature}")
+        if self.threshold is not None and not 0 < self.threshold <= 1:
+            raise InputError(f"evaluate.threshold: a probability in (0, 1], got {self.threshold}")
         if self.limit is not None:
             _positive(self, "limit", where="evaluate")
 

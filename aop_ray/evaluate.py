@@ -33,11 +33,11 @@ from aop_ray.sampling import Decoded, decode_dataset
 from aop_ray.tasks import InputError, Instances, Task
 from aop_ray.tracking import Tracker, resolve_uri
 
-FIELDS = ("order", "solve_rate", "cell_accuracy", "planner_nll", "per_s", "n", "k", "forwards_per_instance",
-          "policy")
+FIELDS = ("order", "solve_rate", "cell_accuracy", "planner_nll", "per_s", "n", "k", "threshold",
+          "forwards_per_instance", "policy")
 
 
-def summarize(order: str, decoded: Decoded, k: int) -> dict[str, Any]:
+def summarize(order: str, decoded: Decoded, k: int, threshold: float | None = None) -> dict[str, Any]:
     n = len(decoded.solved)
     nll = decoded.planner_nll
     nll_mean = float(torch.nanmean(nll)) if nll is not None and not torch.isnan(nll).all() else None
@@ -45,7 +45,7 @@ def summarize(order: str, decoded: Decoded, k: int) -> dict[str, Any]:
     return {"order": order, "solve_rate": float(decoded.solved.float().mean()),
             "cell_accuracy": float(decoded.cell_accuracy.mean()), "planner_nll": nll_mean,
             "per_s": n / decoded.seconds if decoded.seconds > 0 else math.inf, "n": n, "k": k,
-            "forwards_per_instance": float(steps.float().mean()),
+            "threshold": threshold, "forwards_per_instance": float(steps.float().mean()),
             **{name: float(torch.nanmean(value)) for name, value in decoded.metrics.items()}}
 
 
@@ -147,7 +147,8 @@ def load_scorer(oracle: str | None, task: Task) -> Any:
 
 
 def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, orders: dict[str, Order], *,
-                   k: int = 1, batch_size: int = 256, seed: int = 0, planner_nll: bool = True,
+                   k: int = 1, threshold: float | None = None, batch_size: int = 256, seed: int = 0,
+                   planner_nll: bool = True,
                    temperature: float = 0.0, order_temperature: float = 0.0, policy: Policy | None = None,
                    progress: bool = True, scorer: Any = None) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
     """Decode `instances` under each order: one summary row and one heat-map PNG per order.
@@ -159,15 +160,17 @@ def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, 
     for name, order in orders.items():
         with tqdm(total=len(instances), desc=f"{name:<10}", unit="inst", file=sys.stderr,
                   disable=not progress) as bar:
-            decoded = decode_dataset(denoiser, task, tokens, fixed, target, order, k=k, batch_size=batch_size,
+            decoded = decode_dataset(denoiser, task, tokens, fixed, target, order, k=k, threshold=threshold,
+                                     batch_size=batch_size,
                                      generator=torch.Generator().manual_seed(seed), planner_nll=planner_nll,
                                      temperature=temperature, order_temperature=order_temperature,
                                      on_batch=bar.update, scorer=scorer)
-        row = summarize(name, decoded, k)
+        row = summarize(name, decoded, k, threshold)
         if name == "learned" and policy is not None:
             row["policy"] = policy_description(policy)
         rows.append(row)
-        maps[name] = heatmap_png(task, decoded.step_of, f"{name}: mean reveal step (k={k})")
+        step_rule = f"k={k}" + (f", threshold {threshold:g}" if threshold is not None else "")
+        maps[name] = heatmap_png(task, decoded.step_of, f"{name}: mean reveal step ({step_rule})")
     return rows, maps
 
 
@@ -189,6 +192,8 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     if args.k < 1:
         raise InputError(f"--k: must be >= 1, got {args.k}")
+    if args.threshold is not None and not 0 < args.threshold <= 1:
+        raise InputError(f"--threshold: a probability in (0, 1], got {args.threshold}")
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit: must be >= 1, got {args.limit}")
     device = torch.device(args.device)
@@ -206,13 +211,15 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
                                     "policy": str(Path(policy_path).resolve()) if policy_path else None,
                                     "policy_description": policy_description(policy) if policy else None,
                                     "data": str(Path(args.data).resolve()), "orders": ",".join(orders),
-                                    "k": args.k, "n": len(instances), "seed": args.seed,
+                                    "k": args.k, "threshold": args.threshold, "n": len(instances),
+                                    "seed": args.seed,
                                     "temperature": args.temperature,
                                     "order_temperature": args.order_temperature, "task": manifest["task"]},
                             tags={"aop_ray.stage": "evaluate", "aop_ray.task": task.name})
     status = "FAILED"
     try:
-        rows, maps = compare_orders(denoiser, task, instances, orders, k=args.k, batch_size=args.batch_size,
+        rows, maps = compare_orders(denoiser, task, instances, orders, k=args.k, threshold=args.threshold,
+                                    batch_size=args.batch_size,
                                     seed=args.seed, planner_nll=not args.no_planner_nll,
                                     temperature=args.temperature, order_temperature=args.order_temperature,
                                     policy=policy, progress=not args.quiet, scorer=scorer)
@@ -254,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="protein families: the oracle directory from python -m aop_ray.oracle; adds Potts "
                              "energy, below_p5, HMM bits, novelty and batch identity to every row")
     parser.add_argument("--k", type=int, default=1, help="positions revealed per denoiser forward (default 1)")
+    parser.add_argument("--threshold", type=float, default=None,
+                        help="confidence-threshold decoding: each step also reveals every masked position whose "
+                             "top-1 probability is >= T (the order's k best are revealed regardless)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N instances")
     parser.add_argument("--out", default=None,
                         help="directory for results.csv, results.json and heatmap_<order>.png")

@@ -43,9 +43,14 @@ class Rollout:
 @torch.no_grad()
 def unmask(denoiser: nn.Module, order: Order, tokens: torch.Tensor, mask_id: int, k: int = 1,
            temperature: float = 0.0, order_temperature: float = 0.0, target: torch.Tensor | None = None,
-           teacher_force: bool = False, generator: torch.Generator | None = None) -> Rollout:
-    """Reveal every masked position of `tokens`, k per step.
+           teacher_force: bool = False, generator: torch.Generator | None = None,
+           threshold: float | None = None) -> Rollout:
+    """Reveal every masked position of `tokens`: the order's k best per step.
 
+    With `threshold`, a step also reveals every other masked position whose
+    top-1 probability is at least `threshold` (confidence-threshold parallel
+    decoding): the order still guarantees progress, and easy positions stop
+    costing a forward each.
     `temperature` 0 takes the denoiser's argmax token, otherwise samples at that
     temperature; `order_temperature` likewise samples the positions.
     With `teacher_force`, the reference token is revealed instead (for
@@ -74,23 +79,28 @@ def unmask(denoiser: nn.Module, order: Order, tokens: torch.Tensor, mask_id: int
         state = DecodeState(tokens=x, masked=masked if whole else masked[active], logits=logits,
                             hidden=hidden, step=steps, generator=generator)
         positions, valid = select(order(state), state.masked, k, order_temperature, generator)
-        logp = logits.log_softmax(-1)  # (A, L, V)
-        chosen_logp = torch.gather(logp, 1, positions[..., None].expand(-1, -1, logp.shape[-1]))  # (A, k, V)
+        picked = torch.arange(len(active), device=device)[:, None].expand_as(positions)[valid]  # rows of x
+        cols = positions[valid]
+        if threshold is not None:
+            sure = state.masked & (state.probs.amax(-1) >= threshold)
+            sure[picked, cols] = False  # already chosen by the order
+            extra_rows, extra_cols = sure.nonzero(as_tuple=True)
+            picked, cols = torch.cat([picked, extra_rows]), torch.cat([cols, extra_cols])
+        rows = active[picked]
+        chosen_logp = logits[picked, cols].log_softmax(-1)  # (n, V), one row per revealed position
         if teacher_force:
-            new = torch.gather(target[active], 1, positions)
+            new = target[rows, cols]
         elif temperature > 0:
-            probs = (chosen_logp / temperature).softmax(-1).reshape(-1, logp.shape[-1])
-            new = torch.multinomial(probs.cpu(), 1, generator=generator).view(positions.shape).to(device)
+            probs = (chosen_logp / temperature).softmax(-1)
+            new = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
         else:
             new = chosen_logp.argmax(-1)
-        rows = active[:, None].expand_as(positions)[valid]
-        cols = positions[valid]
-        tokens[rows, cols] = new[valid]
+        tokens[rows, cols] = new
         step_of[rows, cols] = steps
-        logp_token[rows, cols] = torch.gather(chosen_logp, 2, new[..., None]).squeeze(-1)[valid]
+        logp_token[rows, cols] = chosen_logp.gather(1, new[:, None]).squeeze(1)
         if logp_target is not None:
-            ref = torch.gather(target[active], 1, positions).clamp(min=0)
-            logp_target[rows, cols] = torch.gather(chosen_logp, 2, ref[..., None]).squeeze(-1)[valid]
+            ref = target[rows, cols].clamp(min=0)
+            logp_target[rows, cols] = chosen_logp.gather(1, ref[:, None]).squeeze(1)
         steps += 1
     return Rollout(tokens=tokens, step_of=step_of, logp_token=logp_token, logp_target=logp_target,
                    steps=steps)
@@ -109,8 +119,8 @@ class Decoded:
 
 
 def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed: torch.Tensor,
-                   target: torch.Tensor, order: Order, k: int = 1, batch_size: int = 256,
-                   generator: torch.Generator | None = None, planner_nll: bool = True,
+                   target: torch.Tensor, order: Order, k: int = 1, threshold: float | None = None,
+                   batch_size: int = 256, generator: torch.Generator | None = None, planner_nll: bool = True,
                    temperature: float = 0.0, order_temperature: float = 0.0,
                    on_batch: Callable[[int], None] | None = None,
                    scorer: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None) -> Decoded:
@@ -127,7 +137,7 @@ def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed:
     for lo in range(0, tokens.shape[0], batch_size):
         x, f, y = (a[lo:lo + batch_size].to(device) for a in (tokens, fixed, target))
         start = time.perf_counter()
-        roll = unmask(denoiser, order, x, task.vocab_size, k=k, temperature=temperature,
+        roll = unmask(denoiser, order, x, task.vocab_size, k=k, threshold=threshold, temperature=temperature,
                       order_temperature=order_temperature, generator=generator)
         parts["solved"].append(task.verify(roll.tokens, x, f).cpu())
         seconds += time.perf_counter() - start
@@ -141,8 +151,9 @@ def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed:
             nll = torch.full((x.shape[0],), float("nan"))
             known = ((y >= 0) | f).all(1)
             if known.any():
-                forced = unmask(denoiser, order, x[known], task.vocab_size, k=k, target=y[known],
-                                teacher_force=True, order_temperature=order_temperature, generator=generator)
+                forced = unmask(denoiser, order, x[known], task.vocab_size, k=k, threshold=threshold,
+                                target=y[known], teacher_force=True, order_temperature=order_temperature,
+                                generator=generator)
                 nll[known.cpu()] = forced.planner_nll().cpu()
             parts["nll"].append(nll)
         if on_batch is not None:

@@ -64,6 +64,7 @@ BENCH_CKPT = Path(__file__).resolve().parents[1] / "benchmarks" / "checkpoints" 
     (BENCH_CKPT, ["--orders", "best"], "--orders: unknown order 'best' (known: random, confidence, margin, "),
     (BENCH_CKPT, ["--orders", "learned"], "--orders: 'learned' needs a policy checkpoint"),
     (None, ["--k", "0"], "--k: must be >= 1"),
+    (None, ["--threshold", "1.5"], "--threshold: a probability in (0, 1], got 1.5"),
     (None, [], "nowhere: not a checkpoint directory"),
 ])
 def test_evaluate_bad_arguments(tmp_path, checkpoint, extra, message):

@@ -115,6 +115,43 @@ def test_one_forward_per_step_and_finished_rows_are_not_recomputed():
     assert roll.steps == 3 and model.calls == 3
 
 
+def leftmost(state: DecodeState) -> torch.Tensor:
+    """An order that reveals the leftmost masked position, whatever the denoiser believes."""
+    return -torch.arange(state.masked.shape[1], dtype=torch.float).expand_as(state.masked)
+
+
+def test_threshold_reveals_the_orders_pick_and_every_position_that_confident():
+    vocab = 3
+    target = torch.tensor([[2, 0, 1, 1, 0, 2]])
+    conf = torch.tensor([[0.95, 0.5, 0.9, 0.4, 0.99, 0.6]])
+    model = FixedBelief(target, conf, vocab)
+    tokens = torch.full((1, 6), vocab)
+    roll = unmask(model, leftmost, tokens, vocab, threshold=0.9)
+    # step 0: the order's pick (0) and the other positions >= 0.9 (2, 4); then one per step, below 0.9
+    assert roll.step_of.tolist() == [[0, 1, 0, 2, 0, 3]]
+    assert roll.steps == 4 and model.calls == 4
+    assert torch.equal(roll.tokens, target)
+    assert torch.allclose(roll.logp_token, conf.log())
+    forced = unmask(model, leftmost, tokens, vocab, threshold=0.9, target=target, teacher_force=True)
+    assert torch.equal(forced.step_of, roll.step_of)
+    assert math.isclose(forced.planner_nll().item(), -conf.log().mean().item(), rel_tol=1e-5)
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), order=st.sampled_from(sorted(HEURISTICS)))
+def test_threshold_above_every_confidence_is_plain_decoding_and_one_reveals_all_at_once(seed, order):
+    g = torch.Generator().manual_seed(seed)
+    batch, length, vocab = 3, 9, 4
+    target = torch.randint(0, vocab, (batch, length), generator=g)
+    model = FixedBelief(target, torch.rand(batch, length, generator=g) * 0.7 + 0.2, vocab)
+    tokens = torch.where(torch.rand(batch, length, generator=g) < 0.3, target, vocab)
+    plain = unmask(model, get_order(order), tokens, vocab, generator=torch.Generator().manual_seed(seed))
+    high = unmask(model, get_order(order), tokens, vocab, threshold=0.95, generator=torch.Generator().manual_seed(seed))
+    assert torch.equal(plain.step_of, high.step_of) and torch.equal(plain.tokens, high.tokens)
+    low = unmask(model, get_order(order), tokens, vocab, threshold=0.1, generator=torch.Generator().manual_seed(seed))
+    assert low.steps == 1 and torch.equal(low.step_of, torch.where(tokens == vocab, 0, -1))
+
+
 @pytest.mark.reliability
 def test_learned_order_needs_a_policy_and_unknown_orders_fail():
     with pytest.raises(ValueError, match="needs a policy"):
