@@ -75,13 +75,13 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_tensors(path: str | Path, name: str, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """A state dict saved by `write_checkpoint`, loaded without unpickling arbitrary objects."""
+def load_tensors(path: str | Path, name: str) -> dict[str, Any]:
+    """A state dict saved by `write_checkpoint`, loaded onto the CPU without unpickling arbitrary objects."""
     file = Path(path) / f"{name}.pt"
     if not file.is_file():
         raise InputError(f"{file}: missing from checkpoint")
     try:
-        return torch.load(file, map_location=map_location, weights_only=True)
+        return torch.load(file, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise InputError(f"{file}: truncated or corrupted checkpoint ({first})") from None
@@ -120,8 +120,8 @@ def load_denoiser(path: str | Path, task: Task | None = None,
         check_task(manifest, task, str(path))
     model_cfg = parse_dataclass(ModelConfig, manifest["model"], f"{path}: model")
     model = Denoiser.for_task(ckpt_task, model_cfg)
-    load_state(model, load_tensors(path, "denoiser", map_location), path)
-    model.eval()
+    load_state(model, load_tensors(path, "denoiser"), path)
+    model.to(map_location).eval()  # load_state_dict copies into the parameters where they are: move after
     return model, ckpt_task, manifest
 
 
@@ -143,6 +143,6 @@ def load_policy(path: str | Path, task: Task, denoiser_model: dict[str, Any],
     check_same("denoiser model", manifest["model"], denoiser_model, str(path))
     policy = Policy(task, denoiser_model["d_model"], parse_dataclass(PolicyConfig, manifest["policy"],
                                                                      f"{path}: policy"))
-    load_state(policy, load_tensors(path, "policy", map_location), path)
-    policy.eval()
+    load_state(policy, load_tensors(path, "policy"), path)
+    policy.to(map_location).eval()
     return policy

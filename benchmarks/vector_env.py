@@ -1,6 +1,6 @@
 """Benchmark: the natively batched `UnmaskVectorEnv` against `SyncVectorEnv` of single `UnmaskEnv`s.
 
-    python benchmarks/vector_env.py [--envs 64 256] [--steps 30] [--threads 2]
+    python benchmarks/vector_env.py [--envs 64 256] [--steps 30] [--threads 2] [--device cuda]
 
 Both run the same denoiser checkpoint on the same puzzles, side by side in one process,
 with the same random legal actions, and are timed over the same number of vector steps
@@ -8,14 +8,14 @@ with the same random legal actions, and are timed over the same number of vector
 the SyncVectorEnv runs one forward per board. Env steps/s = vector steps x envs / seconds.
 Two denoisers: the 0.8M-parameter benchmark model (compute-bound on a CPU) and a tiny
 1-layer d32 model with random weights (speed does not depend on them), where per-step
-Python overhead dominates, as it does for a large model on a GPU.
-Report: benchmarks/vector_env.md.
+Python overhead dominates, as it does for a large model on a GPU. `--device cuda` runs every
+env's denoiser on the GPU (boards and observations stay on the host).
+Report: benchmarks/vector_env.md (vector_env_cuda.md with `--device cuda`).
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import sys
 import tempfile
 import time
@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from gymnasium.vector import SyncVectorEnv
 
-from common import ROOT, commit, machine, sh
+from common import ROOT, header, sh, write_report
 
 sys.path.insert(0, str(ROOT))
 from aop_ray import checkpoints  # noqa: E402
@@ -36,7 +36,6 @@ from envs.unmask import UnmaskEnv, UnmaskVectorEnv  # noqa: E402
 
 CHECKPOINT = "benchmarks/checkpoints/sudoku9"
 DATA = "data/sudoku9/test-unique30-seed2"
-REPORT = ROOT / "benchmarks" / "vector_env.md"
 
 
 def legal_actions(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -60,10 +59,13 @@ def bare_forwards_per_second(env: UnmaskVectorEnv, steps: int) -> float:
     """The floor: the same batch of boards through the bare denoiser, `steps` times (board-steps/s)."""
     env.reset(seed=0)
     batch = env.episodes.batch
-    batch.denoiser(batch.tokens)
+    tokens = batch.tokens.to(batch.device)
+    batch.denoiser(tokens)
     start = time.perf_counter()
     for _ in range(steps):
-        batch.denoiser(batch.tokens)
+        batch.denoiser(tokens)
+    if batch.device.type == "cuda":
+        torch.cuda.synchronize(batch.device)
     return steps * env.num_envs / (time.perf_counter() - start)
 
 
@@ -80,6 +82,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed vector steps per measurement")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default %(default)s)")
     parser.add_argument("--checkpoint", default=CHECKPOINT)
+    parser.add_argument("--device", default="cpu", help="where every env's denoiser runs (default %(default)s)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not (ROOT / DATA).exists():
@@ -87,9 +90,10 @@ def main() -> None:
             "--option", "clues=30", "--option", "unique=true", "--out", DATA])
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        models = {f"`{args.checkpoint}` (0.8M)": str(ROOT / args.checkpoint), "tiny (1 layer, d32)": tiny_checkpoint(tmp)}
+        models = {f"`{args.checkpoint}` (0.8M)": str(ROOT / args.checkpoint),
+                  "tiny (1 layer, d32)": tiny_checkpoint(tmp)}
         for label, checkpoint in models.items():
-            kwargs = {"denoiser_checkpoint": checkpoint, "data": str(ROOT / DATA)}
+            kwargs = {"denoiser_checkpoint": checkpoint, "data": str(ROOT / DATA), "device": args.device}
             for n in args.envs:
                 native_env = UnmaskVectorEnv(n, **kwargs)
                 native = steps_per_second(native_env, args.steps, seed=0)
@@ -100,11 +104,10 @@ def main() -> None:
                 rows.append((label, n, native, sync, bare))
                 print(f"{label}, {n} envs: native {native:,.0f} env steps/s, SyncVectorEnv {sync:,.0f}, "
                       f"ratio {native / sync:.1f}x; bare forwards {bare:,.0f}/s", flush=True)
-    lines = ["# Vector env: native batching against SyncVectorEnv of single envs", "",
-             f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}", f"- machine: {machine()}",
-             f"- git commit measured: {commit()}",
-             f"- command: `python benchmarks/vector_env.py --envs {' '.join(map(str, args.envs))} "
-             f"--steps {args.steps} --threads {args.threads}`",
+    shown = " ".join(["python benchmarks/vector_env.py --envs", *map(str, args.envs), "--steps", str(args.steps),
+                      "--threads", str(args.threads), *(["--device", args.device] if args.device != "cpu" else [])])
+    lines = [*header("Vector env: native batching against SyncVectorEnv of single envs", shown,
+                     f", denoiser on {args.device}"),
              f"- 9x9 Sudoku puzzles `{DATA}`, random legal actions, "
              f"{args.steps} timed vector steps after one warm-up, {args.threads} torch threads", "",
              "`bare forward` is the floor: the same batch through the denoiser alone; `native / bare` near 1 "
@@ -113,8 +116,9 @@ def main() -> None:
              "bare forward board-steps/s | native / bare |", "|---|---|---|---|---|---|---|"]
     lines += [f"| {label} | {n} | {a:,.0f} | {b:,.0f} | **{a / b:.1f}x** | {c:,.0f} | {a / c:.2f} |"
               for label, n, a, b, c in rows]
-    REPORT.write_text("\n".join(lines) + "\n")
-    print(REPORT.read_text())
+    report = ROOT / "benchmarks" / ("vector_env.md" if args.device == "cpu" else f"vector_env_{args.device}.md")
+    write_report(report, "\n".join(lines) + "\n")
+    print(report.read_text())
 
 
 if __name__ == "__main__":

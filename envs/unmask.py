@@ -13,7 +13,8 @@ denoiser fills it (argmax, or sampled at `token_temperature`). Reward: see
 `envs.state.RewardConfig` (the verifier's 1/0 at the end, optional dense terms; an illegal
 action pays a penalty by default, or raises with `illegal_action="error"`). An episode is
 one instance and ends when nothing is masked (truncated after 2L steps, which only illegal
-actions can reach).
+actions can reach). `device="cuda"` runs the denoiser forward on a GPU; the boards and the
+observations stay on the host.
 
 The task (Sudoku size, vocabulary) comes from the checkpoint, never from a flag.
 """
@@ -64,17 +65,21 @@ class _Episodes:
     """The frozen denoiser, the instances, and which instance the next episode plays."""
 
     def __init__(self, denoiser_checkpoint: str, data_path: str, n: int, *, dense_reward: str, dense_weight: float,
-                 illegal_action: str, token_temperature: float, puzzles: str, limit: int | None) -> None:
+                 illegal_action: str, token_temperature: float, puzzles: str, limit: int | None, device: str) -> None:
         if puzzles not in PUZZLE_ORDERS:
             raise InputError(f"puzzles: must be one of {', '.join(PUZZLE_ORDERS)}, got {puzzles!r}")
         if token_temperature < 0:
             raise InputError(f"token_temperature: must be >= 0, got {token_temperature}")
-        denoiser, self.task, _ = checkpoints.load_denoiser(denoiser_checkpoint)
+        try:
+            where = torch.device(device)
+        except RuntimeError:
+            raise InputError(f"device: not a torch device: {device!r}") from None
+        denoiser, self.task, _ = checkpoints.load_denoiser(denoiser_checkpoint, map_location=where)
         instances = data.load_instances(self.task, data_path)
         if limit is not None:
             instances = instances.take(slice(0, limit))
         reward = RewardConfig(dense=dense_reward, dense_weight=dense_weight, illegal=illegal_action)  # type: ignore[arg-type]
-        self.batch = UnmaskBatch(denoiser, self.task, instances, n, reward)
+        self.batch = UnmaskBatch(denoiser, self.task, instances, n, reward, where)
         self.temperature = token_temperature
         self.puzzles = puzzles
         self.next = 0
@@ -108,9 +113,9 @@ class _Episodes:
 
 
 def _kwargs(dense_reward: str, dense_weight: float, illegal_action: str, token_temperature: float, puzzles: str,
-            limit: int | None) -> dict[str, Any]:
+            limit: int | None, device: str) -> dict[str, Any]:
     return {"dense_reward": dense_reward, "dense_weight": dense_weight, "illegal_action": illegal_action,
-            "token_temperature": token_temperature, "puzzles": puzzles, "limit": limit}
+            "token_temperature": token_temperature, "puzzles": puzzles, "limit": limit, "device": device}
 
 
 class UnmaskEnv(gym.Env):
@@ -121,11 +126,11 @@ class UnmaskEnv(gym.Env):
     def __init__(self, denoiser_checkpoint: str, data: str, *, dense_reward: Literal["none", "logp", "correct"] = "none",
                  dense_weight: float = 0.1, illegal_action: Literal["penalty", "error"] = "penalty",
                  token_temperature: float = 0.0, puzzles: Literal["random", "sequential"] = "random",
-                 limit: int | None = None, render_mode: str | None = None) -> None:
+                 limit: int | None = None, render_mode: str | None = None, device: str = "cpu") -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise InputError(f"render_mode: must be one of {self.metadata['render_modes']}, got {render_mode!r}")
         self.episodes = _Episodes(str(denoiser_checkpoint), str(data), 1, **_kwargs(
-            dense_reward, dense_weight, illegal_action, token_temperature, puzzles, limit))
+            dense_reward, dense_weight, illegal_action, token_temperature, puzzles, limit, device))
         self.task = self.episodes.task
         self.render_mode = render_mode
         self.observation_space = observation_space(self.task)
@@ -186,11 +191,11 @@ class UnmaskVectorEnv(VectorEnv):
                  dense_reward: Literal["none", "logp", "correct"] = "none", dense_weight: float = 0.1,
                  illegal_action: Literal["penalty", "error"] = "penalty", token_temperature: float = 0.0,
                  puzzles: Literal["random", "sequential"] = "random", limit: int | None = None,
-                 render_mode: str | None = None) -> None:
+                 render_mode: str | None = None, device: str = "cpu") -> None:
         if num_envs < 1:
             raise InputError(f"num_envs: must be >= 1, got {num_envs}")
         self.episodes = _Episodes(str(denoiser_checkpoint), str(data), num_envs, **_kwargs(
-            dense_reward, dense_weight, illegal_action, token_temperature, puzzles, limit))
+            dense_reward, dense_weight, illegal_action, token_temperature, puzzles, limit, device))
         self.task = self.episodes.task
         self.num_envs = num_envs
         self.render_mode = render_mode

@@ -1,5 +1,6 @@
 import os
 import pickle
+from pathlib import Path
 
 import pytest
 import torch
@@ -19,6 +20,15 @@ def save(tmp_path, task, name="ckpt"):
     path = checkpoints.write_checkpoint(tmp_path / name, checkpoints.denoiser_manifest(task, SMALL, step=7),
                                         {"denoiser": model.state_dict()})
     return model, path
+
+
+def test_models_load_onto_the_requested_device():
+    """`map_location` must move the model, not only the tensors it is loaded from: a denoiser left on the
+    CPU would make `evaluate --device cuda` decode on the CPU. The meta device stands in for a GPU."""
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "checkpoints" / "sudoku9-policy"
+    denoiser, task, manifest = checkpoints.load_denoiser(path, map_location="meta")
+    policy = checkpoints.load_policy(path, task, manifest["model"], "meta")
+    assert {t.device.type for m in (denoiser, policy) for t in [*m.parameters(), *m.buffers()]} == {"meta"}
 
 
 def test_round_trip_gives_identical_outputs(tmp_path, sudoku4):

@@ -106,6 +106,8 @@ def test_bad_constructor_arguments_name_the_argument(world):
         make(world, puzzles="shuffled")
     with pytest.raises(InputError, match="no such file"):
         gym.make("aop/Unmask-v0", denoiser_checkpoint=str(world[0]), data="/nonexistent")
+    with pytest.raises(InputError, match="device: not a torch device: 'gpu0'"):
+        make(world, device="gpu0")
 
 
 def test_vector_env_matches_single_envs_step_for_step(world):
