@@ -90,10 +90,10 @@ def run(stage: str, workers: int, threads: int, gpu: bool, steps: int, log_every
            f"name=scaling-{stage}-{workers}x{threads}", f"train.steps={steps}", f"train.log_every={log_every}",
            f"train.checkpoint_every={steps}", f"train.eval_every={steps}", "train.eval_instances=1",
            f"ray.num_workers={workers}", f"ray.torch_threads={threads}", f"ray.cpus_per_worker={cpus}",
-           f"ray.use_gpu={str(gpu).lower()}", f"data.train.path={ROOT / train}", f"data.val.path={ROOT / val}",
-           "--no-mlflow"]
-    if stage == "policy":
+           f"ray.use_gpu={str(gpu).lower()}", f"data.train.path={ROOT / train}", f"data.val.path={ROOT / val}"]
+    if stage == "policy":  # the run's working directory is a scratch one: the config's relative path would miss
         cmd.append(f"aop.denoiser_checkpoint={ROOT / load_config(ROOT / CONFIGS[stage]).aop.denoiser_checkpoint}")
+    cmd.append("--no-mlflow")
     print("+", " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     if proc.returncode != 0:

@@ -33,6 +33,7 @@ def test_sweep_config_refusals_name_the_key(tmp_path):
         return load_config(path, list(overrides), cls=SweepConfig)
 
     assert load().orders == ["margin", "learned"]
+    assert load().evaluate.threshold is None and load("evaluate.threshold=0.99").evaluate.threshold == 0.99
     for overrides, message in [
         (["seedz=[1]"], "seedz: unknown key"),
         (["seeds=[1,1]"], "seeds: needs at least one seed and no repeats"),
@@ -45,6 +46,7 @@ def test_sweep_config_refusals_name_the_key(tmp_path):
         (["scheduler.type=asha"], "scheduler.type: asha stops trials early"),
         (["orders=[learned]", "train_config=null"], "train_config: order 'learned' needs"),
         (["evaluate.k=0"], "evaluate.k: must be > 0"),
+        (["evaluate.threshold=0"], "evaluate.threshold: a probability in (0, 1], got 0"),
     ]:
         overrides, search = overrides if isinstance(overrides, tuple) else (overrides, None)
         with pytest.raises(InputError) as err:
