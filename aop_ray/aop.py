@@ -40,6 +40,8 @@ class Trajectories:
                 target: torch.Tensor, mask_id: int, batch_size: int = 256) -> Trajectories:
         rollouts = [unmask(denoiser, order, tokens[lo:lo + batch_size], mask_id, target=target[lo:lo + batch_size],
                            teacher_force=True) for lo in range(0, len(tokens), batch_size)]
+        if not rollouts:  # no instances: a worker's slice of a validation set smaller than the worker count
+            return cls(tokens, fixed, target, torch.zeros_like(tokens), torch.zeros(tokens.shape, device=tokens.device))
         return cls(tokens, fixed, target, torch.cat([r.step_of for r in rollouts]),
                    torch.cat([-r.logp_target for r in rollouts]))
 
@@ -52,7 +54,8 @@ class Trajectories:
         """(x_t, x0) for every state of every trajectory, in order: a fixed evaluation set."""
         n_steps = self.step_of.max(dim=1).values + 1
         rows = torch.repeat_interleave(torch.arange(len(self.tokens), device=n_steps.device), n_steps)
-        step = torch.cat([torch.arange(int(k), device=n_steps.device) for k in n_steps])
+        first = torch.repeat_interleave(n_steps.cumsum(0) - n_steps, n_steps)  # each row's first state index
+        step = torch.arange(len(rows), device=n_steps.device) - first
         return teacher_forced_state(self.tokens[rows], self.step_of[rows], self.target[rows], step), self.target[rows]
 
     def sample(self, batch: int, generator: torch.Generator, focus: float = 0.0

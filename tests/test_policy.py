@@ -178,6 +178,14 @@ def test_all_trajectory_states_enumerate_every_step(sudoku4):
     assert (xt == 4).sum(1).tolist() == [10 - s for _ in range(3) for s in range(10)]
 
 
+def test_trajectories_of_no_instances_are_empty_not_an_error(sudoku4):
+    """A worker's slice of a validation set smaller than the worker count is empty (train._diagnostics)."""
+    tokens, target, traj = margin_trajectories(sudoku4, 3)
+    empty = Trajectories.collect(None, get_order("margin"), tokens[:0], tokens[:0] != 4, target[:0], 4)
+    xt, x0 = empty.all_states()
+    assert xt.shape == x0.shape == (0, 16)
+
+
 def test_focused_sampling_draws_the_states_where_the_order_erred():
     """Prioritised states: with focus 1 every draw is a state whose revealed cell had CE > 0."""
     step_of = torch.tensor([[-1, 0, 1, 2], [1, 0, -1, 2]])
