@@ -12,7 +12,9 @@ from conftest import ROOT, SMOKE, call_cli, run_cli
 def test_pipeline_trains_the_policy_on_a_denoiser_checkpoint_and_evaluates_every_order(trained, tmp_path):
     """The main job's default path: the denoiser checkpoint exists (the committed one, here the smoke run's),
     so stage 1 uses it; stage 2 trains the policy on Ray; stage 3 evaluates every order. (Stage 1's other
-    branch is an ordinary `train.run` of the denoiser config, the path every other Train test takes.)"""
+    branch is an ordinary `train.run` of the denoiser config, the path every other Train test takes.)
+    The policy validates on one puzzle over its two workers: one worker's slice is empty, and its decoding
+    and chosen-cell diagnostics must add nothing rather than crash (both did once)."""
     denoiser = trained / "runs" / "sudoku4-smoke" / "final"
     pipeline = tmp_path / "pipeline.yaml"
     pipeline.write_text(f"""
@@ -20,7 +22,7 @@ name: tiny
 denoiser_config: {SMOKE}
 denoiser_checkpoint: {denoiser}
 policy_config: {ROOT / 'tune_configs' / 'sudoku4_policy_smoke.yaml'}
-policy_overrides: [train.steps=20]
+policy_overrides: [train.steps=20, train.eval_instances=1]
 evaluate:
   data: {{path: data/sudoku4/test, generate: {{n: 32, seed: 9, options: {{clues: 6, unique: true}}}}}}
 """)
@@ -37,6 +39,8 @@ evaluate:
     policy_run = next((tmp_path / "runs").glob("tiny-*-policy"))
     manifest = json.loads((policy_run / "final" / "manifest.json").read_text())
     assert manifest["denoiser_source"] == str(denoiser)
+    assert manifest["metrics"]["val_solve_rate"] in (0.0, 1.0)  # exactly one validation puzzle
+    assert 0 <= manifest["metrics"]["val_chosen_error/learned"] <= 1
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("aop-ray")
