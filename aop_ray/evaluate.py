@@ -148,9 +148,9 @@ def load_scorer(oracle: str | None, task: Task) -> Any:
 
 def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, orders: dict[str, Order], *,
                    k: int = 1, threshold: float | None = None, batch_size: int = 256, seed: int = 0,
-                   planner_nll: bool = True,
-                   temperature: float = 0.0, order_temperature: float = 0.0, policy: Policy | None = None,
-                   progress: bool = True, scorer: Any = None) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+                   planner_nll: bool = True, temperature: float = 0.0, order_temperature: float = 0.0,
+                   policy: Policy | None = None, progress: bool = True,
+                   scorer: Any = None) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
     """Decode `instances` under each order: one summary row and one heat-map PNG per order.
 
     Every order sees the same puzzles and the same seed, so the rows are a paired comparison.
@@ -161,8 +161,8 @@ def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, 
         with tqdm(total=len(instances), desc=f"{name:<10}", unit="inst", file=sys.stderr,
                   disable=not progress) as bar:
             decoded = decode_dataset(denoiser, task, tokens, fixed, target, order, k=k, threshold=threshold,
-                                     batch_size=batch_size,
-                                     generator=torch.Generator().manual_seed(seed), planner_nll=planner_nll,
+                                     batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
+                                     planner_nll=planner_nll,
                                      temperature=temperature, order_temperature=order_temperature,
                                      on_batch=bar.update, scorer=scorer)
         row = summarize(name, decoded, k, threshold)
@@ -212,15 +212,13 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
                                     "policy_description": policy_description(policy) if policy else None,
                                     "data": str(Path(args.data).resolve()), "orders": ",".join(orders),
                                     "k": args.k, "threshold": args.threshold, "n": len(instances),
-                                    "seed": args.seed,
-                                    "temperature": args.temperature,
+                                    "seed": args.seed, "temperature": args.temperature,
                                     "order_temperature": args.order_temperature, "task": manifest["task"]},
                             tags={"aop_ray.stage": "evaluate", "aop_ray.task": task.name})
     status = "FAILED"
     try:
         rows, maps = compare_orders(denoiser, task, instances, orders, k=args.k, threshold=args.threshold,
-                                    batch_size=args.batch_size,
-                                    seed=args.seed, planner_nll=not args.no_planner_nll,
+                                    batch_size=args.batch_size, seed=args.seed, planner_nll=not args.no_planner_nll,
                                     temperature=args.temperature, order_temperature=args.order_temperature,
                                     policy=policy, progress=not args.quiet, scorer=scorer)
         for row in rows:

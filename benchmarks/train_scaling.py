@@ -62,9 +62,8 @@ flop_counter.register_flop_formula(torch.ops.aten._scaled_dot_product_flash_atte
     _attention_backward_flops)
 
 
-def flops_per_sample(stage: str, batch: int = 8) -> float:
+def flops_per_sample(stage: str, cfg: Config, batch: int = 8) -> float:
     """Model FLOPs of one training sample of `stage`, counted on one step of its loss."""
-    cfg: Config = load_config(ROOT / CONFIGS[stage])
     task = cfg.build_task()
     generator = torch.Generator().manual_seed(0)
     instances = task.generate(batch, seed=0, clues=30)
@@ -82,7 +81,7 @@ def flops_per_sample(stage: str, batch: int = 8) -> float:
     return counter.get_total_flops() / batch
 
 
-def run(stage: str, workers: int, threads: int, gpu: bool, steps: int, log_every: int, workdir: str
+def run(stage: str, cfg: Config, workers: int, threads: int, gpu: bool, steps: int, log_every: int, workdir: str
         ) -> list[float]:
     cpus = 1.0 if workers == 1 or gpu else 0.5  # on 2 cores, leaves Ray Data its one CPU slot
     train, val = DATA[stage]
@@ -92,7 +91,7 @@ def run(stage: str, workers: int, threads: int, gpu: bool, steps: int, log_every
            f"ray.num_workers={workers}", f"ray.torch_threads={threads}", f"ray.cpus_per_worker={cpus}",
            f"ray.use_gpu={str(gpu).lower()}", f"data.train.path={ROOT / train}", f"data.val.path={ROOT / val}"]
     if stage == "policy":  # the run's working directory is a scratch one: the config's relative path would miss
-        cmd.append(f"aop.denoiser_checkpoint={ROOT / load_config(ROOT / CONFIGS[stage]).aop.denoiser_checkpoint}")
+        cmd.append(f"aop.denoiser_checkpoint={ROOT / cfg.aop.denoiser_checkpoint}")
     cmd.append("--no-mlflow")
     print("+", " ".join(cmd), flush=True)
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
@@ -114,11 +113,12 @@ def main() -> int:
     layouts = [(1, 1)] if args.gpu else CPU_LAYOUTS
     rows = []
     for stage in args.stage:
-        flops, base = flops_per_sample(stage), None
+        cfg = load_config(ROOT / CONFIGS[stage])
+        flops, base = flops_per_sample(stage, cfg), None
         for workers, threads in layouts:
             workdir = tempfile.mkdtemp(prefix="aop-scaling-")
             try:
-                rates = run(stage, workers, threads, args.gpu, args.steps, args.log_every, workdir)
+                rates = run(stage, cfg, workers, threads, args.gpu, args.steps, args.log_every, workdir)
             finally:
                 shutil.rmtree(workdir, ignore_errors=True)
             if not rates:

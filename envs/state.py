@@ -80,14 +80,13 @@ class Outcome:
 class UnmaskBatch:
     """`n` boards being unmasked by one frozen denoiser."""
 
-    def __init__(self, denoiser: nn.Module, task: Task, instances: Instances, n: int, reward: RewardConfig,
-                 device: torch.device = torch.device("cpu")) -> None:
-        """The boards live on the CPU (observations are numpy arrays); only the forward runs on `device`,
-        which is where the denoiser is: a step moves n*L token ids there and n*L*V logits back."""
+    def __init__(self, denoiser: nn.Module, task: Task, instances: Instances, n: int, reward: RewardConfig) -> None:
+        """The boards live on the CPU (observations are numpy arrays); only the forward runs where the
+        denoiser is: a step moves n*L token ids there and n*L*V logits back."""
         if len(instances) == 0:
             raise InputError("the environment's data holds no instances")
         self.denoiser, self.task, self.instances, self.reward = denoiser, task, instances, reward
-        self.device = device
+        self.device = next(denoiser.parameters()).device
         self.mask_id = task.vocab_size
         length = task.seq_len
         self.tokens = torch.full((n, length), self.mask_id, dtype=torch.long)

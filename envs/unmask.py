@@ -79,7 +79,7 @@ class _Episodes:
         if limit is not None:
             instances = instances.take(slice(0, limit))
         reward = RewardConfig(dense=dense_reward, dense_weight=dense_weight, illegal=illegal_action)  # type: ignore[arg-type]
-        self.batch = UnmaskBatch(denoiser, self.task, instances, n, reward, where)
+        self.batch = UnmaskBatch(denoiser, self.task, instances, n, reward)
         self.temperature = token_temperature
         self.puzzles = puzzles
         self.next = 0
