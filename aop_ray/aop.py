@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from aop_ray.config import AopConfig
-from aop_ray.losses import aop_loss, mask_free_positions, position_costs, sample_t
+from aop_ray.losses import aop_loss, mask_free_positions, pairwise_rank_loss, position_costs, sample_t
 from aop_ray.orders import DecodeState, Order, select
 from aop_ray.sampling import teacher_forced_state, unmask
 
@@ -93,15 +93,22 @@ def uniform_states(x0: torch.Tensor, fixed: torch.Tensor, mask_id: int,
 
 
 def aop_step(denoiser: nn.Module, policy: nn.Module, xt: torch.Tensor, x0: torch.Tensor, mask_id: int,
-             cfg: AopConfig, joint: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The AOP loss on states `xt` (plus the MDM term in joint training, if `cfg.mdm_lambda`)."""
+             cfg: AopConfig, joint: bool, shortlist: Order | None = None
+             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The AOP loss on states `xt` (plus the MDM term in joint training, if `cfg.mdm_lambda`).
+
+    With `objective: pairwise` the loss ranks the `k` best positions by the
+    `shortlist` order (the policy's base heuristic) instead (`losses.pairwise_rank_loss`).
+    """
     masked = xt == mask_id
     with torch.set_grad_enabled(joint and torch.is_grad_enabled()):
         logits, hidden = denoiser(xt, return_hidden=True)
     state = DecodeState(tokens=xt, masked=masked, logits=logits.detach(), hidden=hidden.detach(), step=0)
     cost = position_costs(logits, x0, cfg.target)
-    loss, stats = aop_loss(policy(state), masked, cost if joint else cost.detach(), cfg.temperature,
-                           cfg.entropy_beta)
+    scores = policy(state)
+    loss, stats = aop_loss(scores, masked, cost if joint else cost.detach(), cfg.temperature, cfg.entropy_beta)
+    if cfg.objective == "pairwise":  # the expectation stays in the stats: the curves remain comparable
+        loss = pairwise_rank_loss(scores, masked, cost, shortlist(state), cfg.pairwise_k)
     return loss, stats
 
 

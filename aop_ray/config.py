@@ -148,7 +148,7 @@ class ModelConfig:
             raise InputError(f"model.dropout: must be in [0, 1), got {self.dropout}")
 
 
-GENERIC_FEATURES = ("probs", "stats", "hidden", "group_probs")  # see models/policy.py
+GENERIC_FEATURES = ("probs", "stats", "hidden", "group_probs", "group_tokens")  # see models/policy.py
 
 
 @dataclasses.dataclass
@@ -187,6 +187,8 @@ class AopConfig:
 
     denoiser_checkpoint: str | None = None  # required: the (pre-trained) denoiser
     target: Literal["ce", "error", "both"] = "ce"  # per-position cost the policy minimises
+    objective: Literal["expected", "pairwise"] = "expected"  # E_pi[cost], or rank the base order's top k (losses.py)
+    pairwise_k: int = 8  # objective pairwise: the shortlist size
     temperature: float = 1.0
     entropy_beta: float = 0.0
     states: Literal["uniform", "trajectory"] = "trajectory"
@@ -198,7 +200,7 @@ class AopConfig:
     denoiser_lr: float = 1e-4  # joint
 
     def __post_init__(self) -> None:
-        _positive(self, "temperature", "trajectory_instances", where="aop")
+        _positive(self, "temperature", "trajectory_instances", "pairwise_k", where="aop")
         _positive(self, "entropy_beta", "refresh_every", "mdm_lambda", "denoiser_lr", where="aop", allow_zero=True)
         if not 0.0 <= self.focus <= 1.0:
             raise InputError(f"aop.focus: must be in [0, 1], got {self.focus}")
@@ -306,6 +308,9 @@ class Config:
         if self.train.stage != "denoiser" and not self.aop.denoiser_checkpoint:
             raise InputError(f"aop.denoiser_checkpoint: stage {self.train.stage!r} needs a trained denoiser "
                              f"(train one with stage: denoiser first)")
+        if self.train.stage == "joint" and self.aop.objective == "pairwise":
+            raise InputError("aop.objective: pairwise uses the costs only to form pairs, so it gives the denoiser "
+                             "no gradient; stage joint needs objective expected")
         if self.train.stage == "grpo" and not task.has_verifier:
             raise InputError(f"train.stage: grpo rewards a rollout by the task's verifier, and task {task.name!r} "
                              f"has none (its family oracle is fitted on held-out data, for evaluation only); "

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from aop_ray.orders import select
+
 T_MIN = 1e-3
 
 
@@ -101,3 +103,21 @@ def aop_loss(scores: torch.Tensor, masked: torch.Tensor, cost: torch.Tensor, tem
     entropy = -(pi * safe_logp).sum(1)
     loss = (expected - entropy_beta * entropy).mean()
     return loss, {"expected_cost": expected.mean().detach(), "entropy": entropy.mean().detach()}
+
+
+def pairwise_rank_loss(scores: torch.Tensor, masked: torch.Tensor, cost: torch.Tensor, shortlist: torch.Tensor,
+                       k: int) -> torch.Tensor:
+    """Mean softplus(s_j - s_i) over pairs of the `k` best masked positions by `shortlist` where cost_i < cost_j.
+
+    The expectation `aop_loss` has a gradient only where the policy already puts
+    mass on a costly position: a fraction of a percent of a good order's states.
+    Ranking the base order's shortlist by cost instead learns from every state
+    where *any* of its k candidates would have been wrong, at the decisions that
+    matter (an argmax policy only ever picks near the top). Costs only define
+    the pairs, so no gradient reaches them: a policy-only objective.
+    """
+    top, valid = select(shortlist, masked, k)
+    s, c = torch.gather(scores.float(), 1, top), torch.gather(cost.detach(), 1, top)
+    pairs = valid[:, :, None] & valid[:, None, :] & (c[:, :, None] < c[:, None, :])  # (B, i better, j worse)
+    loss = F.softplus(s[:, None, :] - s[:, :, None])
+    return (loss * pairs).sum() / pairs.sum().clamp(min=1)

@@ -277,7 +277,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             else:
                 xt, y = states.sample(x0, fixed, generator)
                 loss, stats = aop_step(nets["denoiser"], nets["policy"], xt, y, task.vocab_size, cfg.aop,
-                                       joint=stage == "joint")
+                                       joint=stage == "joint", shortlist=policy.base)
                 if stage == "joint" and cfg.aop.mdm_lambda:
                     mdm = denoiser_loss(nets["denoiser"], x0, fixed, task.vocab_size, tc.loss_weighting, generator)
                     loss = loss + cfg.aop.mdm_lambda * mdm

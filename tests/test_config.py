@@ -36,6 +36,9 @@ def test_defaults_and_overrides(tmp_path):
     ("train: {loss_weighting: sum}", "train.loss_weighting: must be one of elbo, mean"),
     ("ray: {num_workers: true}", "ray.num_workers: expected int, got bool"),
     ("bogus: 1", "bogus: unknown key"),
+    ("aop: {pairwise_k: 0}", "aop.pairwise_k: must be > 0, got 0"),
+    ("train: {stage: joint}\naop: {denoiser_checkpoint: d, objective: pairwise}",
+     "aop.objective: pairwise uses the costs only to form pairs"),
 ])
 def test_bad_values_name_the_key(tmp_path, extra, message):
     with pytest.raises(InputError, match=message) as err:

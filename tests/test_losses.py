@@ -1,6 +1,7 @@
 import math
 
 import torch
+import torch.nn.functional as F
 
 from aop_ray.losses import mask_free_positions, mdm_loss, sample_t
 
@@ -100,3 +101,36 @@ def test_position_costs():
     assert torch.allclose(ce, -torch.log(torch.tensor([[0.7, 0.3]])))
     assert position_costs(logits, x0, "error").tolist() == [[0.0, 1.0]]
     assert torch.allclose(position_costs(logits, x0, "both"), ce + torch.tensor([[0.0, 1.0]]))
+
+
+from aop_ray.losses import pairwise_rank_loss  # noqa: E402
+
+
+def test_pairwise_rank_loss_exact_on_the_shortlist_of_masked_positions():
+    scores = torch.tensor([[0.0, 1.0, 2.0, 5.0, -1.0]], requires_grad=True)
+    masked = torch.tensor([[True, True, True, False, True]])
+    cost = torch.tensor([[0.0, 1.0, 0.0, 9.0, 1.0]], requires_grad=True)
+    shortlist = torch.tensor([[3.0, 2.0, 1.0, 9.0, 0.0]])  # top 3 masked: positions 0, 1, 2 (3 is revealed)
+    loss = pairwise_rank_loss(scores, masked, cost, shortlist, k=3)
+    # pairs (better, worse): (0, 1) and (2, 1); position 4 is off the shortlist, 3 is not masked
+    expected = (F.softplus(torch.tensor(1.0 - 0.0)) + F.softplus(torch.tensor(1.0 - 2.0))) / 2
+    assert torch.isclose(loss, expected)
+    loss.backward()
+    assert cost.grad is None  # the costs only form pairs
+    assert scores.grad[0, 1] > 0 and scores.grad[0, 0] < 0 and scores.grad[0, 2] < 0  # the costly one goes down
+    assert scores.grad[0, 3] == 0 and scores.grad[0, 4] == 0
+
+
+def test_pairwise_rank_loss_is_zero_without_a_costlier_candidate_and_ranks_the_cheapest_first():
+    masked = torch.tensor([[True, True, True, True]])
+    same = pairwise_rank_loss(torch.randn(1, 4), masked, torch.zeros(1, 4), torch.randn(1, 4), k=4)
+    assert same.item() == 0.0
+    cost = torch.tensor([[0.7, 0.2, 0.9, 0.5]])
+    scores = torch.zeros(1, 4, requires_grad=True)
+    opt = torch.optim.SGD([scores], lr=1.0)
+    for _ in range(200):
+        loss = pairwise_rank_loss(scores, masked, cost, torch.zeros(1, 4), k=4)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert scores.detach().argsort(descending=True).tolist() == [[1, 3, 0, 2]]

@@ -6,9 +6,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aop_ray import checkpoints
-from aop_ray.aop import Trajectories, chosen_costs
-from aop_ray.config import ModelConfig, PolicyConfig
+from aop_ray.aop import Trajectories, aop_step, chosen_costs
+from aop_ray.config import AopConfig, ModelConfig, PolicyConfig
 from aop_ray.models.denoiser import Denoiser
+from aop_ray.losses import pairwise_rank_loss
 from aop_ray.models.policy import Policy
 from aop_ray.orders import DecodeState, get_order, margin, select
 from aop_ray.sampling import teacher_forced_state, unmask
@@ -104,6 +105,25 @@ def test_teacher_forced_states_rebuild_the_rollout(sudoku4):
     assert torch.equal(xt[~masked], x0[~masked]) and not (masked & f).any()
 
 
+def test_pairwise_objective_ranks_the_base_orders_shortlist_in_the_training_step(sudoku4):
+    _, _, traj = margin_trajectories(sudoku4, 6)
+    xt, x0, _ = traj.sample(32, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = Denoiser(4, sudoku4.position_groups(), SMALL).eval()
+    policy = Policy(sudoku4, SMALL.d_model, PolicyConfig(d_model=16, n_heads=2))
+    cfg = AopConfig(target="error", objective="pairwise", pairwise_k=3)
+    loss, stats = aop_step(model, policy, xt, x0, 4, cfg, joint=False, shortlist=policy.base)
+    loss.backward()
+    with torch.no_grad():
+        logits = model(xt)
+        state = DecodeState(tokens=xt, masked=xt == 4, logits=logits, hidden=None, step=0)
+        error = (logits.argmax(-1) != x0).float()
+        expected = pairwise_rank_loss(policy(state), state.masked, error, margin(state), 3)
+    assert expected > 0 and torch.isclose(loss, expected)  # an untrained denoiser errs: there are pairs
+    assert policy.head[-1].weight.grad.abs().sum() > 0 and model.head.weight.grad is None
+    assert set(stats) == {"expected_cost", "entropy"}  # the same curves as the expected objective
+
+
 def test_chosen_costs_of_a_perfect_order(sudoku4):
     torch.manual_seed(0)
     model = Denoiser(4, sudoku4.position_groups(), SMALL).eval()
@@ -156,19 +176,23 @@ def test_policy_against_a_denoiser_of_another_size_fails_clearly(tmp_path, sudok
         checkpoints.load_policy(path, sudoku9, SMALL.__dict__)
 
 
-def test_group_pooled_probabilities_exact(sudoku4):
-    from aop_ray.models.policy import group_pooled
+def test_group_pooled_features_exact(sudoku4):
+    from aop_ray.models.policy import generic_features
 
     tokens = torch.tensor([[0, 4, 4, 4] + [4] * 12])  # (0,0) revealed as digit 1, everything else masked
     masked = tokens == 4
     probs = torch.full((1, 16, 4), 0.25)
     groups = [torch.as_tensor(sudoku4.position_groups()[g]) for g in ("box", "col", "row")]
-    pooled = group_pooled(probs, tokens, masked, groups)  # (1, 16, 3 * 4)
+    pooled = generic_features(probs, None, masked, ["group_probs", "group_tokens"], tokens, groups)
+    beliefs, revealed = pooled[..., :12], pooled[..., 12:]  # (1, 16, 3 groups * 4 digits) each
     # cell (0,1): its row holds the revealed 1 plus two masked cells at 0.25 each
-    row_part = pooled[0, 1, 8:12]
-    assert torch.allclose(row_part, torch.tensor([1.5, 0.5, 0.5, 0.5]))
-    # cell (3,3) shares no group with (0,0): every group sums three uniform cells
-    assert torch.allclose(pooled[0, 15], torch.full((12,), 0.75))
+    assert torch.allclose(beliefs[0, 1, 8:12], torch.tensor([1.5, 0.5, 0.5, 0.5]))
+    assert torch.equal(revealed[0, 1, 8:12], torch.tensor([1.0, 0.0, 0.0, 0.0]))
+    # cell (3,3) shares no group with (0,0): every group sums three uniform cells, and nothing is revealed
+    assert torch.allclose(beliefs[0, 15], torch.full((12,), 0.75))
+    assert torch.equal(revealed[0, 15], torch.zeros(12))
+    # a revealed cell does not count itself
+    assert torch.equal(revealed[0, 0], torch.zeros(12))
 
 
 def test_all_trajectory_states_enumerate_every_step(sudoku4):

@@ -36,15 +36,12 @@ from aop_ray.orders import HEURISTICS, DecodeState
 from aop_ray.tasks import Task
 
 
-def group_pooled(probs: torch.Tensor, tokens: torch.Tensor, masked: torch.Tensor,
-                 groups: list[torch.Tensor]) -> torch.Tensor:
-    """(B, L, G*V): per group, the token mass of the position's group peers, itself excluded."""
-    vocab = probs.shape[-1]
-    belief = torch.where(masked[..., None], probs,
-                         torch.nn.functional.one_hot(tokens.clamp(max=vocab - 1), vocab).to(probs.dtype))
+def group_pooled(belief: torch.Tensor, groups: list[torch.Tensor]) -> torch.Tensor:
+    """(B, L, G*V): per group, the summed `belief` (B, L, V) of the position's group peers, itself excluded."""
     parts = []
     for ids in groups:
-        totals = torch.zeros(belief.shape[0], int(ids.max()) + 1, vocab, dtype=belief.dtype, device=belief.device)
+        totals = torch.zeros(belief.shape[0], int(ids.max()) + 1, belief.shape[-1], dtype=belief.dtype,
+                             device=belief.device)
         totals.index_add_(1, ids, belief)
         parts.append(totals[:, ids] - belief)
     return torch.cat(parts, dim=-1)
@@ -67,13 +64,19 @@ def generic_features(probs: torch.Tensor, hidden: torch.Tensor | None, masked: t
         if hidden is None:
             raise ValueError("feature 'hidden' needs the denoiser's hidden state")
         parts.append(hidden.detach().float())
+    if "group_probs" in names or "group_tokens" in names:
+        revealed = torch.nn.functional.one_hot(tokens.clamp(max=probs.shape[-1] - 1), probs.shape[-1]).to(probs.dtype)
+        revealed = revealed * ~masked[..., None]
     if "group_probs" in names:
-        parts.append(group_pooled(probs, tokens, masked, groups))
+        parts.append(group_pooled(revealed + probs * masked[..., None], groups))
+    if "group_tokens" in names:
+        parts.append(group_pooled(revealed, groups))
     return torch.cat(parts, dim=-1)
 
 
 def feature_dim(cfg: PolicyConfig, vocab_size: int, hidden_dim: int, n_groups: int) -> int:
-    sizes = {"probs": vocab_size, "stats": 5, "hidden": hidden_dim, "group_probs": n_groups * vocab_size}
+    sizes = {"probs": vocab_size, "stats": 5, "hidden": hidden_dim, "group_probs": n_groups * vocab_size,
+             "group_tokens": n_groups * vocab_size}
     return sum(sizes[name] for name in cfg.features) + len(cfg.task_features)
 
 
