@@ -1,17 +1,18 @@
 """Benchmark: which policy objective and features beat margin on hard 9x9 Sudoku, on one fixed state pool.
 
-    python benchmarks/sudoku9_objectives.py [--train-puzzles 1200] [--test-puzzles 400] [--steps 1200]
+    python benchmarks/sudoku9_objectives.py [--train-puzzles 1200] [--test-puzzles 600] [--steps 1500] [--arms ...]
 
 Issue 3's open question isolated from Ray and from the DAgger schedule: the frozen committed
 denoiser's margin trajectories (teacher-forced) over generated unique-solution puzzles give one
-pool of states; its log-probabilities are computed once, so every arm trains the same policy
-network (d48, 2 layers) on exactly the same states for the same steps, at about 2,000 states/s on
-2 CPU cores instead of about 200 with a denoiser forward per state. Arms cross the objective,
-`expected` (the AOP loss, E_pi[error]) or `pairwise` (rank the margin order's top 8 by error,
-losses.pairwise_rank_loss), with the feature set: generic, generic plus the revealed-token group
-counts (`group_tokens`), or generic plus the Sudoku rule features. Each trained policy and each
-reference order then decodes the same held-out hard puzzles (24-28 clues); the paired columns
-count the puzzles one order solves and margin does not, with the exact McNemar p-value.
+pool of states; its outputs (log-probabilities, final hidden states) are computed once, so every
+arm trains the same policy network (d48, 2 layers) on exactly the same states for the same steps,
+at about 2,000 states/s on 2 CPU cores instead of about 200 with a denoiser forward per state.
+Arms cross the objective, `expected` (the AOP loss, E_pi[error]) or `pairwise` (rank the margin
+order's top 8 by error, losses.pairwise_rank_loss), with the feature set: generic, generic plus
+the revealed-token group counts (`group_tokens`), generic plus the denoiser's hidden state
+(`hidden`), or generic plus the Sudoku rule features. Each trained policy and each reference
+order then decodes the same held-out hard puzzles (24-28 clues); the paired columns count the
+puzzles one order solves and margin (or the best heuristic) does not, with the exact McNemar p-value.
 Writes benchmarks/sudoku9_objectives.md.
 """
 
@@ -38,9 +39,9 @@ from aop_ray.sampling import decode_dataset  # noqa: E402
 DENOISER = "benchmarks/checkpoints/sudoku9"
 GENERIC = ["probs", "stats", "group_probs"]
 FEATURES = {"generic": (GENERIC, []), "generic+group_tokens": (GENERIC + ["group_tokens"], []),
+            "generic+hidden": (GENERIC + ["hidden"], []),
             "generic+task": (GENERIC, ["candidates", "naked_single", "hidden_single", "argmax_legal"])}
-ARMS = ["expected:generic", "pairwise:generic", "expected:generic+group_tokens", "pairwise:generic+group_tokens",
-        "expected:generic+task", "pairwise:generic+task"]
+ARMS = [f"{objective}:{features}" for features in FEATURES for objective in ("expected", "pairwise")]
 REFERENCES = ["margin", "confidence", "entropy", "singles"]
 REPORT = ROOT / "benchmarks" / "sudoku9_objectives.md"
 
@@ -54,16 +55,21 @@ def mcnemar(first: torch.Tensor, second: torch.Tensor) -> tuple[int, int, float]
     return b, c, min(1.0, 2 * tail)
 
 
-def state_pool(denoiser: torch.nn.Module, task, n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(x_t, x0, denoiser log-probs) of every state of the margin trajectories of n training puzzles."""
+def state_pool(denoiser: torch.nn.Module, task, n: int) -> tuple[torch.Tensor, ...]:
+    """(x_t, x0, denoiser log-probs, final hidden states in bf16) of every state of the margin
+    trajectories of n training puzzles."""
     inst = generate(task, n, seed=11, options={"clues": [24, 30], "unique": True})
     tokens, fixed, target = (torch.as_tensor(a) for a in (inst.tokens, inst.fixed, inst.target))
     xt, x0 = Trajectories.collect(denoiser, get_order("margin"), tokens, fixed, target, task.vocab_size).all_states()
     live = (xt == task.vocab_size).any(1)
     xt, x0 = xt[live], x0[live]
+    logp, hidden = [], []
     with torch.no_grad():
-        logp = torch.cat([denoiser(xt[lo:lo + 512]).float().log_softmax(-1) for lo in range(0, len(xt), 512)])
-    return xt, x0, logp
+        for lo in range(0, len(xt), 512):
+            logits, h = denoiser(xt[lo:lo + 512], return_hidden=True)
+            logp.append(logits.float().log_softmax(-1))
+            hidden.append(h.bfloat16())
+    return xt, x0, torch.cat(logp), torch.cat(hidden)
 
 
 def train_arm(task, hidden_dim: int, arm: str, pool: tuple, args: argparse.Namespace) -> Policy:
@@ -72,15 +78,15 @@ def train_arm(task, hidden_dim: int, arm: str, pool: tuple, args: argparse.Names
     torch.manual_seed(0)
     policy = Policy(task, hidden_dim, PolicyConfig(features=generic, task_features=rules))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3, weight_decay=0.0)
-    xt, x0, logp = pool
+    xt, x0, logp, hidden = pool
     generator = torch.Generator().manual_seed(0)
     start, recent = time.perf_counter(), []
     for step in range(1, args.steps + 1):
         for group in optimizer.param_groups:
             group["lr"] = 1e-3 * min(1.0, step / 50)
         rows = torch.randint(0, len(xt), (args.batch,), generator=generator)
-        state = DecodeState(tokens=xt[rows], masked=xt[rows] == task.vocab_size, logits=logp[rows], hidden=None,
-                            step=0)
+        state = DecodeState(tokens=xt[rows], masked=xt[rows] == task.vocab_size, logits=logp[rows],
+                            hidden=hidden[rows].float() if policy.needs_hidden else None, step=0)
         error = (logp[rows].argmax(-1) != x0[rows]).float()
         scores = policy(state)
         loss = (aop_loss(scores, state.masked, error)[0] if objective == "expected"
@@ -99,8 +105,8 @@ def train_arm(task, hidden_dim: int, arm: str, pool: tuple, args: argparse.Names
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--train-puzzles", type=int, default=1200)
-    parser.add_argument("--test-puzzles", type=int, default=400)
-    parser.add_argument("--steps", type=int, default=1200)
+    parser.add_argument("--test-puzzles", type=int, default=600)
+    parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS)
     args = parser.parse_args()
@@ -108,7 +114,7 @@ def main() -> int:
     denoiser, task, manifest = load_denoiser(ROOT / DENOISER)
     start = time.perf_counter()
     pool = state_pool(denoiser, task, args.train_puzzles)
-    xt, x0, logp = pool
+    xt, x0, logp, _ = pool
     pick, _ = select(margin(DecodeState(xt, xt == task.vocab_size, logp, None, 0)), xt == task.vocab_size, 1)
     errors = int(torch.gather(logp.argmax(-1) != x0, 1, pick).sum())
     print(f"pool: {len(xt)} states, margin's pick wrong at {errors} ({time.perf_counter() - start:.0f} s)")
