@@ -100,6 +100,8 @@ def aop_step(denoiser: nn.Module, policy: nn.Module, xt: torch.Tensor, x0: torch
     With `objective: pairwise` the loss ranks the `k` best positions by the
     `shortlist` order (the policy's base heuristic) instead (`losses.pairwise_rank_loss`).
     """
+    if cfg.objective == "pairwise" and shortlist is None:
+        raise ValueError("aop.objective pairwise needs the shortlist order (the policy's base heuristic)")
     masked = xt == mask_id
     with torch.set_grad_enabled(joint and torch.is_grad_enabled()):
         logits, hidden = denoiser(xt, return_hidden=True)

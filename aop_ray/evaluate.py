@@ -6,7 +6,9 @@ Prints one row per order (solve rate, cell accuracy, planner NLL, puzzles/s),
 writes `results.csv` / `results.json` and one heat map PNG per order (mean
 reveal step per position) into `--out`, and logs all of it to MLflow.
 `results.json` is a contract read by other tools: a list of objects with at
-least order, solve_rate, cell_accuracy, planner_nll, per_s, n.
+least order, solve_rate, cell_accuracy, planner_nll, per_s, n. With
+`--reference ORDER` every other row also carries the paired comparison against
+it on the same instances: only_solved, only_reference, mcnemar_p.
 """
 
 from __future__ import annotations
@@ -30,11 +32,12 @@ from aop_ray.cli import run_main
 from aop_ray.models.policy import Policy
 from aop_ray.orders import Order, get_order, order_names
 from aop_ray.sampling import Decoded, decode_dataset
+from aop_ray.stats import mcnemar
 from aop_ray.tasks import InputError, Instances, Task
 from aop_ray.tracking import Tracker, resolve_uri
 
 FIELDS = ("order", "solve_rate", "cell_accuracy", "planner_nll", "per_s", "n", "k", "threshold",
-          "forwards_per_instance", "policy")
+          "forwards_per_instance", "policy", "reference", "only_solved", "only_reference", "mcnemar_p")
 
 
 def summarize(order: str, decoded: Decoded, k: int, threshold: float | None = None) -> dict[str, Any]:
@@ -54,16 +57,27 @@ def task_metric_names(rows: list[dict[str, Any]]) -> list[str]:
     return list(dict.fromkeys(key for row in rows for key in row if key not in FIELDS))
 
 
+def paired_cell(row: dict[str, Any]) -> str:
+    """`only it / only reference, p` of a row, '-' for the reference itself."""
+    if row.get("mcnemar_p") is None:
+        return "-"
+    return f"{row['only_solved']}/{row['only_reference']} p={row['mcnemar_p']:.2g}"
+
+
 def format_table(rows: list[dict[str, Any]]) -> str:
     extra = task_metric_names(rows)
+    reference = next((r["reference"] for r in rows if r.get("reference")), None)
+    paired = f"vs {reference}" if reference else None
+    width = max([len(paired or "")] + [len(paired_cell(r)) for r in rows]) if paired else 0
     header = (f"{'order':<12} {'solve_rate':>10} {'cell_acc':>9} {'planner_nll':>11} "
-              + "".join(f"{name:>{max(10, len(name))}} " for name in extra) + f"{'per_s':>8} {'n':>6}")
+              + "".join(f"{name:>{max(10, len(name))}} " for name in extra) + f"{'per_s':>8} {'n':>6}"
+              + (f"  {paired:<{width}}" if paired else ""))
     lines = [header, "-" * len(header)]
     for r in rows:
         nll = f"{r['planner_nll']:.4f}" if r["planner_nll"] is not None else "-"
         extras = "".join(f"{r.get(name, float('nan')):>{max(10, len(name))}.4f} " for name in extra)
         lines.append(f"{r['order']:<12} {r['solve_rate']:>10.4f} {r['cell_accuracy']:>9.4f} {nll:>11} "
-                     f"{extras}{r['per_s']:>8.1f} {r['n']:>6}")
+                     f"{extras}{r['per_s']:>8.1f} {r['n']:>6}" + (f"  {paired_cell(r):<{width}}" if paired else ""))
     return "\n".join(lines)
 
 
@@ -150,13 +164,15 @@ def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, 
                    k: int = 1, threshold: float | None = None, batch_size: int = 256, seed: int = 0,
                    planner_nll: bool = True, temperature: float = 0.0, order_temperature: float = 0.0,
                    policy: Policy | None = None, progress: bool = True,
-                   scorer: Any = None) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
+                   scorer: Any = None,
+                   reference: str | None = None) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
     """Decode `instances` under each order: one summary row and one heat-map PNG per order.
 
-    Every order sees the same puzzles and the same seed, so the rows are a paired comparison.
+    Every order sees the same puzzles and the same seed, so the rows are a paired comparison;
+    with `reference` (one of `orders`) each other row gets its McNemar counts against it.
     """
     tokens, fixed, target = (torch.as_tensor(a) for a in (instances.tokens, instances.fixed, instances.target))
-    rows, maps = [], {}
+    rows, maps, solved = [], {}, {}
     for name, order in orders.items():
         with tqdm(total=len(instances), desc=f"{name:<10}", unit="inst", file=sys.stderr,
                   disable=not progress) as bar:
@@ -166,11 +182,17 @@ def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, 
                                      temperature=temperature, order_temperature=order_temperature,
                                      on_batch=bar.update, scorer=scorer)
         row = summarize(name, decoded, k, threshold)
+        solved[name] = decoded.solved
         if name == "learned" and policy is not None:
             row["policy"] = policy_description(policy)
         rows.append(row)
         step_rule = f"k={k}" + (f", threshold {threshold:g}" if threshold is not None else "")
         maps[name] = heatmap_png(task, decoded.step_of, f"{name}: mean reveal step ({step_rule})")
+    if reference:
+        for row in rows:
+            paired = (None, None, None) if row["order"] == reference else mcnemar(solved[row["order"]],
+                                                                                  solved[reference])
+            row.update(zip(("reference", "only_solved", "only_reference", "mcnemar_p"), (reference, *paired)))
     return rows, maps
 
 
@@ -201,6 +223,8 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     policy_path = args.policy or (args.checkpoint if manifest["kind"] == "policy" else None)
     policy = checkpoints.load_policy(policy_path, task, manifest["model"], device) if policy_path else None
     orders = parse_orders(args.orders, task, policy)
+    if args.reference is not None and args.reference not in orders:
+        raise InputError(f"--reference: {args.reference!r} is not one of --orders ({', '.join(orders)})")
     scorer = load_scorer(args.oracle, task)
     instances = data.load_instances(task, args.data)
     if args.limit is not None:
@@ -213,14 +237,16 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
                                     "data": str(Path(args.data).resolve()), "orders": ",".join(orders),
                                     "k": args.k, "threshold": args.threshold, "n": len(instances),
                                     "seed": args.seed, "temperature": args.temperature,
-                                    "order_temperature": args.order_temperature, "task": manifest["task"]},
+                                    "order_temperature": args.order_temperature, "task": manifest["task"],
+                                    "reference": args.reference},
                             tags={"aop_ray.stage": "evaluate", "aop_ray.task": task.name})
     status = "FAILED"
     try:
         rows, maps = compare_orders(denoiser, task, instances, orders, k=args.k, threshold=args.threshold,
                                     batch_size=args.batch_size, seed=args.seed, planner_nll=not args.no_planner_nll,
                                     temperature=args.temperature, order_temperature=args.order_temperature,
-                                    policy=policy, progress=not args.quiet, scorer=scorer)
+                                    policy=policy, progress=not args.quiet, scorer=scorer,
+                                    reference=args.reference)
         for row in rows:
             tracker.log_metrics({f"{row['order']}/{k}": v for k, v in numeric(row).items()}, step=0)
         print(format_table(rows))
@@ -255,6 +281,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--orders", default="random,confidence,margin,entropy",
                         help="comma-separated orders to compare: random, confidence, margin, entropy, the "
                              "task's rules (Sudoku: singles) and learned; default: %(default)s")
+    parser.add_argument("--reference", default=None, metavar="ORDER",
+                        help="one of --orders: every other row also shows the instances only it solves, "
+                             "only ORDER solves, and the exact McNemar p-value of that paired difference")
     parser.add_argument("--oracle", default=None,
                         help="protein families: the oracle directory from python -m aop_ray.oracle; adds Potts "
                              "energy, below_p5, HMM bits, novelty and batch identity to every row")

@@ -52,6 +52,7 @@ def run_pipeline(cfg: PipelineConfig, mlflow: bool = True, stamp: str | None = N
     argv = ["--checkpoint", str(policy), "--data", str(data_path), "--orders", ",".join(orders),
             "--out", str(out), "--experiment", cfg.experiment, "--run-name", f"{prefix}-evaluate",
             "--batch-size", str(cfg.evaluate.batch_size)]
+    argv += ["--reference", "learned"] if "learned" in orders else []  # each row: paired against the policy
     argv += ["--limit", str(cfg.evaluate.limit)] if cfg.evaluate.limit else []
     argv += ["--threads", str(cfg.evaluate.threads)] if cfg.evaluate.threads else []
     argv += [] if cfg.evaluate.planner_nll else ["--no-planner-nll"]

@@ -19,7 +19,6 @@ Writes benchmarks/sudoku9_objectives.md.
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 import time
 
@@ -35,6 +34,7 @@ from aop_ray.losses import aop_loss, pairwise_rank_loss  # noqa: E402
 from aop_ray.models.policy import Policy  # noqa: E402
 from aop_ray.orders import DecodeState, get_order, margin, select  # noqa: E402
 from aop_ray.sampling import decode_dataset  # noqa: E402
+from aop_ray.stats import mcnemar  # noqa: E402
 
 DENOISER = "benchmarks/checkpoints/sudoku9"
 GENERIC = ["probs", "stats", "group_probs"]
@@ -44,15 +44,6 @@ FEATURES = {"generic": (GENERIC, []), "generic+group_tokens": (GENERIC + ["group
 ARMS = [f"{objective}:{features}" for features in FEATURES for objective in ("expected", "pairwise")]
 REFERENCES = ["margin", "confidence", "entropy", "singles"]
 REPORT = ROOT / "benchmarks" / "sudoku9_objectives.md"
-
-
-def mcnemar(first: torch.Tensor, second: torch.Tensor) -> tuple[int, int, float]:
-    """Puzzles only `first` solves, only `second` solves, and the exact two-sided McNemar p-value:
-    on the same puzzles, the discordant pairs are what carries the evidence."""
-    b, c = int((first & ~second).sum()), int((~first & second).sum())
-    n = b + c
-    tail = sum(math.comb(n, i) for i in range(min(b, c) + 1)) / 2 ** n if n else 1.0
-    return b, c, min(1.0, 2 * tail)
 
 
 def state_pool(denoiser: torch.nn.Module, task, n: int) -> tuple[torch.Tensor, ...]:

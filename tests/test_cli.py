@@ -63,6 +63,7 @@ BENCH_CKPT = Path(__file__).resolve().parents[1] / "benchmarks" / "checkpoints" 
 @pytest.mark.parametrize("checkpoint,extra,message", [
     (BENCH_CKPT, ["--orders", "best"], "--orders: unknown order 'best' (known: random, confidence, margin, "),
     (BENCH_CKPT, ["--orders", "learned"], "--orders: 'learned' needs a policy checkpoint"),
+    (BENCH_CKPT, ["--orders", "margin", "--reference", "random"], "--reference: 'random' is not one of --orders (margin)"),
     (None, ["--k", "0"], "--k: must be >= 1"),
     (None, ["--threshold", "1.5"], "--threshold: a probability in (0, 1], got 1.5"),
     (None, [], "nowhere: not a checkpoint directory"),

@@ -34,6 +34,8 @@ evaluate:
     rows = json.loads((out / "results.json").read_text())
     assert [r["order"] for r in rows] == ["random", "confidence", "margin", "entropy", "singles", "learned"]
     assert all(r["n"] == 32 for r in rows)
+    assert all(r["reference"] == "learned" for r in rows) and rows[-1]["mcnemar_p"] is None  # paired vs the policy
+    assert all(r["only_solved"] + r["only_reference"] <= 32 for r in rows[:-1])
     for r in rows:  # the table reached stdout
         assert f"{r['order']:<12} {r['solve_rate']:>10.4f}" in proc.stdout
     policy_run = next((tmp_path / "runs").glob("tiny-*-policy"))

@@ -122,6 +122,8 @@ def test_pairwise_objective_ranks_the_base_orders_shortlist_in_the_training_step
     assert expected > 0 and torch.isclose(loss, expected)  # an untrained denoiser errs: there are pairs
     assert policy.head[-1].weight.grad.abs().sum() > 0 and model.head.weight.grad is None
     assert set(stats) == {"expected_cost", "entropy"}  # the same curves as the expected objective
+    with pytest.raises(ValueError, match="needs the shortlist order"):
+        aop_step(model, policy, xt, x0, 4, cfg, joint=False)
 
 
 def test_chosen_costs_of_a_perfect_order(sudoku4):

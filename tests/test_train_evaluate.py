@@ -60,6 +60,7 @@ def test_evaluate_cli_end_to_end(trained, tmp_path):
     ckpt = trained / "runs" / "sudoku4-smoke" / "final"
     proc = run_cli("aop_ray.evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "puzzles.txt"),
                    "--orders", "random,margin", "--limit", "20", "--out", str(tmp_path / "out"), "--quiet",
+                   "--reference", "margin",
                    cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "solve_rate" in proc.stdout and "margin" in proc.stdout
@@ -69,6 +70,10 @@ def test_evaluate_cli_end_to_end(trained, tmp_path):
         assert {"order", "solve_rate", "cell_accuracy", "planner_nll", "per_s", "n"} <= set(row)
         assert row["n"] == 20 and row["per_s"] > 0 and row["planner_nll"] > 0
         assert row["forwards_per_instance"] == 10  # 16 cells - 6 clues, one per forward
+    # the paired columns agree with the two solve rates: only-random minus only-margin is their difference
+    assert rows[1]["reference"] == "margin" and rows[1]["mcnemar_p"] is None
+    assert round(20 * (rows[0]["solve_rate"] - rows[1]["solve_rate"])) == rows[0]["only_solved"] - rows[0]["only_reference"]
+    assert 0 < rows[0]["mcnemar_p"] <= 1 and "vs margin" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
         "heatmap_margin.png", "heatmap_random.png", "results.csv", "results.json"]
     # the CLI's numbers are the library's numbers on the same puzzles
