@@ -20,7 +20,8 @@ import torch
 from torch import nn
 
 from aop_ray.config import AopConfig
-from aop_ray.losses import aop_loss, mask_free_positions, pairwise_rank_loss, position_costs, sample_t
+from aop_ray.losses import (aop_loss, correctness_loss, mask_free_positions, pairwise_rank_loss, position_costs,
+                            sample_t)
 from aop_ray.orders import DecodeState, Order, select
 from aop_ray.sampling import teacher_forced_state, unmask
 
@@ -98,7 +99,9 @@ def aop_step(denoiser: nn.Module, policy: nn.Module, xt: torch.Tensor, x0: torch
     """The AOP loss on states `xt` (plus the MDM term in joint training, if `cfg.mdm_lambda`).
 
     With `objective: pairwise` the loss ranks the `k` best positions by the
-    `shortlist` order (the policy's base heuristic) instead (`losses.pairwise_rank_loss`).
+    `shortlist` order (the policy's base heuristic) instead (`losses.pairwise_rank_loss`);
+    with `objective: correctness` it fits every masked position's score as the logit
+    that the denoiser is right there (`losses.correctness_loss`).
     """
     if cfg.objective == "pairwise" and shortlist is None:
         raise ValueError("aop.objective pairwise needs the shortlist order (the policy's base heuristic)")
@@ -111,6 +114,8 @@ def aop_step(denoiser: nn.Module, policy: nn.Module, xt: torch.Tensor, x0: torch
     loss, stats = aop_loss(scores, masked, cost if joint else cost.detach(), cfg.temperature, cfg.entropy_beta)
     if cfg.objective == "pairwise":  # the expectation stays in the stats: the curves remain comparable
         loss = pairwise_rank_loss(scores, masked, cost, shortlist(state), cfg.pairwise_k)
+    elif cfg.objective == "correctness":
+        loss = correctness_loss(scores, masked, cost)
     return loss, stats
 
 

@@ -27,7 +27,7 @@ from torch import nn
 
 from aop_ray.config import ModelConfig, PolicyConfig, make_task, parse_dataclass
 from aop_ray.models.denoiser import Denoiser
-from aop_ray.models.policy import Policy
+from aop_ray.models.policy import PolicyNet, make_policy
 from aop_ray.tasks import InputError, Task, task_params
 
 FORMAT = "aop-ray-checkpoint/1"
@@ -134,15 +134,15 @@ def load_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> Non
 
 
 def load_policy(path: str | Path, task: Task, denoiser_model: dict[str, Any],
-                map_location: str | torch.device = "cpu") -> Policy:
+                map_location: str | torch.device = "cpu") -> PolicyNet:
     """The policy at `path`, checked against the task and denoiser it will run on."""
     manifest = read_manifest(path)
     if manifest.get("kind") != "policy":
         raise InputError(f"{path}: checkpoint kind is {manifest.get('kind')!r}, expected 'policy'")
     check_task(manifest, task, str(path))
     check_same("denoiser model", manifest["model"], denoiser_model, str(path))
-    policy = Policy(task, denoiser_model["d_model"], parse_dataclass(PolicyConfig, manifest["policy"],
-                                                                     f"{path}: policy"))
+    policy = make_policy(task, denoiser_model["d_model"], parse_dataclass(PolicyConfig, manifest["policy"],
+                                                                          f"{path}: policy"))
     load_state(policy, load_tensors(path, "policy"), path)
     policy.to(map_location).eval()
     return policy

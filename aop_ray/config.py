@@ -149,16 +149,21 @@ class ModelConfig:
 
 
 GENERIC_FEATURES = ("probs", "stats", "hidden", "group_probs", "group_tokens")  # see models/policy.py
+TOKEN_AXIS_FEATURES = ["probs", "stats", "group_probs", "group_tokens"]  # what encoder token_axis reads
 
 
 @dataclasses.dataclass
 class PolicyConfig:
-    """The learned order: a small structured transformer over denoiser outputs.
+    """The learned order: a small network over denoiser outputs.
 
     Its score is `base_scale * base_order(state) + residual`, the residual head
-    initialised to zero, so training starts from the heuristic.
+    initialised to zero, so training starts from the heuristic. `encoder`
+    `transformer` mixes positions by structured attention; `token_axis` embeds
+    every (position, token) pair with shared weights and pools over group peers and
+    tokens (models/policy.py), `d_model` its per-pair width and `n_layers` its rounds.
     """
 
+    encoder: Literal["transformer", "token_axis"] = "transformer"
     d_model: int = 48
     n_layers: int = 2  # 0: a per-position MLP that cannot mix information across positions
     n_heads: int = 4
@@ -179,6 +184,9 @@ class PolicyConfig:
                 raise InputError(f"policy.features: unknown feature {name!r} (known: {', '.join(GENERIC_FEATURES)})")
         if not self.features and not self.task_features:
             raise InputError("policy.features: the policy needs at least one feature")
+        if self.encoder == "token_axis" and sorted(self.features) != sorted(TOKEN_AXIS_FEATURES):
+            raise InputError(f"policy.features: encoder token_axis reads exactly {', '.join(TOKEN_AXIS_FEATURES)} "
+                             f"(got {', '.join(self.features) or 'none'})")
 
 
 @dataclasses.dataclass
@@ -187,7 +195,8 @@ class AopConfig:
 
     denoiser_checkpoint: str | None = None  # required: the (pre-trained) denoiser
     target: Literal["ce", "error", "both"] = "ce"  # per-position cost the policy minimises
-    objective: Literal["expected", "pairwise"] = "expected"  # E_pi[cost], or rank the base order's top k (losses.py)
+    # E_pi[cost], rank the base order's top k, or fit P(argmax right) at every masked position (losses.py)
+    objective: Literal["expected", "pairwise", "correctness"] = "expected"
     pairwise_k: int = 8  # objective pairwise: the shortlist size
     temperature: float = 1.0
     entropy_beta: float = 0.0
@@ -308,9 +317,12 @@ class Config:
         if self.train.stage != "denoiser" and not self.aop.denoiser_checkpoint:
             raise InputError(f"aop.denoiser_checkpoint: stage {self.train.stage!r} needs a trained denoiser "
                              f"(train one with stage: denoiser first)")
-        if self.train.stage == "joint" and self.aop.objective == "pairwise":
-            raise InputError("aop.objective: pairwise uses the costs only to form pairs, so it gives the denoiser "
-                             "no gradient; stage joint needs objective expected")
+        if self.train.stage == "joint" and self.aop.objective != "expected":
+            raise InputError(f"aop.objective: {self.aop.objective} uses the costs only as labels, so it gives the "
+                             "denoiser no gradient; stage joint needs objective expected")
+        if self.aop.objective == "correctness" and self.aop.target != "error":
+            raise InputError(f"aop.target: objective correctness fits the probability that the argmax is right, "
+                             f"so its target is the error indicator ('error'), got {self.aop.target!r}")
         if self.train.stage == "grpo" and not task.has_verifier:
             raise InputError(f"train.stage: grpo rewards a rollout by the task's verifier, and task {task.name!r} "
                              f"has none (its family oracle is fitted on held-out data, for evaluation only); "

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from aop_ray import checkpoints, data
 from aop_ray.cli import run_main
-from aop_ray.models.policy import Policy
+from aop_ray.models.policy import PolicyNet
 from aop_ray.orders import Order, get_order, order_names
 from aop_ray.sampling import Decoded, decode_dataset
 from aop_ray.stats import mcnemar
@@ -127,7 +127,7 @@ def results_csv(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def parse_orders(text: str, task: Task, policy: Policy | None) -> dict[str, Order]:
+def parse_orders(text: str, task: Task, policy: PolicyNet | None) -> dict[str, Order]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise InputError("--orders: no order given")
@@ -141,9 +141,12 @@ def parse_orders(text: str, task: Task, policy: Policy | None) -> dict[str, Orde
     return orders
 
 
-def policy_description(policy: Policy) -> str:
+def policy_description(policy: PolicyNet) -> str:
     cfg = policy.cfg
-    mixing = f"{cfg.n_layers}-layer transformer" if cfg.n_layers else "per-position MLP"
+    if cfg.encoder == "token_axis":
+        mixing = f"token-axis encoder, {cfg.n_layers} pooling rounds"
+    else:
+        mixing = f"{cfg.n_layers}-layer transformer" if cfg.n_layers else "per-position MLP"
     return (f"{mixing}, features={'+'.join(cfg.features)}"
             + (f", task_features={'+'.join(cfg.task_features)}" if cfg.task_features else "")
             + f", base={cfg.base_order if cfg.base_scale else 'none'}")  # base_scale 0: the residual alone
@@ -163,7 +166,7 @@ def load_scorer(oracle: str | None, task: Task) -> Any:
 def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, orders: dict[str, Order], *,
                    k: int = 1, threshold: float | None = None, batch_size: int = 256, seed: int = 0,
                    planner_nll: bool = True, temperature: float = 0.0, order_temperature: float = 0.0,
-                   policy: Policy | None = None, progress: bool = True,
+                   policy: PolicyNet | None = None, progress: bool = True,
                    scorer: Any = None,
                    reference: str | None = None) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
     """Decode `instances` under each order: one summary row and one heat-map PNG per order.

@@ -121,3 +121,19 @@ def pairwise_rank_loss(scores: torch.Tensor, masked: torch.Tensor, cost: torch.T
     pairs = valid[:, :, None] & valid[:, None, :] & (c[:, :, None] < c[:, None, :])  # (B, i better, j worse)
     loss = F.softplus(s[:, None, :] - s[:, :, None])
     return (loss * pairs).sum() / pairs.sum().clamp(min=1)
+
+
+def correctness_loss(scores: torch.Tensor, masked: torch.Tensor, cost: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of each masked position's score as the logit that the denoiser's argmax is right.
+
+    `cost` is the greedy error indicator. The expectation learns only from the
+    positions the policy already weights, the pairwise loss from the base order's
+    shortlist; this one supervises *every* masked position of every state, so a
+    cross-position feature that separates right from wrong cells (a cell its peers
+    force) is learnt from the whole board, not from the rare states where the base
+    order errs. The argmax of the score is then the position most likely right.
+    Costs are labels: no gradient reaches them (a policy-only objective).
+    """
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(scores.float(), 1.0 - cost.detach().float(),
+                                                               reduction="none")
+    return (bce * masked).sum() / masked.sum().clamp(min=1)

@@ -36,7 +36,7 @@ from aop_ray.aop import Trajectories, aop_step, chosen_costs, uniform_states
 from aop_ray.grpo import grpo_step
 from aop_ray.losses import denoiser_loss
 from aop_ray.models.denoiser import Denoiser
-from aop_ray.models.policy import Policy
+from aop_ray.models.policy import PolicyNet, make_policy
 from aop_ray.orders import Order, get_order, order_names
 from aop_ray.sampling import decode_dataset
 from aop_ray.tasks import InputError, Instances
@@ -209,7 +209,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     torch.manual_seed(tc.seed)  # the same initial weights for every run of this seed (rank 0's are broadcast)
     denoiser = Denoiser.for_task(task, cfg.model)
-    policy = Policy(task, cfg.model.d_model, cfg.policy) if stage != "denoiser" else None
+    policy = make_policy(task, cfg.model.d_model, cfg.policy) if stage != "denoiser" else None
     if loop_config["denoiser_state"] is not None:
         denoiser.load_state_dict(loop_config["denoiser_state"])
     saved = {"denoiser": denoiser} if policy is None else {"denoiser": denoiser, "policy": policy}
@@ -337,7 +337,7 @@ def _manifest(cfg: Config, task: Any, step: int, metrics: dict[str, Any], loop_c
                                        **({"grpo": dataclasses.asdict(cfg.grpo)} if cfg.train.stage == "grpo" else {}))
 
 
-def _diagnostics(denoiser: torch.nn.Module, policy: Policy, task: Any, val: dict[str, np.ndarray], rank: int,
+def _diagnostics(denoiser: torch.nn.Module, policy: PolicyNet, task: Any, val: dict[str, np.ndarray], rank: int,
                  world: int, device: torch.device) -> dict[str, float]:
     """Chosen-position error and CE of the policy and every heuristic/rule on fixed validation states.
 

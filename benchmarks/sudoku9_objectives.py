@@ -1,19 +1,23 @@
 """Benchmark: which policy objective and features beat margin on hard 9x9 Sudoku, on one fixed state pool.
 
-    python benchmarks/sudoku9_objectives.py [--train-puzzles 1200] [--test-puzzles 600] [--steps 1500] [--arms ...]
+    python benchmarks/sudoku9_objectives.py [--train-puzzles 1200] [--test-puzzles 600] [--steps 1500]
+        [--arms ...] [--report benchmarks/sudoku9_objectives.md]
 
 Issue 3's open question isolated from Ray and from the DAgger schedule: the frozen committed
 denoiser's margin trajectories (teacher-forced) over generated unique-solution puzzles give one
 pool of states; its outputs (log-probabilities, final hidden states) are computed once, so every
-arm trains the same policy network (d48, 2 layers) on exactly the same states for the same steps,
+arm trains its policy network on exactly the same states for the same steps,
 at about 2,000 states/s on 2 CPU cores instead of about 200 with a denoiser forward per state.
-Arms cross the objective, `expected` (the AOP loss, E_pi[error]) or `pairwise` (rank the margin
-order's top 8 by error, losses.pairwise_rank_loss), with the feature set: generic, generic plus
-the revealed-token group counts (`group_tokens`), generic plus the denoiser's hidden state
-(`hidden`), or generic plus the Sudoku rule features. Each trained policy and each reference
+Arms cross the objective, `expected` (the AOP loss, E_pi[error]), `pairwise` (rank the margin
+order's top 8 by error, losses.pairwise_rank_loss) or `correctness` (every masked position's score
+fitted as the logit that the denoiser is right there, losses.correctness_loss), with the policy: the
+transformer encoder (d48, 2 layers) on generic features, generic plus the revealed-token group
+counts (`group_tokens`), generic plus the denoiser's hidden state (`hidden`), or generic plus the
+Sudoku rule features; or the token-axis encoder (width 16, 2 rounds) on its generic inputs. The
+default arms are the first run's; `--arms` picks others. Each trained policy and each reference
 order then decodes the same held-out hard puzzles (24-28 clues); the paired columns count the
 puzzles one order solves and margin (or the best heuristic) does not, with the exact McNemar p-value.
-Writes benchmarks/sudoku9_objectives.md.
+Writes `--report` (default benchmarks/sudoku9_objectives.md).
 """
 
 from __future__ import annotations
@@ -28,20 +32,24 @@ from common import ROOT, header, write_report
 sys.path.insert(0, str(ROOT))
 from aop_ray.aop import Trajectories  # noqa: E402
 from aop_ray.checkpoints import load_denoiser  # noqa: E402
-from aop_ray.config import PolicyConfig  # noqa: E402
+from aop_ray.config import TOKEN_AXIS_FEATURES, PolicyConfig  # noqa: E402
 from aop_ray.data import generate  # noqa: E402
-from aop_ray.losses import aop_loss, pairwise_rank_loss  # noqa: E402
-from aop_ray.models.policy import Policy  # noqa: E402
+from aop_ray.losses import aop_loss, correctness_loss, pairwise_rank_loss  # noqa: E402
+from aop_ray.models.policy import PolicyNet, make_policy  # noqa: E402
 from aop_ray.orders import DecodeState, get_order, margin, select  # noqa: E402
 from aop_ray.sampling import decode_dataset  # noqa: E402
 from aop_ray.stats import mcnemar  # noqa: E402
 
 DENOISER = "benchmarks/checkpoints/sudoku9"
 GENERIC = ["probs", "stats", "group_probs"]
-FEATURES = {"generic": (GENERIC, []), "generic+group_tokens": (GENERIC + ["group_tokens"], []),
-            "generic+hidden": (GENERIC + ["hidden"], []),
-            "generic+task": (GENERIC, ["candidates", "naked_single", "hidden_single", "argmax_legal"])}
-ARMS = [f"{objective}:{features}" for features in FEATURES for objective in ("expected", "pairwise")]
+FEATURES = {"generic": {"features": GENERIC}, "generic+group_tokens": {"features": GENERIC + ["group_tokens"]},
+            "generic+hidden": {"features": GENERIC + ["hidden"]},
+            "generic+task": {"features": GENERIC,
+                             "task_features": ["candidates", "naked_single", "hidden_single", "argmax_legal"]},
+            "token_axis": {"encoder": "token_axis", "d_model": 16, "features": TOKEN_AXIS_FEATURES}}
+OBJECTIVES = ("expected", "pairwise", "correctness")
+ARMS = [f"{objective}:{features}" for features in FEATURES for objective in OBJECTIVES]
+DEFAULT_ARMS = [arm for arm in ARMS if not arm.startswith("correctness") and "token_axis" not in arm]  # the first run
 REFERENCES = ["margin", "confidence", "entropy", "singles"]
 REPORT = ROOT / "benchmarks" / "sudoku9_objectives.md"
 
@@ -63,11 +71,10 @@ def state_pool(denoiser: torch.nn.Module, task, n: int) -> tuple[torch.Tensor, .
     return xt, x0, torch.cat(logp), torch.cat(hidden)
 
 
-def train_arm(task, hidden_dim: int, arm: str, pool: tuple, args: argparse.Namespace) -> Policy:
+def train_arm(task, hidden_dim: int, arm: str, pool: tuple, args: argparse.Namespace) -> PolicyNet:
     objective, features = arm.split(":")
-    generic, rules = FEATURES[features]
     torch.manual_seed(0)
-    policy = Policy(task, hidden_dim, PolicyConfig(features=generic, task_features=rules))
+    policy = make_policy(task, hidden_dim, PolicyConfig(**FEATURES[features]))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3, weight_decay=0.0)
     xt, x0, logp, hidden = pool
     generator = torch.Generator().manual_seed(0)
@@ -80,8 +87,12 @@ def train_arm(task, hidden_dim: int, arm: str, pool: tuple, args: argparse.Names
                             hidden=hidden[rows].float() if policy.needs_hidden else None, step=0)
         error = (logp[rows].argmax(-1) != x0[rows]).float()
         scores = policy(state)
-        loss = (aop_loss(scores, state.masked, error)[0] if objective == "expected"
-                else pairwise_rank_loss(scores, state.masked, error, policy.base(state), 8))
+        if objective == "expected":
+            loss = aop_loss(scores, state.masked, error)[0]
+        elif objective == "pairwise":
+            loss = pairwise_rank_loss(scores, state.masked, error, policy.base(state), 8)
+        else:
+            loss = correctness_loss(scores, state.masked, error)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -99,7 +110,8 @@ def main() -> int:
     parser.add_argument("--test-puzzles", type=int, default=600)
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=256)
-    parser.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS)
+    parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=ARMS)
+    parser.add_argument("--report", default=str(REPORT.relative_to(ROOT)), help="markdown file to write")
     args = parser.parse_args()
     torch.set_num_threads(2)
     denoiser, task, manifest = load_denoiser(ROOT / DENOISER)
@@ -127,7 +139,8 @@ def main() -> int:
         f"- denoiser: `{DENOISER}`; state pool: every state of its teacher-forced margin trajectories on "
         f"{args.train_puzzles} generated unique puzzles (24-30 clues, seed 11): {len(xt)} states, "
         f"margin's pick wrong at {errors}",
-        f"- policy: d48, 2 layers, base margin (scale 50, learned), AdamW 1e-3, {args.steps} steps of "
+        f"- policy: transformer d48, 2 layers, or token-axis width 16, 2 rounds (`{'` or `'.join(sorted({a.split(':')[1] for a in args.arms}))}`); "
+        f"base margin (scale 50, learned), AdamW 1e-3, {args.steps} steps of "
         f"{args.batch} states, seed 0, no DAgger refresh",
         f"- test: {args.test_puzzles} generated unique puzzles, 24-28 clues (seed 12); greedy, one cell per step",
         "", "## Solve rate", "",
@@ -138,8 +151,8 @@ def main() -> int:
         paired = [f"{b} / {c}, {p:.3g}" for b, c, p in (mcnemar(solved[name], solved[ref]) for ref in ("margin", best))]
         lines.append(f"| {name} | {rate} | {paired[0]} | {paired[1]} | "
                      f"{f'{train_seconds[name]:.0f} s' if name in train_seconds else '-'} |")
-    write_report(REPORT, "\n".join(lines) + "\n")
-    print(REPORT.read_text())
+    write_report(ROOT / args.report, "\n".join(lines) + "\n")
+    print((ROOT / args.report).read_text())
     return 0
 
 

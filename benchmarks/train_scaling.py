@@ -38,7 +38,7 @@ from aop_ray.aop import aop_step, uniform_states
 from aop_ray.config import Config, load_config
 from aop_ray.losses import denoiser_loss
 from aop_ray.models.denoiser import Denoiser
-from aop_ray.models.policy import Policy
+from aop_ray.models.policy import make_policy
 
 CONFIGS = {"denoiser": "tune_configs/sudoku9_denoiser.yaml", "policy": "tune_configs/sudoku9_policy.yaml"}
 CPU_LAYOUTS = [(1, 2), (1, 1), (2, 1)]  # (workers, torch threads per worker)
@@ -75,7 +75,7 @@ def flops_per_sample(stage: str, cfg: Config, batch: int = 8) -> float:
         else:
             denoiser, _, manifest = checkpoints.load_denoiser(ROOT / cfg.aop.denoiser_checkpoint)
             denoiser.requires_grad_(False).eval()
-            policy = Policy(task, manifest["model"]["d_model"], cfg.policy)
+            policy = make_policy(task, manifest["model"]["d_model"], cfg.policy)
             xt = uniform_states(x0, fixed, task.vocab_size, generator)
             aop_step(denoiser, policy, xt, x0, task.vocab_size, cfg.aop, joint=False)[0].backward()
     return counter.get_total_flops() / batch

@@ -38,7 +38,11 @@ def test_defaults_and_overrides(tmp_path):
     ("bogus: 1", "bogus: unknown key"),
     ("aop: {pairwise_k: 0}", "aop.pairwise_k: must be > 0, got 0"),
     ("train: {stage: joint}\naop: {denoiser_checkpoint: d, objective: pairwise}",
-     "aop.objective: pairwise uses the costs only to form pairs"),
+     "aop.objective: pairwise uses the costs only as labels"),
+    ("train: {stage: joint}\naop: {denoiser_checkpoint: d, objective: correctness, target: error}",
+     "aop.objective: correctness uses the costs only as labels"),
+    ("aop: {objective: correctness, target: ce}", "aop.target: objective correctness fits the probability"),
+    ("policy: {encoder: token_axis}", "policy.features: encoder token_axis reads exactly"),
 ])
 def test_bad_values_name_the_key(tmp_path, extra, message):
     with pytest.raises(InputError, match=message) as err:

@@ -134,3 +134,33 @@ def test_pairwise_rank_loss_is_zero_without_a_costlier_candidate_and_ranks_the_c
         loss.backward()
         opt.step()
     assert scores.detach().argsort(descending=True).tolist() == [[1, 3, 0, 2]]
+
+
+from aop_ray.losses import correctness_loss  # noqa: E402
+from aop_ray.orders import select  # noqa: E402
+
+
+def test_correctness_loss_exact_over_masked_positions_only():
+    scores = torch.tensor([[2.0, -1.0, 7.0, 0.0]], requires_grad=True)
+    masked = torch.tensor([[True, True, False, True]])
+    cost = torch.tensor([[0.0, 1.0, 1.0, 0.0]], requires_grad=True)  # greedy error indicator
+    loss = correctness_loss(scores, masked, cost)
+    # right at 0 and 3 (label 1), wrong at 1 (label 0); position 2 is revealed
+    expected = (F.softplus(torch.tensor(-2.0)) + F.softplus(torch.tensor(-1.0)) + F.softplus(torch.tensor(0.0))) / 3
+    assert torch.isclose(loss, expected)
+    loss.backward()
+    assert cost.grad is None and scores.grad[0, 2] == 0  # labels only; revealed positions untouched
+    assert scores.grad[0, 1] > 0 and scores.grad[0, 0] < 0 and scores.grad[0, 3] < 0
+
+
+def test_correctness_loss_optimum_ranks_right_positions_first():
+    masked = torch.tensor([[True, True, True, False]])
+    cost = torch.tensor([[1.0, 0.0, 1.0, 0.0]])
+    scores = torch.zeros(1, 4, requires_grad=True)
+    opt = torch.optim.SGD([scores], lr=1.0)
+    for _ in range(100):
+        loss = correctness_loss(scores, masked, cost)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert select(scores.detach(), masked, 1)[0].item() == 1

@@ -1,5 +1,7 @@
 """The learned order, the Sudoku rule features and `singles`, trajectories, policy checkpoints."""
 
+import dataclasses
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -7,13 +9,14 @@ from hypothesis import strategies as st
 
 from aop_ray import checkpoints
 from aop_ray.aop import Trajectories, aop_step, chosen_costs
-from aop_ray.config import AopConfig, ModelConfig, PolicyConfig
+from aop_ray.config import TOKEN_AXIS_FEATURES, AopConfig, ModelConfig, PolicyConfig
 from aop_ray.models.denoiser import Denoiser
 from aop_ray.losses import pairwise_rank_loss
-from aop_ray.models.policy import Policy
+from aop_ray.models.policy import Policy, TokenAxisPolicy, make_policy
 from aop_ray.orders import DecodeState, get_order, margin, select
 from aop_ray.sampling import teacher_forced_state, unmask
 from aop_ray.tasks import InputError
+from aop_ray.tasks.sat import Sat
 
 SMALL = ModelConfig(d_model=16, n_layers=1, n_heads=2, ff_mult=2)
 
@@ -40,6 +43,50 @@ def test_untrained_policy_is_its_base_heuristic(sudoku9, cfg):
     scores = policy(state)
     assert torch.allclose(scores, 50.0 * margin(state))
     assert torch.equal(select(scores, state.masked, 1)[0], select(margin(state), state.masked, 1)[0])
+
+
+TOKEN_AXIS = PolicyConfig(encoder="token_axis", d_model=8, features=TOKEN_AXIS_FEATURES)
+
+
+def test_untrained_token_axis_policy_is_its_base_heuristic(sudoku9):
+    torch.manual_seed(0)
+    policy = make_policy(sudoku9, 16, TOKEN_AXIS)
+    assert isinstance(policy, TokenAxisPolicy)
+    state, _ = random_state(sudoku9, 1)
+    assert torch.allclose(policy(state), 50.0 * margin(state))
+
+
+def test_token_axis_policy_is_invariant_under_the_tasks_symmetries(sudoku9):
+    """No weight belongs to a token or a cell: renaming digits and permuting rows, columns, bands and stacks
+    permutes the scores the same way, exactly (up to float rounding). A transposition swaps the row and
+    column channels, which the encoder keeps apart, so only the symmetries that keep each kind are checked."""
+    torch.manual_seed(0)
+    policy = make_policy(sudoku9, 16, dataclasses.replace(TOKEN_AXIS, task_features=["naked_single"])).eval()
+    with torch.no_grad():
+        for p in policy.head.parameters():
+            p.normal_()  # a non-trivial residual
+    state, _ = random_state(sudoku9, 2)
+    index, digits = sudoku9.symmetry(len(state.tokens), torch.Generator().manual_seed(3))
+    table = torch.cat([digits, torch.full_like(digits[:, :1], 9)], dim=1)  # the mask token maps to itself
+    tokens = table.gather(1, state.tokens.gather(1, index))
+    logits = state.logits.gather(1, index[..., None].expand(-1, -1, 9)).gather(2, digits.argsort(1)[:, None, :]
+                                                                               .expand(-1, 81, -1))
+    moved = DecodeState(tokens=tokens, masked=tokens == 9, logits=logits, hidden=None, step=0)
+    with torch.no_grad():
+        scores, moved_scores = policy(state), policy(moved)
+    assert scores.std() > 1e-3  # the residual is doing something
+    rows = torch.as_tensor(sudoku9.position_groups()["row"])[index].view(-1, 9, 9)
+    kept = (rows == rows[:, :, :1]).all(dim=(1, 2))  # not transposed: every new row is an old row
+    assert 0 < kept.sum() < len(kept)
+    torch.testing.assert_close(moved_scores[kept], scores.gather(1, index)[kept], rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(moved_scores[~kept], scores.gather(1, index)[~kept], atol=1e-3)
+
+
+def test_token_axis_encoder_refusals():
+    with pytest.raises(InputError, match="policy.features: encoder token_axis reads exactly"):
+        PolicyConfig(encoder="token_axis", features=["probs", "stats"])
+    with pytest.raises(InputError, match="policy.encoder: token_axis pools over fixed position groups"):
+        make_policy(Sat(n_vars=4, n_clauses=4), 16, TOKEN_AXIS)
 
 
 def test_policy_is_small_next_to_the_denoiser(sudoku9):

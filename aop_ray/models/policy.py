@@ -17,6 +17,17 @@ inputs, per position, all from the same denoiser forward:
 - optional task features, named in the config (Sudoku: candidate count,
   naked/hidden single, argmax legal), never on by default.
 
+Two encoders read them. `Policy` (encoder `transformer`) embeds each position's
+features and mixes positions by structured attention. `TokenAxisPolicy` (encoder
+`token_axis`) keeps the token axis: every (position, token) pair is embedded by
+the same weights, then rounds pool over the pair's group peers (same token) and
+over the position's tokens. "Digit d is placed in my row" and "d fits no other
+cell of my box" are then one pooling step each instead of something attention
+must discover from a few hundred decoding errors; and because no weight belongs to
+a token or a position, the score is exactly invariant under renaming tokens and
+under position permutations that map each group kind onto itself (Sudoku's row,
+column, band and stack shuffles; not its transposition, which swaps two kinds).
+
 The score is `scale * base_order(state) + residual`: the residual head starts
 at zero and `scale` at `base_scale`, so an untrained policy *is* the base
 heuristic (a near-hard argmax of it), and training only has to learn where to
@@ -33,7 +44,7 @@ from torch import nn
 from aop_ray.config import PolicyConfig
 from aop_ray.models.transformer import StructuredTransformer
 from aop_ray.orders import HEURISTICS, DecodeState
-from aop_ray.tasks import Task
+from aop_ray.tasks import InputError, Task
 
 
 def group_pooled(belief: torch.Tensor, groups: list[torch.Tensor]) -> torch.Tensor:
@@ -47,6 +58,20 @@ def group_pooled(belief: torch.Tensor, groups: list[torch.Tensor]) -> torch.Tens
     return torch.cat(parts, dim=-1)
 
 
+def position_stats(probs: torch.Tensor, masked: torch.Tensor) -> torch.Tensor:
+    """(B, L, 5) max probability, margin, entropy, mask flag, fraction still masked."""
+    top2 = probs.topk(2, dim=-1).values
+    entropy = -(probs * probs.clamp(min=1e-12).log()).sum(-1)
+    frac = masked.float().mean(dim=1, keepdim=True).expand_as(masked)
+    return torch.stack([top2[..., 0], top2[..., 0] - top2[..., 1], entropy, masked.float(), frac], dim=-1)
+
+
+def revealed_one_hot(tokens: torch.Tensor, masked: torch.Tensor, vocab_size: int, dtype: torch.dtype) -> torch.Tensor:
+    """(B, L, V) one-hot of the revealed tokens, zero at masked positions."""
+    revealed = torch.nn.functional.one_hot(tokens.clamp(max=vocab_size - 1), vocab_size).to(dtype)
+    return revealed * ~masked[..., None]
+
+
 def generic_features(probs: torch.Tensor, hidden: torch.Tensor | None, masked: torch.Tensor,
                      names: list[str], tokens: torch.Tensor | None = None,
                      groups: list[torch.Tensor] | None = None) -> torch.Tensor:
@@ -55,18 +80,13 @@ def generic_features(probs: torch.Tensor, hidden: torch.Tensor | None, masked: t
     if "probs" in names:
         parts.append(probs)
     if "stats" in names:
-        top2 = probs.topk(2, dim=-1).values
-        entropy = -(probs * probs.clamp(min=1e-12).log()).sum(-1)
-        frac = masked.float().mean(dim=1, keepdim=True).expand_as(masked)
-        parts += [top2[..., 0, None], (top2[..., 0] - top2[..., 1])[..., None], entropy[..., None],
-                  masked.float()[..., None], frac[..., None]]
+        parts.append(position_stats(probs, masked).to(probs.dtype))
     if "hidden" in names:
         if hidden is None:
             raise ValueError("feature 'hidden' needs the denoiser's hidden state")
         parts.append(hidden.detach().float())
     if "group_probs" in names or "group_tokens" in names:
-        revealed = torch.nn.functional.one_hot(tokens.clamp(max=probs.shape[-1] - 1), probs.shape[-1]).to(probs.dtype)
-        revealed = revealed * ~masked[..., None]
+        revealed = revealed_one_hot(tokens, masked, probs.shape[-1], probs.dtype)
     if "group_probs" in names:
         parts.append(group_pooled(revealed + probs * masked[..., None], groups))
     if "group_tokens" in names:
@@ -110,3 +130,81 @@ class Policy(StructuredTransformer):
         if self.log_scale is None:
             return residual
         return self.log_scale.exp() * self.base(state).float() + residual
+
+
+def mlp(d_in: int, d_out: int, d_hidden: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
+
+
+class TokenAxisPolicy(nn.Module):
+    """An `Order` with a (position, token) trunk (encoder `token_axis`; module docstring).
+
+    Per pair it reads the token's probability, whether it is revealed there, the mask
+    flag, and per group the revealed and the expected count of that token among the
+    peers (`group_tokens`, `group_probs`), plus the margin and the fraction masked;
+    the readout adds the position's `stats` and any task features.
+    """
+
+    def __init__(self, task: Task, hidden_dim: int, cfg: PolicyConfig) -> None:
+        super().__init__()
+        if task.token_structure() is not None:
+            raise InputError(f"policy.encoder: token_axis pools over fixed position groups; the {task.name} task's "
+                             "structure differs per instance, use encoder transformer")
+        self.task = task
+        self.cfg = cfg
+        self.needs_hidden = False
+        self.group_names = sorted(task.position_groups())
+        for name in self.group_names:
+            self.register_buffer(f"group_{name}", torch.as_tensor(task.position_groups()[name], dtype=torch.long),
+                                 persistent=False)
+        n_groups, width = len(self.group_names), cfg.d_model
+        peers = group_pooled(torch.ones(1, task.seq_len, 1), self.groups()).clamp(min=1)  # (1, L, G)
+        self.register_buffer("peers", peers[:, :, None, :, None], persistent=False)  # (1, L, 1, G, 1)
+        self.embed = mlp(3 + 2 * n_groups + 2, width, 2 * width)
+        self.rounds = nn.ModuleList(mlp((3 + n_groups) * width, width, 2 * width) for _ in range(cfg.n_layers))
+        self.head = mlp(2 * width + 5 + len(cfg.task_features), 1, 2 * width)
+        nn.init.zeros_(self.head[-1].weight)  # residual starts at exactly zero
+        nn.init.zeros_(self.head[-1].bias)
+        self.log_scale = (nn.Parameter(torch.tensor(math.log(cfg.base_scale)), requires_grad=cfg.learn_scale)
+                          if cfg.base_scale else None)
+        self.base = HEURISTICS[cfg.base_order]
+
+    def groups(self) -> list[torch.Tensor]:
+        return [getattr(self, f"group_{name}") for name in self.group_names]
+
+    def peer_sum(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, L, V, W) -> (B, L, V, G*W): per group, the mean over the position's peers of the same token."""
+        b, length, vocab, width = x.shape
+        pooled = group_pooled(x.reshape(b, length, vocab * width), self.groups())
+        pooled = pooled.reshape(b, length, len(self.group_names), vocab, width).transpose(2, 3)
+        return (pooled / self.peers).reshape(b, length, vocab, -1)
+
+    def forward(self, state: DecodeState) -> torch.Tensor:
+        probs, masked = state.probs.float(), state.masked
+        vocab = probs.shape[-1]
+        revealed = revealed_one_hot(state.tokens, masked, vocab, probs.dtype)
+        stats = position_stats(probs, masked)
+        per_token = lambda value: value[..., None, None].expand(-1, -1, vocab, 1)  # noqa: E731
+        belief = revealed + probs * masked[..., None]  # as in group_probs: revealed peers count as one-hot
+        pairs = torch.cat([(probs * masked[..., None])[..., None], revealed[..., None], per_token(masked.float()),
+                           self.peer_sum(revealed[..., None]), self.peer_sum(belief[..., None]),
+                           per_token(stats[..., 1]), per_token(stats[..., 4])], dim=-1)
+        h = self.embed(pairs)
+        for layer in self.rounds:
+            h = h + layer(torch.cat([h, self.peer_sum(h), h.mean(2, keepdim=True).expand_as(h),
+                                     h.max(2, keepdim=True).values.expand_as(h)], dim=-1))
+        readout = [h.mean(2), h.max(2).values, stats]
+        if self.cfg.task_features:
+            readout.append(self.task.policy_features(state.tokens, probs, self.cfg.task_features).float())
+        residual = self.head(torch.cat(readout, dim=-1)).squeeze(-1)
+        if self.log_scale is None:
+            return residual
+        return self.log_scale.exp() * self.base(state).float() + residual
+
+
+PolicyNet = Policy | TokenAxisPolicy  # either encoder: an Order with .cfg, .base and .needs_hidden
+
+
+def make_policy(task: Task, hidden_dim: int, cfg: PolicyConfig) -> PolicyNet:
+    """The policy network `cfg.encoder` names."""
+    return (TokenAxisPolicy if cfg.encoder == "token_axis" else Policy)(task, hidden_dim, cfg)
