@@ -144,7 +144,7 @@ def parse_orders(text: str, task: Task, policy: PolicyNet | None) -> dict[str, O
 def policy_description(policy: PolicyNet) -> str:
     cfg = policy.cfg
     if cfg.encoder == "token_axis":
-        mixing = f"token-axis encoder, {cfg.n_layers} pooling rounds"
+        mixing = f"token-axis encoder, {cfg.n_layers} pooling round{'s' if cfg.n_layers != 1 else ''}"
     else:
         mixing = f"{cfg.n_layers}-layer transformer" if cfg.n_layers else "per-position MLP"
     return (f"{mixing}, features={'+'.join(cfg.features)}"

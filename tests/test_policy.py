@@ -11,7 +11,7 @@ from aop_ray import checkpoints
 from aop_ray.aop import Trajectories, aop_step, chosen_costs
 from aop_ray.config import TOKEN_AXIS_FEATURES, AopConfig, ModelConfig, PolicyConfig
 from aop_ray.models.denoiser import Denoiser
-from aop_ray.losses import pairwise_rank_loss
+from aop_ray.losses import correctness_loss, pairwise_rank_loss
 from aop_ray.models.policy import Policy, TokenAxisPolicy, make_policy
 from aop_ray.orders import DecodeState, get_order, margin, select
 from aop_ray.sampling import teacher_forced_state, unmask
@@ -173,6 +173,24 @@ def test_pairwise_objective_ranks_the_base_orders_shortlist_in_the_training_step
         aop_step(model, policy, xt, x0, 4, cfg, joint=False)
 
 
+def test_correctness_objective_fits_the_token_axis_policy_in_the_training_step(sudoku4):
+    _, _, traj = margin_trajectories(sudoku4, 6)
+    xt, x0, _ = traj.sample(32, torch.Generator().manual_seed(0))
+    torch.manual_seed(0)
+    model = Denoiser(4, sudoku4.position_groups(), SMALL).eval()
+    policy = make_policy(sudoku4, SMALL.d_model, TOKEN_AXIS)
+    cfg = AopConfig(target="error", objective="correctness")
+    loss, stats = aop_step(model, policy, xt, x0, 4, cfg, joint=False)
+    loss.backward()
+    with torch.no_grad():
+        logits = model(xt)
+        state = DecodeState(tokens=xt, masked=xt == 4, logits=logits, hidden=None, step=0)
+        expected = correctness_loss(policy(state), state.masked, (logits.argmax(-1) != x0).float())
+    assert torch.isclose(loss, expected)
+    assert policy.head[-1].weight.grad.abs().sum() > 0 and model.head.weight.grad is None
+    assert set(stats) == {"expected_cost", "entropy"}
+
+
 def test_chosen_costs_of_a_perfect_order(sudoku4):
     torch.manual_seed(0)
     model = Denoiser(4, sudoku4.position_groups(), SMALL).eval()
@@ -189,11 +207,11 @@ def test_chosen_costs_of_a_perfect_order(sudoku4):
     assert costs["random"]["error"] == pytest.approx(((err * masked).sum(1) / masked.sum(1)).mean().item())
 
 
-def save_policy(tmp_path, task, model_cfg, name="pol"):
+def save_policy(tmp_path, task, model_cfg, name="pol", cfg=None):
     torch.manual_seed(0)
     denoiser = Denoiser(task.vocab_size, task.position_groups(), model_cfg)
-    cfg = PolicyConfig(d_model=16, n_heads=2, features=["probs", "stats", "hidden"])
-    policy = Policy(task, model_cfg.d_model, cfg)
+    cfg = cfg or PolicyConfig(d_model=16, n_heads=2, features=["probs", "stats", "hidden"])
+    policy = make_policy(task, model_cfg.d_model, cfg)
     with torch.no_grad():
         policy.head[-1].weight.normal_()
     manifest = checkpoints.policy_manifest(task, model_cfg, cfg, "policy", "somewhere", step=3)
@@ -202,11 +220,13 @@ def save_policy(tmp_path, task, model_cfg, name="pol"):
     return denoiser, policy, path
 
 
-def test_policy_checkpoint_round_trip_and_decoding(tmp_path, sudoku4):
-    denoiser, policy, path = save_policy(tmp_path, sudoku4, SMALL)
+@pytest.mark.parametrize("cfg", [None, TOKEN_AXIS])
+def test_policy_checkpoint_round_trip_and_decoding(tmp_path, sudoku4, cfg):
+    denoiser, policy, path = save_policy(tmp_path, sudoku4, SMALL, cfg=cfg)
     loaded_denoiser, task, manifest = checkpoints.load_denoiser(path)
     loaded = checkpoints.load_policy(path, task, manifest["model"])
-    assert manifest["kind"] == "policy" and manifest["policy"]["features"] == ["probs", "stats", "hidden"]
+    assert type(loaded) is type(policy) and manifest["policy"]["encoder"] == policy.cfg.encoder
+    assert manifest["kind"] == "policy" and manifest["policy"]["features"] == policy.cfg.features
     state, _ = random_state(sudoku4, 3)
     with torch.no_grad():
         assert torch.allclose(loaded(state), policy.eval()(state))
