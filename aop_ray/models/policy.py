@@ -172,7 +172,7 @@ class TokenAxisPolicy(nn.Module):
     def groups(self) -> list[torch.Tensor]:
         return [getattr(self, f"group_{name}") for name in self.group_names]
 
-    def peer_sum(self, x: torch.Tensor) -> torch.Tensor:
+    def peer_mean(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, V, W) -> (B, L, V, G*W): per group, the mean over the position's peers of the same token."""
         b, length, vocab, width = x.shape
         pooled = group_pooled(x.reshape(b, length, vocab * width), self.groups())
@@ -187,11 +187,11 @@ class TokenAxisPolicy(nn.Module):
         per_token = lambda value: value[..., None, None].expand(-1, -1, vocab, 1)  # noqa: E731
         belief = revealed + probs * masked[..., None]  # as in group_probs: revealed peers count as one-hot
         pairs = torch.cat([(probs * masked[..., None])[..., None], revealed[..., None], per_token(masked.float()),
-                           self.peer_sum(revealed[..., None]), self.peer_sum(belief[..., None]),
+                           self.peer_mean(revealed[..., None]), self.peer_mean(belief[..., None]),
                            per_token(stats[..., 1]), per_token(stats[..., 4])], dim=-1)
         h = self.embed(pairs)
         for layer in self.rounds:
-            h = h + layer(torch.cat([h, self.peer_sum(h), h.mean(2, keepdim=True).expand_as(h),
+            h = h + layer(torch.cat([h, self.peer_mean(h), h.mean(2, keepdim=True).expand_as(h),
                                      h.max(2, keepdim=True).values.expand_as(h)], dim=-1))
         readout = [h.mean(2), h.max(2).values, stats]
         if self.cfg.task_features:
