@@ -52,7 +52,10 @@ def evaluation_sets() -> dict[str, str]:
 
 def describe(manifest: dict) -> str:
     p, aop = manifest["policy"], manifest.get("aop", {})
-    mixing = f"{p['n_layers']}-layer transformer" if p["n_layers"] else "per-cell MLP"
+    if p.get("encoder") == "token_axis":
+        mixing = f"token-axis encoder, {p['n_layers']} rounds,"
+    else:
+        mixing = f"{p['n_layers']}-layer transformer" if p["n_layers"] else "per-cell MLP"
     extra = f", task features {'+'.join(p['task_features'])}" if p["task_features"] else ", no task features"
     return (f"stage {manifest['stage']}, {mixing} d{p['d_model']}, features {'+'.join(p['features'])}{extra}, "
             f"base {p['base_order']}, target {aop.get('target', '?')}, states {aop.get('states', '?')}, "
