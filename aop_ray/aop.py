@@ -93,6 +93,20 @@ def uniform_states(x0: torch.Tensor, fixed: torch.Tensor, mask_id: int,
     return mask_free_positions(x0, fixed, sample_t(len(x0), generator, x0.device), mask_id, generator)[0]
 
 
+def policy_objective(scores: torch.Tensor, masked: torch.Tensor, cost: torch.Tensor, cfg: AopConfig,
+                     shortlist: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """`cfg.objective` on the policy's scores, and the expectation's stats whatever the objective
+    (the curves remain comparable). `shortlist`: the base order's scores, which `pairwise` ranks the top of."""
+    loss, stats = aop_loss(scores, masked, cost, cfg.temperature, cfg.entropy_beta)
+    if cfg.objective == "pairwise":
+        if shortlist is None:
+            raise ValueError("aop.objective pairwise needs the shortlist order (the policy's base heuristic)")
+        loss = pairwise_rank_loss(scores, masked, cost, shortlist, cfg.pairwise_k)
+    elif cfg.objective == "correctness":
+        loss = correctness_loss(scores, masked, cost)
+    return loss, stats
+
+
 def aop_step(denoiser: nn.Module, policy: nn.Module, xt: torch.Tensor, x0: torch.Tensor, mask_id: int,
              cfg: AopConfig, joint: bool, shortlist: Order | None = None
              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -103,20 +117,13 @@ def aop_step(denoiser: nn.Module, policy: nn.Module, xt: torch.Tensor, x0: torch
     with `objective: correctness` it fits every masked position's score as the logit
     that the denoiser is right there (`losses.correctness_loss`).
     """
-    if cfg.objective == "pairwise" and shortlist is None:
-        raise ValueError("aop.objective pairwise needs the shortlist order (the policy's base heuristic)")
     masked = xt == mask_id
     with torch.set_grad_enabled(joint and torch.is_grad_enabled()):
         logits, hidden = denoiser(xt, return_hidden=True)
     state = DecodeState(tokens=xt, masked=masked, logits=logits.detach(), hidden=hidden.detach(), step=0)
     cost = position_costs(logits, x0, cfg.target)
-    scores = policy(state)
-    loss, stats = aop_loss(scores, masked, cost if joint else cost.detach(), cfg.temperature, cfg.entropy_beta)
-    if cfg.objective == "pairwise":  # the expectation stays in the stats: the curves remain comparable
-        loss = pairwise_rank_loss(scores, masked, cost, shortlist(state), cfg.pairwise_k)
-    elif cfg.objective == "correctness":
-        loss = correctness_loss(scores, masked, cost)
-    return loss, stats
+    ranked = shortlist(state) if cfg.objective == "pairwise" and shortlist is not None else None
+    return policy_objective(policy(state), masked, cost if joint else cost.detach(), cfg, ranked)
 
 
 def chosen_costs(orders: dict[str, Order], denoiser: nn.Module, xt: torch.Tensor, x0: torch.Tensor,

@@ -149,7 +149,7 @@ class ModelConfig:
 
 
 GENERIC_FEATURES = ("probs", "stats", "hidden", "group_probs", "group_tokens")  # see models/policy.py
-TOKEN_AXIS_FEATURES = ["probs", "stats", "group_probs", "group_tokens"]  # what encoder token_axis reads
+TOKEN_AXIS_FEATURES = ("probs", "stats", "group_probs", "group_tokens")  # what encoder token_axis reads
 
 
 @dataclasses.dataclass

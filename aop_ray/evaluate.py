@@ -68,7 +68,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     extra = task_metric_names(rows)
     reference = next((r["reference"] for r in rows if r.get("reference")), None)
     paired = f"vs {reference}" if reference else None
-    width = max([len(paired or "")] + [len(paired_cell(r)) for r in rows]) if paired else 0
+    width = max([len(paired)] + [len(paired_cell(r)) for r in rows]) if paired else 0
     header = (f"{'order':<12} {'solve_rate':>10} {'cell_acc':>9} {'planner_nll':>11} "
               + "".join(f"{name:>{max(10, len(name))}} " for name in extra) + f"{'per_s':>8} {'n':>6}"
               + (f"  {paired:<{width}}" if paired else ""))

@@ -30,11 +30,10 @@ import torch
 from common import ROOT, header, write_report
 
 sys.path.insert(0, str(ROOT))
-from aop_ray.aop import Trajectories  # noqa: E402
+from aop_ray.aop import Trajectories, policy_objective  # noqa: E402
 from aop_ray.checkpoints import load_denoiser  # noqa: E402
-from aop_ray.config import TOKEN_AXIS_FEATURES, PolicyConfig  # noqa: E402
+from aop_ray.config import TOKEN_AXIS_FEATURES, AopConfig, PolicyConfig  # noqa: E402
 from aop_ray.data import generate  # noqa: E402
-from aop_ray.losses import aop_loss, correctness_loss, pairwise_rank_loss  # noqa: E402
 from aop_ray.models.policy import PolicyNet, make_policy  # noqa: E402
 from aop_ray.orders import DecodeState, get_order, margin, select  # noqa: E402
 from aop_ray.sampling import decode_dataset  # noqa: E402
@@ -46,7 +45,7 @@ FEATURES = {"generic": {"features": GENERIC}, "generic+group_tokens": {"features
             "generic+hidden": {"features": GENERIC + ["hidden"]},
             "generic+task": {"features": GENERIC,
                              "task_features": ["candidates", "naked_single", "hidden_single", "argmax_legal"]},
-            "token_axis": {"encoder": "token_axis", "d_model": 16, "features": TOKEN_AXIS_FEATURES}}
+            "token_axis": {"encoder": "token_axis", "d_model": 16, "features": list(TOKEN_AXIS_FEATURES)}}
 OBJECTIVES = ("expected", "pairwise", "correctness")
 ARMS = [f"{objective}:{features}" for features in FEATURES for objective in OBJECTIVES]
 DEFAULT_ARMS = [arm for arm in ARMS if not arm.startswith("correctness") and "token_axis" not in arm]  # the first run
@@ -73,6 +72,7 @@ def state_pool(denoiser: torch.nn.Module, task, n: int) -> tuple[torch.Tensor, .
 
 def train_arm(task, hidden_dim: int, arm: str, pool: tuple, args: argparse.Namespace) -> PolicyNet:
     objective, features = arm.split(":")
+    aop = AopConfig(target="error", objective=objective)  # pairwise: the top 8 (pairwise_k)
     torch.manual_seed(0)
     policy = make_policy(task, hidden_dim, PolicyConfig(**FEATURES[features]))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3, weight_decay=0.0)
@@ -86,13 +86,8 @@ def train_arm(task, hidden_dim: int, arm: str, pool: tuple, args: argparse.Names
         state = DecodeState(tokens=xt[rows], masked=xt[rows] == task.vocab_size, logits=logp[rows],
                             hidden=hidden[rows].float() if policy.needs_hidden else None, step=0)
         error = (logp[rows].argmax(-1) != x0[rows]).float()
-        scores = policy(state)
-        if objective == "expected":
-            loss = aop_loss(scores, state.masked, error)[0]
-        elif objective == "pairwise":
-            loss = pairwise_rank_loss(scores, state.masked, error, policy.base(state), 8)
-        else:
-            loss = correctness_loss(scores, state.masked, error)
+        shortlist = policy.base(state) if objective == "pairwise" else None
+        loss = policy_objective(policy(state), state.masked, error, aop, shortlist)[0]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

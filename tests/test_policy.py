@@ -45,7 +45,7 @@ def test_untrained_policy_is_its_base_heuristic(sudoku9, cfg):
     assert torch.equal(select(scores, state.masked, 1)[0], select(margin(state), state.masked, 1)[0])
 
 
-TOKEN_AXIS = PolicyConfig(encoder="token_axis", d_model=8, features=TOKEN_AXIS_FEATURES)
+TOKEN_AXIS = PolicyConfig(encoder="token_axis", d_model=8, features=list(TOKEN_AXIS_FEATURES))
 
 
 def test_untrained_token_axis_policy_is_its_base_heuristic(sudoku9):

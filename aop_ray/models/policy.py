@@ -42,8 +42,8 @@ import torch
 from torch import nn
 
 from aop_ray.config import PolicyConfig
-from aop_ray.models.transformer import StructuredTransformer
-from aop_ray.orders import HEURISTICS, DecodeState
+from aop_ray.models.transformer import StructuredTransformer, register_groups, registered_groups
+from aop_ray.orders import HEURISTICS, DecodeState, Order
 from aop_ray.tasks import InputError, Task
 
 
@@ -94,6 +94,21 @@ def generic_features(probs: torch.Tensor, hidden: torch.Tensor | None, masked: t
     return torch.cat(parts, dim=-1)
 
 
+def base_log_scale(cfg: PolicyConfig) -> nn.Parameter | None:
+    """The log weight of the base order in the score; None for `base_scale: 0` (the residual alone, learned
+    from scratch)."""
+    if not cfg.base_scale:
+        return None
+    return nn.Parameter(torch.tensor(math.log(cfg.base_scale)), requires_grad=cfg.learn_scale)
+
+
+def over_base(log_scale: nn.Parameter | None, base: Order, state: DecodeState, residual: torch.Tensor) -> torch.Tensor:
+    """The score `scale * base_order(state) + residual` (the residual alone without a base)."""
+    if log_scale is None:
+        return residual
+    return log_scale.exp() * base(state).float() + residual
+
+
 def feature_dim(cfg: PolicyConfig, vocab_size: int, hidden_dim: int, n_groups: int) -> int:
     sizes = {"probs": vocab_size, "stats": 5, "hidden": hidden_dim, "group_probs": n_groups * vocab_size,
              "group_tokens": n_groups * vocab_size}
@@ -113,13 +128,12 @@ class Policy(StructuredTransformer):
         self.head = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, 1))
         self.apply(self._init)
         nn.init.zeros_(self.head[-1].weight)  # residual starts at exactly zero
-        self.log_scale = (nn.Parameter(torch.tensor(math.log(cfg.base_scale)), requires_grad=cfg.learn_scale)
-                          if cfg.base_scale else None)  # base_scale 0: no base order, learned from scratch
+        self.log_scale = base_log_scale(cfg)
         self.base = HEURISTICS[cfg.base_order]
 
     def features(self, state: DecodeState) -> torch.Tensor:
-        groups = [getattr(self, f"group_{name}") for name in self.group_names]
-        feats = generic_features(state.probs, state.hidden, state.masked, self.cfg.features, state.tokens, groups)
+        feats = generic_features(state.probs, state.hidden, state.masked, self.cfg.features, state.tokens,
+                                 registered_groups(self))
         if self.cfg.task_features:
             extra = self.task.policy_features(state.tokens, state.probs, self.cfg.task_features)
             feats = torch.cat([feats, extra.to(feats.dtype)], dim=-1)
@@ -127,9 +141,7 @@ class Policy(StructuredTransformer):
 
     def forward(self, state: DecodeState) -> torch.Tensor:
         residual = self.head(self.encode(self.inp(self.features(state)), state.tokens)).squeeze(-1).float()
-        if self.log_scale is None:
-            return residual
-        return self.log_scale.exp() * self.base(state).float() + residual
+        return over_base(self.log_scale, self.base, state, residual)
 
 
 def mlp(d_in: int, d_out: int, d_hidden: int) -> nn.Sequential:
@@ -153,29 +165,22 @@ class TokenAxisPolicy(nn.Module):
         self.task = task
         self.cfg = cfg
         self.needs_hidden = False
-        self.group_names = sorted(task.position_groups())
-        for name in self.group_names:
-            self.register_buffer(f"group_{name}", torch.as_tensor(task.position_groups()[name], dtype=torch.long),
-                                 persistent=False)
+        self.group_names = register_groups(self, task.position_groups())
         n_groups, width = len(self.group_names), cfg.d_model
-        peers = group_pooled(torch.ones(1, task.seq_len, 1), self.groups()).clamp(min=1)  # (1, L, G)
+        peers = group_pooled(torch.ones(1, task.seq_len, 1), registered_groups(self)).clamp(min=1)  # (1, L, G)
         self.register_buffer("peers", peers[:, :, None, :, None], persistent=False)  # (1, L, 1, G, 1)
         self.embed = mlp(3 + 2 * n_groups + 2, width, 2 * width)
         self.rounds = nn.ModuleList(mlp((3 + n_groups) * width, width, 2 * width) for _ in range(cfg.n_layers))
         self.head = mlp(2 * width + 5 + len(cfg.task_features), 1, 2 * width)
         nn.init.zeros_(self.head[-1].weight)  # residual starts at exactly zero
         nn.init.zeros_(self.head[-1].bias)
-        self.log_scale = (nn.Parameter(torch.tensor(math.log(cfg.base_scale)), requires_grad=cfg.learn_scale)
-                          if cfg.base_scale else None)
+        self.log_scale = base_log_scale(cfg)
         self.base = HEURISTICS[cfg.base_order]
-
-    def groups(self) -> list[torch.Tensor]:
-        return [getattr(self, f"group_{name}") for name in self.group_names]
 
     def peer_mean(self, x: torch.Tensor) -> torch.Tensor:
         """(B, L, V, W) -> (B, L, V, G*W): per group, the mean over the position's peers of the same token."""
         b, length, vocab, width = x.shape
-        pooled = group_pooled(x.reshape(b, length, vocab * width), self.groups())
+        pooled = group_pooled(x.reshape(b, length, vocab * width), registered_groups(self))
         pooled = pooled.reshape(b, length, len(self.group_names), vocab, width).transpose(2, 3)
         return (pooled / self.peers).reshape(b, length, vocab, -1)
 
@@ -197,9 +202,7 @@ class TokenAxisPolicy(nn.Module):
         if self.cfg.task_features:
             readout.append(self.task.policy_features(state.tokens, probs, self.cfg.task_features).float())
         residual = self.head(torch.cat(readout, dim=-1)).squeeze(-1)
-        if self.log_scale is None:
-            return residual
-        return self.log_scale.exp() * self.base(state).float() + residual
+        return over_base(self.log_scale, self.base, state, residual)
 
 
 PolicyNet = Policy | TokenAxisPolicy  # either encoder: an Order with .cfg, .base and .needs_hidden

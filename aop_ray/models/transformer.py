@@ -19,6 +19,8 @@ sat at the trivial loss (log 2) for the 200 steps measured.
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -40,6 +42,20 @@ def relation_ids(position_groups: dict[str, torch.Tensor]) -> tuple[torch.Tensor
         same = (g[:, None] == g[None, :]).long() << bit
         ids = same if bit == 0 else ids + same
     return ids, 1 << len(position_groups)
+
+
+def register_groups(module: nn.Module, position_groups: dict[str, Any]) -> list[str]:
+    """Register each structure group's ids as the buffer `group_<name>` (moved with the module); the sorted names."""
+    names = sorted(position_groups)
+    for name in names:
+        module.register_buffer(f"group_{name}", torch.as_tensor(position_groups[name], dtype=torch.long),
+                               persistent=False)
+    return names
+
+
+def registered_groups(module: nn.Module) -> list[torch.Tensor]:
+    """The ids `register_groups` stored, in its order."""
+    return [getattr(module, f"group_{name}") for name in module.group_names]
 
 
 class Block(nn.Module):
@@ -98,10 +114,8 @@ class StructuredTransformer(nn.Module):
                  ff_mult: int, dropout: float, relation_bias: bool, structure: TokenStructure | None = None) -> None:
         super().__init__()
         self.structure = structure
-        self.group_names = sorted(position_groups)
-        for name in self.group_names:
-            ids = torch.as_tensor(position_groups[name], dtype=torch.long)
-            self.register_buffer(f"group_{name}", ids, persistent=False)
+        self.group_names = register_groups(self, position_groups)
+        for name, ids in zip(self.group_names, registered_groups(self)):
             setattr(self, f"emb_{name}", nn.Embedding(int(ids.max()) + 1, d_model))
         relations, n_relations = relation_ids(position_groups)
         self.register_buffer("relations", relations, persistent=False)
