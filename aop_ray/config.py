@@ -96,6 +96,12 @@ def _positive(obj: Any, *names: str, where: str, allow_zero: bool = False) -> No
             raise InputError(f"{where}.{name}: must be {bound}, got {value}")
 
 
+def check_threshold(value: float | None, key: str) -> None:
+    """A confidence threshold is a probability; shared by the evaluate CLI and the sweep config."""
+    if value is not None and not 0 < value <= 1:
+        raise InputError(f"{key}: a probability in (0, 1], got {value}")
+
+
 def make_task(params: dict[str, Any], where: str = "task") -> Task:
     """The task named by `params['name']`, with the remaining keys as its fields."""
     params = dict(params)
@@ -517,8 +523,7 @@ class SweepEvaluateConfig:
         _positive(self, "batch_size", "k", where="evaluate")
         if self.temperature < 0:
             raise InputError(f"evaluate.temperature: must be >= 0, got {self.temperature}")
-        if self.threshold is not None and not 0 < self.threshold <= 1:
-            raise InputError(f"evaluate.threshold: a probability in (0, 1], got {self.threshold}")
+        check_threshold(self.threshold, "evaluate.threshold")
         if self.limit is not None:
             _positive(self, "limit", where="evaluate")
 

@@ -29,6 +29,7 @@ from tqdm import tqdm
 
 from aop_ray import checkpoints, data
 from aop_ray.cli import run_main
+from aop_ray.config import check_threshold
 from aop_ray.models.policy import PolicyNet
 from aop_ray.orders import Order, get_order, order_names
 from aop_ray.sampling import Decoded, decode_dataset
@@ -217,8 +218,7 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     torch.set_num_threads(args.threads or torch.get_num_threads())
     if args.k < 1:
         raise InputError(f"--k: must be >= 1, got {args.k}")
-    if args.threshold is not None and not 0 < args.threshold <= 1:
-        raise InputError(f"--threshold: a probability in (0, 1], got {args.threshold}")
+    check_threshold(args.threshold, "--threshold")
     if args.limit is not None and args.limit < 1:
         raise InputError(f"--limit: must be >= 1, got {args.limit}")
     device = torch.device(args.device)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import platform
@@ -54,6 +55,15 @@ class Evaluation(NamedTuple):
         return f"`{self.command}` ({self.seconds / 60:.1f} min, at commit {self.commit})"
 
 
+def fingerprint(path: Path) -> str:
+    """A short content hash of a checkpoint directory (or file), so that reuse keys on what was evaluated."""
+    digest = hashlib.sha256()
+    for file in sorted(p for p in ([path] if path.is_file() else path.rglob("*")) if p.is_file()):
+        digest.update(file.name.encode())
+        digest.update(file.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def evaluate(checkpoint: str, data: str, orders: str, out: str, *options: str, reuse: bool = False,
              run: bool = True) -> Evaluation | None:
     """One `python -m aop_ray.evaluate` run into `out` (relative to the root). With `reuse`, an earlier
@@ -64,6 +74,7 @@ def evaluate(checkpoint: str, data: str, orders: str, out: str, *options: str, r
     shown = " ".join(["python" if c == sys.executable else c for c in cmd]).replace(str(ROOT.parent), "..")
     threads = cmd.index("--threads") if "--threads" in cmd else None
     same = " ".join(c for i, c in enumerate(cmd[1:], 1) if threads is None or i not in (threads, threads + 1))
+    same += f" @{fingerprint(ROOT / checkpoint)}"  # a checkpoint replaced in place must not reuse old results
     record = ROOT / out / "command.json"
     earlier = json.loads(record.read_text()) if reuse and record.is_file() else None
     if earlier is not None and earlier["same"] == same:

@@ -21,11 +21,12 @@ import os
 import sys
 from pathlib import Path
 
-from common import ROOT, commit, evaluate, machine, sh
+from common import ROOT, commit, evaluate, machine, sh, write_report
 
 POLICY = "benchmarks/checkpoints/sudoku9-policy"
 JOINT = "benchmarks/checkpoints/sudoku9-joint"
 TASK_FEATURES = "benchmarks/checkpoints/sudoku9-policy-task"
+TRANSFORMER = "benchmarks/checkpoints/sudoku9-policy-transformer"  # the headline before the token-axis encoder
 PUBLIC = ROOT.parent / "shared" / "data" / "sudoku"
 GENERATED = {  # name: (path, generate arguments)
     "held-out 30-clue": ("data/sudoku9/test-unique30-seed2", ["--seed", "2", "--option", "clues=30"]),
@@ -33,7 +34,8 @@ GENERATED = {  # name: (path, generate arguments)
 }
 ALL_ORDERS = "random,confidence,margin,entropy,singles,learned"
 JOINT_ORDERS = "margin,learned"  # the jointly trained denoiser's own margin order is the fair reference
-ORDERS = {"policy": ALL_ORDERS, "joint": JOINT_ORDERS, "task-features": "learned"}  # same denoiser as policy
+ORDERS = {"policy": ALL_ORDERS, "joint": JOINT_ORDERS, "task-features": "learned",  # same denoiser as policy
+          "transformer": "learned"}
 REPORT = ROOT / "benchmarks" / "sudoku9_aop.md"
 
 
@@ -102,7 +104,8 @@ def ablation_rows(run_dirs: list[str]) -> list[str]:
             f", step {step} of {cfg['train']['steps']}" if at else f", stopped at step {step}"
         p, a = cfg["policy"], cfg["aop"]
         features = "+".join(p["features"] + p["task_features"])
-        mixing = f"{p['n_layers']}-layer" if p["n_layers"] else "per-cell"
+        mixing = "token-axis" if p.get("encoder") == "token_axis" else \
+            f"{p['n_layers']}-layer" if p["n_layers"] else "per-cell"
         states = a["states"] + (f" (DAgger/{a['refresh_every']})" if a["states"] == "trajectory"
                                 and a["refresh_every"] else "")
         lines.append(
@@ -122,6 +125,8 @@ def main() -> None:
     parser.add_argument("--joint", default=JOINT, help="joint checkpoint, skipped if absent (default %(default)s)")
     parser.add_argument("--task-features", default=TASK_FEATURES,
                         help="task-feature policy checkpoint, skipped if absent (default %(default)s)")
+    parser.add_argument("--transformer", default=TRANSFORMER,
+                        help="transformer-encoder policy checkpoint, skipped if absent (default %(default)s)")
     parser.add_argument("--ablation", nargs="*", default=[],
                         help="run directories for the ablation table (RUN_DIR@STEP: an intermediate checkpoint)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads per evaluation (default 2)")
@@ -136,7 +141,8 @@ def main() -> None:
     args = parser.parse_args()
     started = datetime.datetime.now()
     checkpoints = {"policy": args.policy}
-    for label, path in (("joint", args.joint), ("task-features", args.task_features)):
+    for label, path in (("joint", args.joint), ("task-features", args.task_features),
+                        ("transformer", args.transformer)):
         if (ROOT / path / "manifest.json").is_file():
             checkpoints[label] = path
     if args.only:
@@ -148,8 +154,9 @@ def main() -> None:
                 continue
             orders = ORDERS[label]
             slug = f"{label}-{set_name.replace(' ', '-')}"
+            paired = ["--reference", "learned"] if label == "policy" else []  # McNemar against the headline
             evaluation = evaluate(checkpoint, data, orders, f"out/sudoku9_aop/{slug}", "--threads", str(args.threads),
-                                  "--no-planner-nll", reuse=args.reuse or args.report_only, run=not args.report_only)
+                                  "--no-planner-nll", *paired, reuse=args.reuse or args.report_only, run=not args.report_only)
             if evaluation is None:
                 continue
             tables[(set_name, label)] = evaluation.rows
@@ -182,12 +189,20 @@ def main() -> None:
             cells.append("-" if row is None else f"{row['solve_rate']:.3f}")
         lines.append(f"| {order} | " + " | ".join(cells) + " |")
     lines += ["", "n per set: " + ", ".join(f"{s} {tables[(s, 'policy')][0]['n']}" for s in sets), ""]
+    lines += ["## Paired with the policy's `learned` (same puzzles)", "",
+              "Puzzles only that order solves / only `learned` solves, and the exact two-sided McNemar p-value.", "",
+              "| order | " + " | ".join(sets) + " |", "|---|" + "---|" * len(sets)]
+    for order in (o for o in ALL_ORDERS.split(",") if o != "learned"):
+        rows = [next(r for r in tables[(s, "policy")] if r["order"] == order) for s in sets]
+        lines.append(f"| {order} | " + " | ".join(f"{r['only_solved']}/{r['only_reference']} p={r['mcnemar_p']:.2g}"
+                                                    for r in rows) + " |")
+    lines.append("")
     if args.skip_joint_on and "joint" in checkpoints:
         lines += ["The joint checkpoint was not evaluated on: " + ", ".join(args.skip_joint_on) + " (time budget).", ""]
     if args.ablation:
         lines += ["## Ablation (validation metrics at the end of training)", ""] + ablation_rows(args.ablation) + [""]
     lines += ["## Commands", ""] + [f"- {c}" for c in commands] + [""]
-    REPORT.write_text("\n".join(lines))
+    write_report(REPORT, "\n".join(lines))
     print(REPORT.read_text())
 
 
