@@ -106,8 +106,8 @@ def ablation_rows(run_dirs: list[str]) -> list[str]:
         features = "+".join(p["features"] + p["task_features"])
         mixing = "token-axis" if p.get("encoder") == "token_axis" else \
             f"{p['n_layers']}-layer" if p["n_layers"] else "per-cell"
-        states = a["states"] + (f" (DAgger/{a['refresh_every']})" if a["states"] == "trajectory"
-                                and a["refresh_every"] else "")
+        refresh = f", DAgger/{a['refresh_every']}" if a["refresh_every"] else ", fixed"
+        states = a["states"] + (f" ({a['trajectory_instances']}/worker{refresh})" if a["states"] == "trajectory" else "")
         lines.append(
             f"| {Path(run_dir).name} ({cfg['train']['stage']}{stopped}) | "
             f"{mixing} | "
