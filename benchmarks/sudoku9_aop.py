@@ -52,14 +52,17 @@ def evaluation_sets() -> dict[str, str]:
     return sets
 
 
+def mixing(policy: dict) -> str:
+    """How a policy config mixes positions, as the report names it."""
+    if policy.get("encoder") == "token_axis":
+        return f"token-axis encoder, {policy['n_layers']} rounds"
+    return f"{policy['n_layers']}-layer transformer" if policy["n_layers"] else "per-cell MLP"
+
+
 def describe(manifest: dict) -> str:
     p, aop = manifest["policy"], manifest.get("aop", {})
-    if p.get("encoder") == "token_axis":
-        mixing = f"token-axis encoder, {p['n_layers']} rounds,"
-    else:
-        mixing = f"{p['n_layers']}-layer transformer" if p["n_layers"] else "per-cell MLP"
     extra = f", task features {'+'.join(p['task_features'])}" if p["task_features"] else ", no task features"
-    return (f"stage {manifest['stage']}, {mixing} d{p['d_model']}, features {'+'.join(p['features'])}{extra}, "
+    return (f"stage {manifest['stage']}, {mixing(p)}, d{p['d_model']}, features {'+'.join(p['features'])}{extra}, "
             f"base {p['base_order']}, target {aop.get('target', '?')}, states {aop.get('states', '?')}, "
             f"focus {aop.get('focus', 0)}, {manifest['step']} steps")
 
@@ -104,13 +107,11 @@ def ablation_rows(run_dirs: list[str]) -> list[str]:
             f", step {step} of {cfg['train']['steps']}" if at else f", stopped at step {step}"
         p, a = cfg["policy"], cfg["aop"]
         features = "+".join(p["features"] + p["task_features"])
-        mixing = "token-axis" if p.get("encoder") == "token_axis" else \
-            f"{p['n_layers']}-layer" if p["n_layers"] else "per-cell"
         refresh = f", DAgger/{a['refresh_every']}" if a["refresh_every"] else ", fixed"
         states = a["states"] + (f" ({a['trajectory_instances']}/worker{refresh})" if a["states"] == "trajectory" else "")
         lines.append(
             f"| {Path(run_dir).name} ({cfg['train']['stage']}{stopped}) | "
-            f"{mixing} | "
+            f"{mixing(p)} | "
             f"{features} | {states} | {a['target']} | {a['temperature']:g} | {a.get('focus', 0)} | "
             f"{m['val_solve_rate']:.3f} | "
             f"{m['val_chosen_error/learned']:.4f} / {m['val_chosen_error/margin']:.4f} / "
