@@ -31,7 +31,7 @@ import torch
 
 from aop_ray import checkpoints, data
 from aop_ray.cli import run_main, say
-from aop_ray.config import Config, ModelConfig, flatten, load_config, parse_dataclass
+from aop_ray.config import Config, ModelConfig, TrainConfig, flatten, load_config, parse_dataclass
 from aop_ray.aop import Trajectories, aop_step, chosen_costs, uniform_states
 from aop_ray.grpo import grpo_step
 from aop_ray.losses import denoiser_loss
@@ -48,9 +48,8 @@ MAIN_PIPELINE = "tune_configs/main.yaml"
 QUICK_PIPELINE = "tune_configs/quick.yaml"
 
 
-def lr_at(step: int, cfg: Config) -> float:
+def lr_at(step: int, tc: TrainConfig) -> float:
     """Linear warm-up, then cosine decay to lr * min_lr_ratio at the last step."""
-    tc = cfg.train
     if step < tc.warmup_steps:
         return tc.lr * (step + 1) / tc.warmup_steps
     progress = (step - tc.warmup_steps) / max(1, tc.steps - tc.warmup_steps)
@@ -264,7 +263,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         x0, fixed = batch["target"].long().to(device), batch["fixed"].to(device)
         if tc.augment:
             _, fixed, x0 = task.augment(x0, fixed, x0, generator)
-        factor = lr_at(step, cfg) / tc.lr
+        factor = lr_at(step, tc) / tc.lr
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
         with _autocast(device):
@@ -304,7 +303,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         elapsed = time.perf_counter() - window_start
         names = sorted(window)
         means = _all_mean([window[k] / window_n for k in names], device)
-        metrics = {"step": step, **dict(zip(names, means)), "lr": lr_at(step - 1, cfg),
+        metrics = {"step": step, **dict(zip(names, means)), "lr": lr_at(step - 1, tc),
                    "grad_norm": float(grad_norm), "samples_per_s": window_n * per_worker * world / elapsed}
         if eval_now:
             for module in saved.values():

@@ -17,12 +17,16 @@ Sudoku rule features; or the token-axis encoder (width 16, 2 rounds) on its gene
 default arms are the first run's; `--arms` picks others. Each trained policy and each reference
 order then decodes the same held-out hard puzzles (24-28 clues); the paired columns count the
 puzzles one order solves and margin (or the best heuristic) does not, with the exact McNemar p-value.
+An arm may name a training recipe, `objective:features@recipe` (RECIPES): the product's recipes
+replayed on the pool, to separate what each of their differences is worth; without one, an arm
+trains `--steps` of `--batch` states on `--train-puzzles` at a constant learning rate.
 Writes `--report` (default benchmarks/sudoku9_objectives.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import time
 
@@ -32,12 +36,13 @@ from common import ROOT, header, write_report
 sys.path.insert(0, str(ROOT))
 from aop_ray.aop import Trajectories, policy_objective  # noqa: E402
 from aop_ray.checkpoints import load_denoiser  # noqa: E402
-from aop_ray.config import TOKEN_AXIS_FEATURES, AopConfig, PolicyConfig  # noqa: E402
+from aop_ray.config import TOKEN_AXIS_FEATURES, AopConfig, PolicyConfig, TrainConfig  # noqa: E402
 from aop_ray.data import generate  # noqa: E402
 from aop_ray.models.policy import PolicyNet, make_policy  # noqa: E402
 from aop_ray.orders import DecodeState, get_order, margin, select  # noqa: E402
 from aop_ray.sampling import decode_dataset  # noqa: E402
 from aop_ray.stats import mcnemar  # noqa: E402
+from aop_ray.train import lr_at  # noqa: E402
 
 DENOISER = "benchmarks/checkpoints/sudoku9"
 GENERIC = ["probs", "stats", "group_probs"]
@@ -47,7 +52,36 @@ FEATURES = {"generic": {"features": GENERIC}, "generic+group_tokens": {"features
                              "task_features": ["candidates", "naked_single", "hidden_single", "argmax_legal"]},
             "token_axis": {"encoder": "token_axis", "d_model": 16, "features": list(TOKEN_AXIS_FEATURES)}}
 OBJECTIVES = ("expected", "pairwise", "correctness")
-ARMS = [f"{objective}:{features}" for features in FEATURES for objective in OBJECTIVES]
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """A training budget and schedule, and the number of training puzzles whose trajectories form the pool."""
+
+    puzzles: int
+    steps: int
+    batch: int
+    min_lr_ratio: float = 1.0  # cosine decay to lr * min_lr_ratio after a 50-step warm-up (1.0: constant)
+    weight_decay: float = 0.0
+
+    def describe(self) -> str:
+        schedule = "constant lr" if self.min_lr_ratio == 1.0 else f"cosine decay to {self.min_lr_ratio:g} x lr"
+        return (f"{self.puzzles} training puzzles, {self.steps} steps of {self.batch} states, {schedule}, "
+                f"weight decay {self.weight_decay:g}")
+
+
+# The two product recipes of the token-axis policy (tune_configs/sudoku9_policy.yaml; batch_size is the
+# global batch over both workers and trajectory_instances is per worker, so the pool holds twice as many
+# puzzles), and each with one of their differences exchanged. The DAgger refresh of the session-9 recipe
+# has no counterpart here: the pool is fixed.
+HEADLINE = Recipe(puzzles=1200, steps=1500, batch=128)
+RECIPES = {"headline": HEADLINE,
+           "headline-cosine-wd": dataclasses.replace(HEADLINE, min_lr_ratio=0.1, weight_decay=0.01),
+           "headline-900-steps": dataclasses.replace(HEADLINE, steps=900),
+           "headline-512-puzzles": dataclasses.replace(HEADLINE, puzzles=512),
+           "session9-no-dagger": Recipe(puzzles=512, steps=900, batch=128, min_lr_ratio=0.1, weight_decay=0.01)}
+ARMS = [f"{objective}:{features}" for features in FEATURES for objective in OBJECTIVES] + [
+    f"expected:token_axis@{recipe}" for recipe in RECIPES]
 DEFAULT_ARMS = [arm for arm in ARMS if not arm.startswith("correctness") and "token_axis" not in arm]  # the first run
 REFERENCES = ["margin", "confidence", "entropy", "singles"]
 REPORT = ROOT / "benchmarks" / "sudoku9_objectives.md"
@@ -70,19 +104,25 @@ def state_pool(denoiser: torch.nn.Module, task, n: int) -> tuple[torch.Tensor, .
     return xt, x0, torch.cat(logp), torch.cat(hidden)
 
 
-def train_arm(task, hidden_dim: int, arm: str, pool: tuple, args: argparse.Namespace) -> PolicyNet:
-    objective, features = arm.split(":")
+def arm_recipe(arm: str, args: argparse.Namespace) -> Recipe:
+    recipe = arm.partition("@")[2]
+    return RECIPES[recipe] if recipe else Recipe(args.train_puzzles, args.steps, args.batch)
+
+
+def train_arm(task, hidden_dim: int, arm: str, pool: tuple, recipe: Recipe) -> PolicyNet:
+    objective, features = arm.partition("@")[0].split(":")
     aop = AopConfig(target="error", objective=objective)  # pairwise: the top 8 (pairwise_k)
+    schedule = TrainConfig(steps=recipe.steps, lr=1e-3, warmup_steps=50, min_lr_ratio=recipe.min_lr_ratio)
     torch.manual_seed(0)
     policy = make_policy(task, hidden_dim, PolicyConfig(**FEATURES[features]))
-    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3, weight_decay=0.0)
+    optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3, weight_decay=recipe.weight_decay)
     xt, x0, logp, hidden = pool
     generator = torch.Generator().manual_seed(0)
     start, recent = time.perf_counter(), []
-    for step in range(1, args.steps + 1):
+    for step in range(1, recipe.steps + 1):
         for group in optimizer.param_groups:
-            group["lr"] = 1e-3 * min(1.0, step / 50)
-        rows = torch.randint(0, len(xt), (args.batch,), generator=generator)
+            group["lr"] = lr_at(step - 1, schedule)
+        rows = torch.randint(0, len(xt), (recipe.batch,), generator=generator)
         state = DecodeState(tokens=xt[rows], masked=xt[rows] == task.vocab_size, logits=logp[rows],
                             hidden=hidden[rows].float() if policy.needs_hidden else None, step=0)
         error = (logp[rows].argmax(-1) != x0[rows]).float()
@@ -106,23 +146,30 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=ARMS)
+    parser.add_argument("--pair-with", default=None, metavar="ARM",
+                        help="one of --arms: add a column of paired counts against it (e.g. the recipe it varies)")
     parser.add_argument("--report", default=str(REPORT.relative_to(ROOT)), help="markdown file to write")
     args = parser.parse_args()
+    if args.pair_with and args.pair_with not in args.arms:
+        parser.error(f"--pair-with: {args.pair_with!r} is not one of --arms")
     torch.set_num_threads(2)
     denoiser, task, manifest = load_denoiser(ROOT / DENOISER)
-    start = time.perf_counter()
-    pool = state_pool(denoiser, task, args.train_puzzles)
-    xt, x0, logp, _ = pool
-    pick, _ = select(margin(DecodeState(xt, xt == task.vocab_size, logp, None, 0)), xt == task.vocab_size, 1)
-    errors = int(torch.gather(logp.argmax(-1) != x0, 1, pick).sum())
-    print(f"pool: {len(xt)} states, margin's pick wrong at {errors} ({time.perf_counter() - start:.0f} s)")
+    recipes = {arm: arm_recipe(arm, args) for arm in args.arms}
+    pools, pool_notes = {}, []
+    for n in sorted({recipe.puzzles for recipe in recipes.values()}):
+        start = time.perf_counter()
+        pools[n] = xt, x0, logp, _ = state_pool(denoiser, task, n)
+        pick, _ = select(margin(DecodeState(xt, xt == task.vocab_size, logp, None, 0)), xt == task.vocab_size, 1)
+        errors = int(torch.gather(logp.argmax(-1) != x0, 1, pick).sum())
+        pool_notes.append(f"{n} puzzles: {len(xt)} states, margin's pick wrong at {errors}")
+        print(f"pool: {pool_notes[-1]} ({time.perf_counter() - start:.0f} s)")
     test = generate(task, args.test_puzzles, seed=12, options={"clues": [24, 28], "unique": True})
     tokens, fixed, target = (torch.as_tensor(a) for a in (test.tokens, test.fixed, test.target))
     orders = {name: get_order(name, task=task) for name in REFERENCES}
     solved, train_seconds = {}, {}
     for arm in args.arms:
         begin = time.perf_counter()
-        orders[arm] = train_arm(task, manifest["model"]["d_model"], arm, pool, args)
+        orders[arm] = train_arm(task, manifest["model"]["d_model"], arm, pools[recipes[arm].puzzles], recipes[arm])
         train_seconds[arm] = time.perf_counter() - begin
     for name, order in orders.items():
         with torch.no_grad():
@@ -132,19 +179,21 @@ def main() -> int:
     command = "python benchmarks/sudoku9_objectives.py " + " ".join(sys.argv[1:])
     lines = header("9x9 Sudoku: policy objectives and features on one fixed state pool", command.strip()) + [
         f"- denoiser: `{DENOISER}`; state pool: every state of its teacher-forced margin trajectories on "
-        f"{args.train_puzzles} generated unique puzzles (24-30 clues, seed 11): {len(xt)} states, "
-        f"margin's pick wrong at {errors}",
-        f"- policy: transformer d48, 2 layers, or token-axis width 16, 2 rounds (`{'` or `'.join(sorted({a.split(':')[1] for a in args.arms}))}`); "
-        f"base margin (scale 50, learned), AdamW 1e-3, {args.steps} steps of "
-        f"{args.batch} states, seed 0, no DAgger refresh",
+        f"generated unique puzzles (24-30 clues, seed 11): {'; '.join(pool_notes)}",
+        f"- policy: transformer d48, 2 layers, or token-axis width 16, 2 rounds "
+        f"(`{'` or `'.join(sorted({a.partition('@')[0].split(':')[1] for a in args.arms}))}`); "
+        f"base margin (scale 50, learned), AdamW 1e-3, seed 0, no DAgger refresh",
+        *sorted({f"- training, `{arm.partition('@')[2] or 'default'}`: {recipes[arm].describe()}" for arm in args.arms}),
         f"- test: {args.test_puzzles} generated unique puzzles, 24-28 clues (seed 12); greedy, one cell per step",
         "", "## Solve rate", "",
         f"| order | solved | vs margin: only it / only margin, p | vs {best} (best heuristic): only it / only "
-        f"{best}, p | training |", "|---|---|---|---|---|"]
+        f"{best}, p |{f' vs {args.pair_with}: only it / only that arm, p |' if args.pair_with else ''} training |",
+        "|---|---|---|---|" + "---|" * (2 if args.pair_with else 1)]
     for name in orders:
         rate = f"{solved[name].float().mean():.3f}"
-        paired = [f"{b} / {c}, {p:.3g}" for b, c, p in (mcnemar(solved[name], solved[ref]) for ref in ("margin", best))]
-        lines.append(f"| {name} | {rate} | {paired[0]} | {paired[1]} | "
+        paired = [f"{b} / {c}, {p:.3g}" for b, c, p in (mcnemar(solved[name], solved[ref])
+                                                          for ref in ("margin", best, args.pair_with) if ref)]
+        lines.append(f"| {name} | {rate} | {' | '.join(paired)} | "
                      f"{f'{train_seconds[name]:.0f} s' if name in train_seconds else '-'} |")
     write_report(ROOT / args.report, "\n".join(lines) + "\n")
     print((ROOT / args.report).read_text())

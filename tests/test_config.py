@@ -3,8 +3,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from aop_ray.config import Config, load_config
+from aop_ray.config import Config, TrainConfig, load_config
 from aop_ray.tasks import InputError
+from aop_ray.train import lr_at
 
 BASE = """
 name: t
@@ -115,3 +116,12 @@ def test_every_shipped_config_loads(path):
         not data.get("aop", {}).get("denoiser_checkpoint")
     cfg = load_config(path, ["aop.denoiser_checkpoint=x"] if needs_denoiser else [])
     assert cfg.name == data["name"]
+
+
+def test_lr_schedule_warms_up_then_decays_to_its_floor():
+    cosine = TrainConfig(steps=110, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    assert lr_at(0, cosine) == pytest.approx(1e-4) and lr_at(9, cosine) == pytest.approx(1e-3)
+    assert lr_at(60, cosine) == pytest.approx(1e-3 * (0.1 + 0.9 * 0.5))  # half-way down the cosine
+    assert lr_at(110, cosine) == pytest.approx(1e-4) and lr_at(500, cosine) == pytest.approx(1e-4)
+    constant = TrainConfig(steps=110, lr=1e-3, warmup_steps=10, min_lr_ratio=1.0)
+    assert {lr_at(step, constant) for step in range(10, 200)} == {1e-3}
