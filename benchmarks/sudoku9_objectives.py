@@ -104,13 +104,20 @@ def state_pool(denoiser: torch.nn.Module, task, n: int) -> tuple[torch.Tensor, .
     return xt, x0, torch.cat(logp), torch.cat(hidden)
 
 
+def parse_arm(arm: str) -> tuple[str, str, str]:
+    """`objective:features[@recipe]` as (objective, features, recipe name or "")."""
+    head, _, recipe = arm.partition("@")
+    objective, features = head.split(":")
+    return objective, features, recipe
+
+
 def arm_recipe(arm: str, args: argparse.Namespace) -> Recipe:
-    recipe = arm.partition("@")[2]
+    recipe = parse_arm(arm)[2]
     return RECIPES[recipe] if recipe else Recipe(args.train_puzzles, args.steps, args.batch)
 
 
 def train_arm(task, hidden_dim: int, arm: str, pool: tuple, recipe: Recipe) -> PolicyNet:
-    objective, features = arm.partition("@")[0].split(":")
+    objective, features, _ = parse_arm(arm)
     aop = AopConfig(target="error", objective=objective)  # pairwise: the top 8 (pairwise_k)
     schedule = TrainConfig(steps=recipe.steps, lr=1e-3, warmup_steps=50, min_lr_ratio=recipe.min_lr_ratio)
     torch.manual_seed(0)
@@ -181,9 +188,9 @@ def main() -> int:
         f"- denoiser: `{DENOISER}`; state pool: every state of its teacher-forced margin trajectories on "
         f"generated unique puzzles (24-30 clues, seed 11): {'; '.join(pool_notes)}",
         f"- policy: transformer d48, 2 layers, or token-axis width 16, 2 rounds "
-        f"(`{'` or `'.join(sorted({a.partition('@')[0].split(':')[1] for a in args.arms}))}`); "
+        f"(`{'` or `'.join(sorted({parse_arm(a)[1] for a in args.arms}))}`); "
         f"base margin (scale 50, learned), AdamW 1e-3, seed 0, no DAgger refresh",
-        *sorted({f"- training, `{arm.partition('@')[2] or 'default'}`: {recipes[arm].describe()}" for arm in args.arms}),
+        *sorted({f"- training, `{parse_arm(arm)[2] or 'default'}`: {recipes[arm].describe()}" for arm in args.arms}),
         f"- test: {args.test_puzzles} generated unique puzzles, 24-28 clues (seed 12); greedy, one cell per step",
         "", "## Solve rate", "",
         f"| order | solved | vs margin: only it / only margin, p | vs {best} (best heuristic): only it / only "
