@@ -4,17 +4,18 @@
         [--arms ...] [--report benchmarks/sudoku9_objectives.md]
 
 Issue 3's open question isolated from Ray and from the DAgger schedule: the frozen committed
-denoiser's margin trajectories (teacher-forced) over generated unique-solution puzzles give one
-pool of states; its outputs (log-probabilities, final hidden states) are computed once, so every
-arm trains its policy network on exactly the same states for the same steps,
-at about 2,000 states/s on 2 CPU cores instead of about 200 with a denoiser forward per state.
-Arms cross the objective, `expected` (the AOP loss, E_pi[error]), `pairwise` (rank the margin
+denoiser's margin trajectories (teacher-forced; a recipe may name another base order) over generated
+unique-solution puzzles give one pool of states; its outputs (log-probabilities, final hidden
+states) are computed once, so every arm trains its policy network on exactly the same states for the
+same steps, at about 2,000 states/s on 2 CPU cores instead of about 200 with a denoiser forward per
+state. Arms cross the objective, `expected` (the AOP loss, E_pi[error]), `pairwise` (rank the margin
 order's top 8 by error, losses.pairwise_rank_loss) or `correctness` (every masked position's score
 fitted as the logit that the denoiser is right there, losses.correctness_loss), with the policy: the
 transformer encoder (d48, 2 layers) on generic features, generic plus the revealed-token group
 counts (`group_tokens`), generic plus the denoiser's hidden state (`hidden`), or generic plus the
-Sudoku rule features; or the token-axis encoder (width 16, 2 rounds) on its generic inputs. The
-default arms are the first run's; `--arms` picks others. Each trained policy and each reference
+Sudoku rule features; or the token-axis encoder (width 16, 2 rounds, or 3 in `token_axis-3rounds`)
+on its generic inputs.
+The default arms are the first run's; `--arms` picks others. Each trained policy and each reference
 order then decodes the same held-out hard puzzles (24-28 clues); the paired columns count the
 puzzles one order solves and margin (or the best heuristic) does not, with the exact McNemar p-value.
 An arm may name a training recipe, `objective:features@recipe` (RECIPES): the product's recipes
@@ -39,7 +40,7 @@ from aop_ray.checkpoints import load_denoiser  # noqa: E402
 from aop_ray.config import TOKEN_AXIS_FEATURES, AopConfig, PolicyConfig, TrainConfig  # noqa: E402
 from aop_ray.data import generate  # noqa: E402
 from aop_ray.models.policy import PolicyNet, make_policy  # noqa: E402
-from aop_ray.orders import DecodeState, get_order, margin, select  # noqa: E402
+from aop_ray.orders import DecodeState, get_order, select  # noqa: E402
 from aop_ray.sampling import decode_dataset  # noqa: E402
 from aop_ray.stats import mcnemar  # noqa: E402
 from aop_ray.train import lr_at  # noqa: E402
@@ -50,7 +51,10 @@ FEATURES = {"generic": {"features": GENERIC}, "generic+group_tokens": {"features
             "generic+hidden": {"features": GENERIC + ["hidden"]},
             "generic+task": {"features": GENERIC,
                              "task_features": ["candidates", "naked_single", "hidden_single", "argmax_legal"]},
-            "token_axis": {"encoder": "token_axis", "d_model": 16, "features": list(TOKEN_AXIS_FEATURES)}}
+            "token_axis": {"encoder": "token_axis", "d_model": 16, "n_layers": 2,
+                           "features": list(TOKEN_AXIS_FEATURES)},
+            "token_axis-3rounds": {"encoder": "token_axis", "d_model": 16, "n_layers": 3,
+                                   "features": list(TOKEN_AXIS_FEATURES)}}
 OBJECTIVES = ("expected", "pairwise", "correctness")
 
 
@@ -63,11 +67,12 @@ class Recipe:
     batch: int
     min_lr_ratio: float = 1.0  # cosine decay to lr * min_lr_ratio after a 50-step warm-up (1.0: constant)
     weight_decay: float = 0.0
+    base: str = "margin"  # the policy's base order, and the order whose trajectories form the pool
 
     def describe(self) -> str:
         schedule = "constant lr" if self.min_lr_ratio == 1.0 else f"cosine decay to {self.min_lr_ratio:g} x lr"
-        return (f"{self.puzzles} training puzzles, {self.steps} steps of {self.batch} states, {schedule}, "
-                f"weight decay {self.weight_decay:g}")
+        return (f"base {self.base} on a pool of {self.base} trajectories of {self.puzzles} training puzzles, "
+                f"{self.steps} steps of {self.batch} states, {schedule}, weight decay {self.weight_decay:g}")
 
 
 # The two product recipes of the token-axis policy (tune_configs/sudoku9_policy.yaml; batch_size is the
@@ -79,20 +84,22 @@ RECIPES = {"headline": HEADLINE,
            "headline-cosine-wd": dataclasses.replace(HEADLINE, min_lr_ratio=0.1, weight_decay=0.01),
            "headline-900-steps": dataclasses.replace(HEADLINE, steps=900),
            "headline-512-puzzles": dataclasses.replace(HEADLINE, puzzles=512),
+           "headline-confidence": dataclasses.replace(HEADLINE, base="confidence"),
            "session9-no-dagger": Recipe(puzzles=512, steps=900, batch=128, min_lr_ratio=0.1, weight_decay=0.01)}
 ARMS = [f"{objective}:{features}" for features in FEATURES for objective in OBJECTIVES] + [
-    f"expected:token_axis@{recipe}" for recipe in RECIPES]
+    f"expected:{features}@{recipe}" for features in ("token_axis", "token_axis-3rounds") for recipe in RECIPES]
 DEFAULT_ARMS = [arm for arm in ARMS if not arm.startswith("correctness") and "token_axis" not in arm]  # the first run
 REFERENCES = ["margin", "confidence", "entropy", "singles"]
 REPORT = ROOT / "benchmarks" / "sudoku9_objectives.md"
 
 
-def state_pool(denoiser: torch.nn.Module, task, n: int) -> tuple[torch.Tensor, ...]:
-    """(x_t, x0, denoiser log-probs, final hidden states in bf16) of every state of the margin
+def state_pool(denoiser: torch.nn.Module, task, n: int, order: str) -> tuple[torch.Tensor, ...]:
+    """(x_t, x0, denoiser log-probs, final hidden states in bf16) of every state of the `order`
     trajectories of n training puzzles."""
     inst = generate(task, n, seed=11, options={"clues": [24, 30], "unique": True})
     tokens, fixed, target = (torch.as_tensor(a) for a in (inst.tokens, inst.fixed, inst.target))
-    xt, x0 = Trajectories.collect(denoiser, get_order("margin"), tokens, fixed, target, task.vocab_size).all_states()
+    trajectories = Trajectories.collect(denoiser, get_order(order, task=task), tokens, fixed, target, task.vocab_size)
+    xt, x0 = trajectories.all_states()
     live = (xt == task.vocab_size).any(1)
     xt, x0 = xt[live], x0[live]
     logp, hidden = [], []
@@ -121,7 +128,7 @@ def train_arm(task, hidden_dim: int, arm: str, pool: tuple, recipe: Recipe) -> P
     aop = AopConfig(target="error", objective=objective)  # pairwise: the top 8 (pairwise_k)
     schedule = TrainConfig(steps=recipe.steps, lr=1e-3, warmup_steps=50, min_lr_ratio=recipe.min_lr_ratio)
     torch.manual_seed(0)
-    policy = make_policy(task, hidden_dim, PolicyConfig(**FEATURES[features]))
+    policy = make_policy(task, hidden_dim, PolicyConfig(**FEATURES[features], base_order=recipe.base))
     optimizer = torch.optim.AdamW(policy.parameters(), lr=1e-3, weight_decay=recipe.weight_decay)
     xt, x0, logp, hidden = pool
     generator = torch.Generator().manual_seed(0)
@@ -163,12 +170,13 @@ def main() -> int:
     denoiser, task, manifest = load_denoiser(ROOT / DENOISER)
     recipes = {arm: arm_recipe(arm, args) for arm in args.arms}
     pools, pool_notes = {}, []
-    for n in sorted({recipe.puzzles for recipe in recipes.values()}):
+    for n, base in sorted({(recipe.puzzles, recipe.base) for recipe in recipes.values()}):
         start = time.perf_counter()
-        pools[n] = xt, x0, logp, _ = state_pool(denoiser, task, n)
-        pick, _ = select(margin(DecodeState(xt, xt == task.vocab_size, logp, None, 0)), xt == task.vocab_size, 1)
+        pools[n, base] = xt, x0, logp, _ = state_pool(denoiser, task, n, base)
+        scores = get_order(base, task=task)(DecodeState(xt, xt == task.vocab_size, logp, None, 0))
+        pick, _ = select(scores, xt == task.vocab_size, 1)
         errors = int(torch.gather(logp.argmax(-1) != x0, 1, pick).sum())
-        pool_notes.append(f"{n} puzzles: {len(xt)} states, margin's pick wrong at {errors}")
+        pool_notes.append(f"{base} trajectories of {n} puzzles: {len(xt)} states, {base}'s pick wrong at {errors}")
         print(f"pool: {pool_notes[-1]} ({time.perf_counter() - start:.0f} s)")
     test = generate(task, args.test_puzzles, seed=12, options={"clues": [24, 28], "unique": True})
     tokens, fixed, target = (torch.as_tensor(a) for a in (test.tokens, test.fixed, test.target))
@@ -176,7 +184,8 @@ def main() -> int:
     solved, train_seconds = {}, {}
     for arm in args.arms:
         begin = time.perf_counter()
-        orders[arm] = train_arm(task, manifest["model"]["d_model"], arm, pools[recipes[arm].puzzles], recipes[arm])
+        recipe = recipes[arm]
+        orders[arm] = train_arm(task, manifest["model"]["d_model"], arm, pools[recipe.puzzles, recipe.base], recipe)
         train_seconds[arm] = time.perf_counter() - begin
     for name, order in orders.items():
         with torch.no_grad():
@@ -185,11 +194,11 @@ def main() -> int:
     best = max(["margin", "confidence", "entropy"], key=lambda name: int(solved[name].sum()))
     command = "python benchmarks/sudoku9_objectives.py " + " ".join(sys.argv[1:])
     lines = header("9x9 Sudoku: policy objectives and features on one fixed state pool", command.strip()) + [
-        f"- denoiser: `{DENOISER}`; state pool: every state of its teacher-forced margin trajectories on "
+        f"- denoiser: `{DENOISER}`; state pool: every state of its teacher-forced trajectories on "
         f"generated unique puzzles (24-30 clues, seed 11): {'; '.join(pool_notes)}",
-        f"- policy: transformer d48, 2 layers, or token-axis width 16, 2 rounds "
+        f"- policy: transformer d48, 2 layers, or token-axis width 16, 2 rounds (3 in `token_axis-3rounds`) "
         f"(`{'` or `'.join(sorted({parse_arm(a)[1] for a in args.arms}))}`); "
-        f"base margin (scale 50, learned), AdamW 1e-3, seed 0, no DAgger refresh",
+        f"base order as the recipe says (scale 50, learned), AdamW 1e-3, seed 0, no DAgger refresh",
         *sorted({f"- training, `{parse_arm(arm)[2] or 'default'}`: {recipes[arm].describe()}" for arm in args.arms}),
         f"- test: {args.test_puzzles} generated unique puzzles, 24-28 clues (seed 12); greedy, one cell per step",
         "", "## Solve rate", "",
