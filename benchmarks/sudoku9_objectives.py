@@ -84,6 +84,7 @@ RECIPES = {"headline": HEADLINE,
            "headline-cosine-wd": dataclasses.replace(HEADLINE, min_lr_ratio=0.1, weight_decay=0.01),
            "headline-900-steps": dataclasses.replace(HEADLINE, steps=900),
            "headline-512-puzzles": dataclasses.replace(HEADLINE, puzzles=512),
+           "headline-2400-puzzles": dataclasses.replace(HEADLINE, puzzles=2400),
            "headline-confidence": dataclasses.replace(HEADLINE, base="confidence"),
            "session9-no-dagger": Recipe(puzzles=512, steps=900, batch=128, min_lr_ratio=0.1, weight_decay=0.01)}
 ARMS = [f"{objective}:{features}" for features in FEATURES for objective in OBJECTIVES] + [
