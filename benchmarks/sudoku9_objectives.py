@@ -40,21 +40,19 @@ from aop_ray.checkpoints import load_denoiser  # noqa: E402
 from aop_ray.config import TOKEN_AXIS_FEATURES, AopConfig, PolicyConfig, TrainConfig  # noqa: E402
 from aop_ray.data import generate  # noqa: E402
 from aop_ray.models.policy import PolicyNet, make_policy  # noqa: E402
-from aop_ray.orders import DecodeState, get_order, select  # noqa: E402
+from aop_ray.orders import DecodeState, Order, get_order, select  # noqa: E402
 from aop_ray.sampling import decode_dataset  # noqa: E402
 from aop_ray.stats import mcnemar  # noqa: E402
 from aop_ray.train import lr_at  # noqa: E402
 
 DENOISER = "benchmarks/checkpoints/sudoku9"
 GENERIC = ["probs", "stats", "group_probs"]
+TOKEN_AXIS = {"encoder": "token_axis", "d_model": 16, "n_layers": 2, "features": list(TOKEN_AXIS_FEATURES)}
 FEATURES = {"generic": {"features": GENERIC}, "generic+group_tokens": {"features": GENERIC + ["group_tokens"]},
             "generic+hidden": {"features": GENERIC + ["hidden"]},
             "generic+task": {"features": GENERIC,
                              "task_features": ["candidates", "naked_single", "hidden_single", "argmax_legal"]},
-            "token_axis": {"encoder": "token_axis", "d_model": 16, "n_layers": 2,
-                           "features": list(TOKEN_AXIS_FEATURES)},
-            "token_axis-3rounds": {"encoder": "token_axis", "d_model": 16, "n_layers": 3,
-                                   "features": list(TOKEN_AXIS_FEATURES)}}
+            "token_axis": TOKEN_AXIS, "token_axis-3rounds": {**TOKEN_AXIS, "n_layers": 3}}
 OBJECTIVES = ("expected", "pairwise", "correctness")
 
 
@@ -94,12 +92,12 @@ REFERENCES = ["margin", "confidence", "entropy", "singles"]
 REPORT = ROOT / "benchmarks" / "sudoku9_objectives.md"
 
 
-def state_pool(denoiser: torch.nn.Module, task, n: int, order: str) -> tuple[torch.Tensor, ...]:
+def state_pool(denoiser: torch.nn.Module, task, n: int, order: Order) -> tuple[torch.Tensor, ...]:
     """(x_t, x0, denoiser log-probs, final hidden states in bf16) of every state of the `order`
     trajectories of n training puzzles."""
     inst = generate(task, n, seed=11, options={"clues": [24, 30], "unique": True})
     tokens, fixed, target = (torch.as_tensor(a) for a in (inst.tokens, inst.fixed, inst.target))
-    trajectories = Trajectories.collect(denoiser, get_order(order, task=task), tokens, fixed, target, task.vocab_size)
+    trajectories = Trajectories.collect(denoiser, order, tokens, fixed, target, task.vocab_size)
     xt, x0 = trajectories.all_states()
     live = (xt == task.vocab_size).any(1)
     xt, x0 = xt[live], x0[live]
@@ -173,8 +171,9 @@ def main() -> int:
     pools, pool_notes = {}, []
     for n, base in sorted({(recipe.puzzles, recipe.base) for recipe in recipes.values()}):
         start = time.perf_counter()
-        pools[n, base] = xt, x0, logp, _ = state_pool(denoiser, task, n, base)
-        scores = get_order(base, task=task)(DecodeState(xt, xt == task.vocab_size, logp, None, 0))
+        base_order = get_order(base, task=task)
+        pools[n, base] = xt, x0, logp, _ = state_pool(denoiser, task, n, base_order)
+        scores = base_order(DecodeState(xt, xt == task.vocab_size, logp, None, 0))
         pick, _ = select(scores, xt == task.vocab_size, 1)
         errors = int(torch.gather(logp.argmax(-1) != x0, 1, pick).sum())
         pool_notes.append(f"{base} trajectories of {n} puzzles: {len(xt)} states, {base}'s pick wrong at {errors}")
