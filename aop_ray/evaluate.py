@@ -3,18 +3,22 @@
     python -m aop_ray.evaluate --checkpoint CKPT --data PATH --orders random,confidence,margin,entropy
 
 Prints one row per order (solve rate, cell accuracy, planner NLL, puzzles/s),
-writes `results.csv` / `results.json` and one heat map PNG per order (mean
-reveal step per position) into `--out`, and logs all of it to MLflow.
+writes `results.csv` / `results.json`, `solved.csv` and one heat map PNG per
+order (mean reveal step per position) into `--out`, and logs all of it to MLflow.
 `results.json` is a contract read by other tools: a list of objects with at
 least order, solve_rate, cell_accuracy, planner_nll, per_s, n. With
 `--reference ORDER` every other row also carries the paired comparison against
 it on the same instances: only_solved, only_reference, mcnemar_p.
+`solved.csv` keeps each instance's outcome (a content id, then one 0/1 column
+per order), so evaluations of *different* checkpoints on the same data can be
+paired after the fact: `python -m aop_ray.paired`.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import math
@@ -128,6 +132,24 @@ def results_csv(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
+def content_ids(instances: Instances) -> list[str]:
+    """A digest of each instance's tokens and fixed mask: pairing two evaluations checks
+    that both decoded the same puzzles, not merely ones with the same names or count."""
+    rows = np.concatenate([np.asarray(instances.tokens, dtype=np.int64), np.asarray(instances.fixed, dtype=np.int64)],
+                          axis=1)
+    return [hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in rows]
+
+
+def solved_csv(instances: Instances, solved: dict[str, torch.Tensor]) -> bytes:
+    """One row per instance: its id in the dataset, its content digest, then 0/1 per order."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow(["instance", "content", *solved])
+    flags = [value.long().tolist() for value in solved.values()]
+    writer.writerows(zip(instances.ids, content_ids(instances), *flags))
+    return buf.getvalue().encode()
+
+
 def parse_orders(text: str, task: Task, policy: PolicyNet | None) -> dict[str, Order]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
@@ -169,8 +191,10 @@ def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, 
                    planner_nll: bool = True, temperature: float = 0.0, order_temperature: float = 0.0,
                    policy: PolicyNet | None = None, progress: bool = True,
                    scorer: Any = None,
-                   reference: str | None = None) -> tuple[list[dict[str, Any]], dict[str, bytes]]:
-    """Decode `instances` under each order: one summary row and one heat-map PNG per order.
+                   reference: str | None = None
+                   ) -> tuple[list[dict[str, Any]], dict[str, bytes], dict[str, torch.Tensor]]:
+    """Decode `instances` under each order: one summary row, one heat-map PNG and the
+    per-instance solved flags per order.
 
     Every order sees the same puzzles and the same seed, so the rows are a paired comparison;
     with `reference` (one of `orders`) each other row gets its McNemar counts against it.
@@ -197,7 +221,7 @@ def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, 
             paired = (None, None, None) if row["order"] == reference else mcnemar(solved[row["order"]],
                                                                                   solved[reference])
             row.update(zip(("reference", "only_solved", "only_reference", "mcnemar_p"), (reference, *paired)))
-    return rows, maps
+    return rows, maps, solved
 
 
 def numeric(row: dict[str, Any]) -> dict[str, float]:
@@ -205,11 +229,13 @@ def numeric(row: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def write_results(out: Path, rows: list[dict[str, Any]], maps: dict[str, bytes]) -> None:
-    """results.json, results.csv and heatmap_<order>.png, each written atomically."""
+def write_results(out: Path, rows: list[dict[str, Any]], maps: dict[str, bytes], solved: dict[str, torch.Tensor],
+                  instances: Instances) -> None:
+    """results.json, results.csv, solved.csv and heatmap_<order>.png, each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "results.json", json.dumps(rows, indent=2).encode())
     write_atomic(out / "results.csv", results_csv(rows))
+    write_atomic(out / "solved.csv", solved_csv(instances, solved))
     for name, png in maps.items():
         write_atomic(out / f"heatmap_{name}.png", png)
 
@@ -245,7 +271,7 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
                             tags={"aop_ray.stage": "evaluate", "aop_ray.task": task.name})
     status = "FAILED"
     try:
-        rows, maps = compare_orders(denoiser, task, instances, orders, k=args.k, threshold=args.threshold,
+        rows, maps, solved = compare_orders(denoiser, task, instances, orders, k=args.k, threshold=args.threshold,
                                     batch_size=args.batch_size, seed=args.seed, planner_nll=not args.no_planner_nll,
                                     temperature=args.temperature, order_temperature=args.order_temperature,
                                     policy=policy, progress=not args.quiet, scorer=scorer,
@@ -254,10 +280,9 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
             tracker.log_metrics({f"{row['order']}/{k}": v for k, v in numeric(row).items()}, step=0)
         print(format_table(rows))
         if args.out:
-            write_results(Path(args.out), rows, maps)
+            write_results(Path(args.out), rows, maps, solved, instances)
             tracker.log_artifact(args.out, "evaluation")
-            print(f"wrote {Path(args.out) / 'results.json'}, {Path(args.out) / 'results.csv'} and "
-                  f"{len(maps)} heat maps")
+            print(f"wrote {Path(args.out) / 'results.json'}, results.csv, solved.csv and {len(maps)} heat maps")
         status = "FINISHED"
     finally:
         tracker.end(status)
@@ -296,7 +321,8 @@ def build_parser() -> argparse.ArgumentParser:
                              "top-1 probability is >= T (the order's k best are revealed regardless)")
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N instances")
     parser.add_argument("--out", default=None,
-                        help="directory for results.csv, results.json and heatmap_<order>.png")
+                        help="directory for results.csv, results.json, solved.csv (per-instance outcomes, for "
+                             "python -m aop_ray.paired) and heatmap_<order>.png")
     parser.add_argument("--batch-size", type=int, default=256, help="instances decoded together (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random order and sampling")
     parser.add_argument("--temperature", type=float, default=0.0,

@@ -75,7 +75,16 @@ def test_evaluate_cli_end_to_end(trained, tmp_path):
     assert round(20 * (rows[0]["solve_rate"] - rows[1]["solve_rate"])) == rows[0]["only_solved"] - rows[0]["only_reference"]
     assert 0 < rows[0]["mcnemar_p"] <= 1 and "vs margin" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "heatmap_margin.png", "heatmap_random.png", "results.csv", "results.json"]
+        "heatmap_margin.png", "heatmap_random.png", "results.csv", "results.json", "solved.csv"]
+    # solved.csv holds the per-instance outcomes behind the rows: its columns average to the solve rates,
+    # and pairing the file with itself through python -m aop_ray.paired reproduces the McNemar counts
+    lines = (tmp_path / "out" / "solved.csv").read_text().splitlines()
+    assert lines[0] == "instance,content,random,margin" and len(lines) == 21
+    flags = np.array([[int(v) for v in line.split(",")[2:]] for line in lines[1:]])
+    np.testing.assert_allclose(flags.mean(0), [rows[0]["solve_rate"], rows[1]["solve_rate"]])
+    paired = call_cli("aop_ray.paired", "out:margin", "out:random", cwd=tmp_path)
+    assert paired.returncode == 0, paired.stderr
+    assert f"{rows[0]['only_solved']}/{rows[0]['only_reference']} p={rows[0]['mcnemar_p']:.2g}" in paired.stdout
     # the CLI's numbers are the library's numbers on the same puzzles
     model, _, _ = checkpoints.load_denoiser(ckpt)
     inst = data.load_instances(task, tmp_path / "puzzles.txt").take(slice(0, 20))
