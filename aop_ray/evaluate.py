@@ -272,10 +272,10 @@ def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
     status = "FAILED"
     try:
         rows, maps, solved = compare_orders(denoiser, task, instances, orders, k=args.k, threshold=args.threshold,
-                                    batch_size=args.batch_size, seed=args.seed, planner_nll=not args.no_planner_nll,
-                                    temperature=args.temperature, order_temperature=args.order_temperature,
-                                    policy=policy, progress=not args.quiet, scorer=scorer,
-                                    reference=args.reference)
+                                            batch_size=args.batch_size, seed=args.seed,
+                                            planner_nll=not args.no_planner_nll, temperature=args.temperature,
+                                            order_temperature=args.order_temperature, policy=policy,
+                                            progress=not args.quiet, scorer=scorer, reference=args.reference)
         for row in rows:
             tracker.log_metrics({f"{row['order']}/{k}": v for k, v in numeric(row).items()}, step=0)
         print(format_table(rows))
