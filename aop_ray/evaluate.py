@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import hashlib
 import io
 import json
 import math
@@ -36,6 +35,7 @@ from aop_ray.cli import run_main
 from aop_ray.config import check_threshold
 from aop_ray.models.policy import PolicyNet
 from aop_ray.orders import Order, get_order, order_names
+from aop_ray.paired import SOLVED_CSV, solved_csv
 from aop_ray.sampling import Decoded, decode_dataset
 from aop_ray.stats import mcnemar
 from aop_ray.tasks import InputError, Instances, Task
@@ -132,24 +132,6 @@ def results_csv(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def content_ids(instances: Instances) -> list[str]:
-    """A digest of each instance's tokens and fixed mask: pairing two evaluations checks
-    that both decoded the same puzzles, not merely ones with the same names or count."""
-    rows = np.concatenate([np.asarray(instances.tokens, dtype=np.int64), np.asarray(instances.fixed, dtype=np.int64)],
-                          axis=1)
-    return [hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in rows]
-
-
-def solved_csv(instances: Instances, solved: dict[str, torch.Tensor]) -> bytes:
-    """One row per instance: its id in the dataset, its content digest, then 0/1 per order."""
-    buf = io.StringIO()
-    writer = csv.writer(buf)
-    writer.writerow(["instance", "content", *solved])
-    flags = [value.long().tolist() for value in solved.values()]
-    writer.writerows(zip(instances.ids, content_ids(instances), *flags))
-    return buf.getvalue().encode()
-
-
 def parse_orders(text: str, task: Task, policy: PolicyNet | None) -> dict[str, Order]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
@@ -235,7 +217,7 @@ def write_results(out: Path, rows: list[dict[str, Any]], maps: dict[str, bytes],
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "results.json", json.dumps(rows, indent=2).encode())
     write_atomic(out / "results.csv", results_csv(rows))
-    write_atomic(out / "solved.csv", solved_csv(instances, solved))
+    write_atomic(out / SOLVED_CSV, solved_csv(instances, solved))
     for name, png in maps.items():
         write_atomic(out / f"heatmap_{name}.png", png)
 

@@ -8,23 +8,46 @@ across two runs of `evaluate`: both wrote `solved.csv`, a 0/1 outcome per
 instance keyed by a digest of its content, so the discordant instances can be
 counted. The first argument is the reference; every other one gets the
 instances only it solves, only the reference solves, and the exact McNemar p.
+The file's writer and reader both live here, so its format has one definition.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
+import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from aop_ray.cli import run_main
 from aop_ray.stats import mcnemar
-from aop_ray.tasks import InputError
+from aop_ray.tasks import InputError, Instances
 
 SOLVED_CSV = "solved.csv"
+HEADER = ["instance", "content"]  # then one 0/1 column per order
+
+
+def content_ids(instances: Instances) -> list[str]:
+    """A digest of each instance's tokens and fixed mask: pairing two evaluations checks
+    that both decoded the same puzzles, not merely ones with the same names or count."""
+    rows = np.concatenate([np.asarray(instances.tokens, dtype=np.int64), np.asarray(instances.fixed, dtype=np.int64)],
+                          axis=1)
+    return [hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in rows]
+
+
+def solved_csv(instances: Instances, solved: dict[str, torch.Tensor]) -> bytes:
+    """One row per instance: its id in the dataset, its content digest, then 0/1 per order."""
+    buf = io.StringIO()
+    writer = csv.writer(buf)
+    writer.writerow([*HEADER, *solved])
+    flags = [value.long().tolist() for value in solved.values()]
+    writer.writerows(zip(instances.ids, content_ids(instances), *flags))
+    return buf.getvalue().encode()
 
 
 @dataclass(frozen=True)
@@ -46,16 +69,16 @@ def read_outcomes(spec: str) -> Outcomes:
         raise InputError(f"{spec}: no {path} (python -m aop_ray.evaluate --out DIR writes DIR/{SOLVED_CSV})")
     with path.open(newline="") as handle:
         rows = list(csv.reader(handle))
-    if not rows or rows[0][:2] != ["instance", "content"] or len(rows[0]) < 3:
+    if not rows or rows[0][:len(HEADER)] != HEADER or len(rows[0]) <= len(HEADER):
         raise InputError(f"{path}: line 1: expected the header 'instance,content,<order>,...'")
-    orders = rows[0][2:]
+    orders = rows[0][len(HEADER):]
     if not order:
         if len(orders) > 1:
             raise InputError(f"{spec}: {path} holds several orders ({', '.join(orders)}); name one as PATH:ORDER")
         order = orders[0]
     if order not in orders:
         raise InputError(f"{spec}: {path} has no order {order!r} (it has {', '.join(orders)})")
-    column = 2 + orders.index(order)
+    column = len(HEADER) + orders.index(order)
     flags = []
     for line, row in enumerate(rows[1:], start=2):
         if len(row) != len(rows[0]) or row[column] not in ("0", "1"):

@@ -101,10 +101,11 @@ def run_trial(config: dict[str, Any], state: dict[str, Any]) -> None:
         instances = data.load_instances(task, state["eval_data"])
         ev = spec.evaluate
         instances = instances.take(slice(0, ev.limit)) if ev.limit else instances
-        rows, maps, solved = compare_orders(denoiser, task, instances, {order: get_order(order, policy=policy, task=task)},
-                                            k=ev.k, threshold=ev.threshold, batch_size=ev.batch_size, seed=seed,
-                                            planner_nll=ev.planner_nll, temperature=ev.temperature, policy=policy,
-                                            progress=False, scorer=load_scorer(state.get("oracle"), task))
+        orders = {order: get_order(order, policy=policy, task=task)}
+        rows, maps, solved = compare_orders(denoiser, task, instances, orders, k=ev.k, threshold=ev.threshold,
+                                            batch_size=ev.batch_size, seed=seed, planner_nll=ev.planner_nll,
+                                            temperature=ev.temperature, policy=policy, progress=False,
+                                            scorer=load_scorer(state.get("oracle"), task))
         out = Path(state["sweep_dir"]) / "evaluations" / trial_id
         write_results(out, rows, maps, solved, instances)
         metrics = numeric(rows[0])
