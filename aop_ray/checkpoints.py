@@ -2,7 +2,7 @@
 
     <dir>/manifest.json   kind (denoiser | policy), task, sizes, model (and policy) config, step
     <dir>/denoiser.pt     state_dict (tensors only)
-    <dir>/policy.pt       policy checkpoints: the order policy (its denoiser sits beside it)
+    <dir>/policy.pt       policy checkpoints: the order policy, or an ensemble's members (its denoiser sits beside it)
     <dir>/optimizer.pt    optional, for resuming training
 
 Loading uses `torch.load(weights_only=True)`: a checkpoint can never run code.
@@ -27,7 +27,7 @@ from torch import nn
 
 from aop_ray.config import ModelConfig, PolicyConfig, make_task, parse_dataclass
 from aop_ray.models.denoiser import Denoiser
-from aop_ray.models.policy import PolicyNet, make_policy
+from aop_ray.models.policy import PolicyEnsemble, PolicyNet, make_policy
 from aop_ray.tasks import InputError, Task, task_params
 
 FORMAT = "aop-ray-checkpoint/1"
@@ -134,15 +134,18 @@ def load_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> Non
 
 
 def load_policy(path: str | Path, task: Task, denoiser_model: dict[str, Any],
-                map_location: str | torch.device = "cpu") -> PolicyNet:
-    """The policy at `path`, checked against the task and denoiser it will run on."""
+                map_location: str | torch.device = "cpu") -> PolicyNet | PolicyEnsemble:
+    """The policy at `path`, checked against the task and denoiser it will run on
+    (an ensemble if its manifest lists `members`)."""
     manifest = read_manifest(path)
     if manifest.get("kind") != "policy":
         raise InputError(f"{path}: checkpoint kind is {manifest.get('kind')!r}, expected 'policy'")
     check_task(manifest, task, str(path))
     check_same("denoiser model", manifest["model"], denoiser_model, str(path))
-    policy = make_policy(task, denoiser_model["d_model"], parse_dataclass(PolicyConfig, manifest["policy"],
-                                                                          f"{path}: policy"))
+    cfg = parse_dataclass(PolicyConfig, manifest["policy"], f"{path}: policy")
+    members = manifest.get("members")
+    policy = (PolicyEnsemble([make_policy(task, denoiser_model["d_model"], cfg) for _ in members]) if members
+              else make_policy(task, denoiser_model["d_model"], cfg))
     load_state(policy, load_tensors(path, "policy"), path)
     policy.to(map_location).eval()
     return policy

@@ -33,7 +33,7 @@ from tqdm import tqdm
 from aop_ray import checkpoints, data
 from aop_ray.cli import run_main
 from aop_ray.config import check_threshold
-from aop_ray.models.policy import PolicyNet
+from aop_ray.models.policy import PolicyEnsemble, PolicyNet
 from aop_ray.orders import Order, get_order, order_names
 from aop_ray.paired import SOLVED_CSV, solved_csv
 from aop_ray.sampling import Decoded, decode_dataset
@@ -132,7 +132,7 @@ def results_csv(rows: list[dict[str, Any]]) -> bytes:
     return buf.getvalue().encode()
 
 
-def parse_orders(text: str, task: Task, policy: PolicyNet | None) -> dict[str, Order]:
+def parse_orders(text: str, task: Task, policy: PolicyNet | PolicyEnsemble | None) -> dict[str, Order]:
     names = [n.strip() for n in text.split(",") if n.strip()]
     if not names:
         raise InputError("--orders: no order given")
@@ -146,13 +146,14 @@ def parse_orders(text: str, task: Task, policy: PolicyNet | None) -> dict[str, O
     return orders
 
 
-def policy_description(policy: PolicyNet) -> str:
+def policy_description(policy: PolicyNet | PolicyEnsemble) -> str:
     cfg = policy.cfg
+    ensemble = f"mean of {len(policy.members)} policies, each: " if isinstance(policy, PolicyEnsemble) else ""
     if cfg.encoder == "token_axis":
         mixing = f"token-axis encoder, {cfg.n_layers} pooling round{'s' if cfg.n_layers != 1 else ''}"
     else:
         mixing = f"{cfg.n_layers}-layer transformer" if cfg.n_layers else "per-position MLP"
-    return (f"{mixing}, features={'+'.join(cfg.features)}"
+    return (f"{ensemble}{mixing}, features={'+'.join(cfg.features)}"
             + (f", task_features={'+'.join(cfg.task_features)}" if cfg.task_features else "")
             + f", base={cfg.base_order if cfg.base_scale else 'none'}")  # base_scale 0: the residual alone
 
@@ -171,7 +172,7 @@ def load_scorer(oracle: str | None, task: Task) -> Any:
 def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, orders: dict[str, Order], *,
                    k: int = 1, threshold: float | None = None, batch_size: int = 256, seed: int = 0,
                    planner_nll: bool = True, temperature: float = 0.0, order_temperature: float = 0.0,
-                   policy: PolicyNet | None = None, progress: bool = True,
+                   policy: PolicyNet | PolicyEnsemble | None = None, progress: bool = True,
                    scorer: Any = None,
                    reference: str | None = None
                    ) -> tuple[list[dict[str, Any]], dict[str, bytes], dict[str, torch.Tensor]]:

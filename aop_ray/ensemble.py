@@ -1,0 +1,76 @@
+"""Combine policy checkpoints trained apart into one `learned` order.
+
+    python -m aop_ray.ensemble --out benchmarks/checkpoints/sudoku9-policy-ensemble \\
+        benchmarks/checkpoints/sudoku9-policy runs/sudoku9-policy-s1/final runs/sudoku9-policy-s2/final
+
+The members must be policies of one config on one denoiser: the same task,
+denoiser model and policy config, and denoiser weights equal tensor for tensor
+(a member trained on another denoiser would score states it never saw). The
+result is an ordinary policy checkpoint, whose manifest lists its members, so
+`evaluate`, Tune and the environments load it as `learned` unchanged
+(`models.policy.PolicyEnsemble`: the mean of the members' scores).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from aop_ray import checkpoints
+from aop_ray.cli import run_main, say
+from aop_ray.tasks import InputError
+
+MEMBER_FIELDS = ("step", "aop")  # per member: what may differ between members, kept as provenance
+
+
+def check_members(paths: list[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    """The first member's manifest and denoiser weights, once every member is shown to match them."""
+    if len(paths) < 2:
+        raise InputError(f"ensemble: needs at least two policy checkpoints, got {len(paths)}")
+    if len(set(map(str, map(Path.resolve, map(Path, paths))))) < len(paths):
+        raise InputError("ensemble: a checkpoint is given twice (it would count double in the mean)")
+    first, denoiser = None, None
+    for path in paths:
+        manifest = checkpoints.read_manifest(path)
+        if manifest.get("kind") != "policy":
+            raise InputError(f"{path}: checkpoint kind is {manifest.get('kind')!r}, expected 'policy'")
+        if "members" in manifest:
+            raise InputError(f"{path}: is itself an ensemble; give its members instead")
+        weights = checkpoints.load_tensors(path, "denoiser")
+        if first is None:
+            first, denoiser = manifest, weights
+            continue
+        for what in ("task", "model", "policy"):
+            checkpoints.check_same(what, manifest[what], first[what], f"{path} (against {paths[0]})")
+        different = next((k for k in sorted(set(weights) | set(denoiser))
+                          if k not in weights or k not in denoiser or not torch.equal(weights[k], denoiser[k])), None)
+        if different is not None:
+            raise InputError(f"{path}: trained on another denoiser than {paths[0]} (tensor {different!r} differs)")
+    return first, denoiser
+
+
+def build(paths: list[str], out: str | Path) -> Path:
+    """Write the ensemble checkpoint of `paths` to `out` (atomically)."""
+    first, denoiser = check_members(paths)
+    members = [checkpoints.read_manifest(path) for path in paths]
+    policies = {f"members.{i}.{key}": value for i, path in enumerate(paths)
+                for key, value in checkpoints.load_tensors(path, "policy").items()}
+    manifest = {key: value for key, value in first.items() if key not in ("format", "metrics", *MEMBER_FIELDS)}
+    manifest["members"] = [{"path": str(path), **{k: m.get(k) for k in MEMBER_FIELDS}}
+                           for path, m in zip(paths, members)]
+    return checkpoints.write_checkpoint(out, manifest, {"denoiser": denoiser, "policy": policies})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m aop_ray.ensemble", description=__doc__.splitlines()[0])
+    parser.add_argument("members", nargs="+", help="policy checkpoint directories (at least two)")
+    parser.add_argument("--out", required=True, help="the ensemble checkpoint directory to write")
+    args = parser.parse_args(argv)
+    return run_main(lambda: say(f"wrote {build(args.members, args.out)}: the mean of {len(args.members)} policies"))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
