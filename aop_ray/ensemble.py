@@ -26,13 +26,13 @@ from aop_ray.tasks import InputError
 MEMBER_FIELDS = ("step", "aop")  # per member: what may differ between members, kept as provenance
 
 
-def check_members(paths: list[str]) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
-    """The first member's manifest and denoiser weights, once every member is shown to match them."""
+def check_members(paths: list[str]) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """Every member's manifest and the shared denoiser weights, once every member is shown to match the first."""
     if len(paths) < 2:
         raise InputError(f"ensemble: needs at least two policy checkpoints, got {len(paths)}")
-    if len(set(map(str, map(Path.resolve, map(Path, paths))))) < len(paths):
+    if len({Path(path).resolve() for path in paths}) < len(paths):
         raise InputError("ensemble: a checkpoint is given twice (it would count double in the mean)")
-    first, denoiser = None, None
+    manifests, denoiser = [], None
     for path in paths:
         manifest = checkpoints.read_manifest(path)
         if manifest.get("kind") != "policy":
@@ -40,25 +40,25 @@ def check_members(paths: list[str]) -> tuple[dict[str, Any], dict[str, torch.Ten
         if "members" in manifest:
             raise InputError(f"{path}: is itself an ensemble; give its members instead")
         weights = checkpoints.load_tensors(path, "denoiser")
-        if first is None:
-            first, denoiser = manifest, weights
-            continue
-        for what in ("task", "model", "policy"):
-            checkpoints.check_same(what, manifest[what], first[what], f"{path} (against {paths[0]})")
-        different = next((k for k in sorted(set(weights) | set(denoiser))
-                          if k not in weights or k not in denoiser or not torch.equal(weights[k], denoiser[k])), None)
-        if different is not None:
-            raise InputError(f"{path}: trained on another denoiser than {paths[0]} (tensor {different!r} differs)")
-    return first, denoiser
+        if manifests:
+            for what in ("task", "model", "policy"):
+                checkpoints.check_same(what, manifest[what], manifests[0][what], f"{path} (against {paths[0]})")
+            different = next((k for k in sorted(set(weights) | set(denoiser)) if k not in weights
+                              or k not in denoiser or not torch.equal(weights[k], denoiser[k])), None)
+            if different is not None:
+                raise InputError(f"{path}: trained on another denoiser than {paths[0]} (tensor {different!r} differs)")
+        else:
+            denoiser = weights
+        manifests.append(manifest)
+    return manifests, denoiser
 
 
 def build(paths: list[str], out: str | Path) -> Path:
     """Write the ensemble checkpoint of `paths` to `out` (atomically)."""
-    first, denoiser = check_members(paths)
-    members = [checkpoints.read_manifest(path) for path in paths]
+    members, denoiser = check_members(paths)
     policies = {f"members.{i}.{key}": value for i, path in enumerate(paths)
                 for key, value in checkpoints.load_tensors(path, "policy").items()}
-    manifest = {key: value for key, value in first.items() if key not in ("format", "metrics", *MEMBER_FIELDS)}
+    manifest = {key: value for key, value in members[0].items() if key not in ("format", "metrics", *MEMBER_FIELDS)}
     manifest["members"] = [{"path": str(path), **{k: m.get(k) for k in MEMBER_FIELDS}}
                            for path, m in zip(paths, members)]
     return checkpoints.write_checkpoint(out, manifest, {"denoiser": denoiser, "policy": policies})
