@@ -133,13 +133,19 @@ def load_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> Non
             from None
 
 
+def read_policy_manifest(path: str | Path) -> dict[str, Any]:
+    """The manifest at `path`, refused unless it is a policy checkpoint's."""
+    manifest = read_manifest(path)
+    if manifest.get("kind") != "policy":
+        raise InputError(f"{path}: checkpoint kind is {manifest.get('kind')!r}, expected 'policy'")
+    return manifest
+
+
 def load_policy(path: str | Path, task: Task, denoiser_model: dict[str, Any],
                 map_location: str | torch.device = "cpu") -> PolicyNet | PolicyEnsemble:
     """The policy at `path`, checked against the task and denoiser it will run on
     (an ensemble if its manifest lists `members`)."""
-    manifest = read_manifest(path)
-    if manifest.get("kind") != "policy":
-        raise InputError(f"{path}: checkpoint kind is {manifest.get('kind')!r}, expected 'policy'")
+    manifest = read_policy_manifest(path)
     check_task(manifest, task, str(path))
     check_same("denoiser model", manifest["model"], denoiser_model, str(path))
     cfg = parse_dataclass(PolicyConfig, manifest["policy"], f"{path}: policy")

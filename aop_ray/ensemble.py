@@ -34,9 +34,7 @@ def check_members(paths: list[str]) -> tuple[list[dict[str, Any]], dict[str, tor
         raise InputError("ensemble: a checkpoint is given twice (it would count double in the mean)")
     manifests, denoiser = [], None
     for path in paths:
-        manifest = checkpoints.read_manifest(path)
-        if manifest.get("kind") != "policy":
-            raise InputError(f"{path}: checkpoint kind is {manifest.get('kind')!r}, expected 'policy'")
+        manifest = checkpoints.read_policy_manifest(path)
         if "members" in manifest:
             raise InputError(f"{path}: is itself an ensemble; give its members instead")
         weights = checkpoints.load_tensors(path, "denoiser")
