@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -31,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from aop_ray import checkpoints, data
-from aop_ray.cli import run_main
+from aop_ray.cli import run_main, say
 from aop_ray.config import check_threshold
 from aop_ray.models.policy import PolicyEnsemble, PolicyNet
 from aop_ray.orders import Order, get_order, order_names
@@ -39,6 +40,7 @@ from aop_ray.paired import SOLVED_CSV, solved_csv
 from aop_ray.sampling import Decoded, decode_dataset
 from aop_ray.stats import mcnemar
 from aop_ray.tasks import InputError, Instances, Task
+from aop_ray.locations import check_durable, check_tracking_uri
 from aop_ray.tracking import Tracker, resolve_uri
 
 FIELDS = ("order", "solve_rate", "cell_accuracy", "planner_nll", "per_s", "n", "k", "threshold",
@@ -70,19 +72,25 @@ def paired_cell(row: dict[str, Any]) -> str:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
+    """The comparison as a person reads it: `*` marks the best solve rate, a footnote says what the paired
+    column counts."""
     extra = task_metric_names(rows)
     reference = next((r["reference"] for r in rows if r.get("reference")), None)
     paired = f"vs {reference}" if reference else None
     width = max([len(paired)] + [len(paired_cell(r)) for r in rows]) if paired else 0
-    header = (f"{'order':<12} {'solve_rate':>10} {'cell_acc':>9} {'planner_nll':>11} "
+    best = max(r["solve_rate"] for r in rows)
+    header = (f"{'order':<13} {'solve_rate':>10} {'cell_acc':>9} {'planner_nll':>11} "
               + "".join(f"{name:>{max(10, len(name))}} " for name in extra) + f"{'per_s':>8} {'n':>6}"
               + (f"  {paired:<{width}}" if paired else ""))
     lines = [header, "-" * len(header)]
     for r in rows:
         nll = f"{r['planner_nll']:.4f}" if r["planner_nll"] is not None else "-"
         extras = "".join(f"{r.get(name, float('nan')):>{max(10, len(name))}.4f} " for name in extra)
-        lines.append(f"{r['order']:<12} {r['solve_rate']:>10.4f} {r['cell_accuracy']:>9.4f} {nll:>11} "
+        mark = "*" if r["solve_rate"] == best else " "
+        lines.append(f"{r['order']:<12}{mark} {r['solve_rate']:>10.4f} {r['cell_accuracy']:>9.4f} {nll:>11} "
                      f"{extras}{r['per_s']:>8.1f} {r['n']:>6}" + (f"  {paired_cell(r):<{width}}" if paired else ""))
+    lines.append("* best solve rate" + (f"; '{paired}': instances only this order solves / only {reference} "
+                                        f"solves, exact McNemar p of that paired difference" if paired else ""))
     return "\n".join(lines)
 
 
@@ -223,53 +231,118 @@ def write_results(out: Path, rows: list[dict[str, Any]], maps: dict[str, bytes],
         write_atomic(out / f"heatmap_{name}.png", png)
 
 
-def evaluate(args: argparse.Namespace) -> list[dict[str, Any]]:
-    torch.set_num_threads(args.threads or torch.get_num_threads())
-    if args.k < 1:
-        raise InputError(f"--k: must be >= 1, got {args.k}")
-    check_threshold(args.threshold, "--threshold")
-    if args.limit is not None and args.limit < 1:
-        raise InputError(f"--limit: must be >= 1, got {args.limit}")
-    device = torch.device(args.device)
-    denoiser, task, manifest = checkpoints.load_denoiser(args.checkpoint, map_location=device)
-    policy_path = args.policy or (args.checkpoint if manifest["kind"] == "policy" else None)
+@dataclasses.dataclass
+class Evaluation:
+    """One evaluation: the evaluate CLI and the main job both build this and call `run_evaluation`."""
+
+    checkpoint: str
+    data: str
+    orders: str = "random,confidence,margin,entropy"  # comma-separated, as on the command line
+    policy: str | None = None
+    reference: str | None = None
+    oracle: str | None = None
+    k: int = 1
+    threshold: float | None = None
+    limit: int | None = None
+    out: str | None = None
+    batch_size: int = 256
+    seed: int = 0
+    temperature: float = 0.0
+    order_temperature: float = 0.0
+    planner_nll: bool = True
+    device: str = "cpu"
+    threads: int | None = None
+    experiment: str = "aop-ray-eval"
+    run_name: str | None = None
+    mlflow: bool = True
+    progress: bool = True
+
+    def check(self) -> None:
+        """The checks that cost nothing, before any checkpoint or data is read."""
+        if self.k < 1:
+            raise InputError(f"--k: must be >= 1, got {self.k}")
+        check_threshold(self.threshold, "--threshold")
+        if self.limit is not None and self.limit < 1:
+            raise InputError(f"--limit: must be >= 1, got {self.limit}")
+        if self.out is not None:
+            check_durable("--out", self.out, "give --out an absolute path")
+            out = Path(self.out)
+            if out.exists() and not out.is_dir():
+                raise InputError(f"--out: {out} exists and is not a directory")
+
+
+def run_evaluation(ev: Evaluation) -> list[dict[str, Any]]:
+    """Decode, print the table, write `--out`, and log a parent MLflow run with one child run per order."""
+    ev.check()
+    torch.set_num_threads(ev.threads or torch.get_num_threads())
+    uri = resolve_uri() if ev.mlflow else None
+    check_tracking_uri(uri)
+    device = torch.device(ev.device)
+    denoiser, task, manifest = checkpoints.load_denoiser(ev.checkpoint, map_location=device)
+    policy_path = ev.policy or (ev.checkpoint if manifest["kind"] == "policy" else None)
     policy = checkpoints.load_policy(policy_path, task, manifest["model"], device) if policy_path else None
-    orders = parse_orders(args.orders, task, policy)
-    if args.reference is not None and args.reference not in orders:
-        raise InputError(f"--reference: {args.reference!r} is not one of --orders ({', '.join(orders)})")
-    scorer = load_scorer(args.oracle, task)
-    instances = data.load_instances(task, args.data)
-    if args.limit is not None:
-        instances = instances.take(slice(0, args.limit))
-    uri = None if args.no_mlflow else resolve_uri()
-    tracker = Tracker.start(uri, args.experiment, args.run_name or f"evaluate-{Path(args.data).name}",
-                            params={"checkpoint": str(Path(args.checkpoint).resolve()),
-                                    "policy": str(Path(policy_path).resolve()) if policy_path else None,
-                                    "policy_description": policy_description(policy) if policy else None,
-                                    "data": str(Path(args.data).resolve()), "orders": ",".join(orders),
-                                    "k": args.k, "threshold": args.threshold, "n": len(instances),
-                                    "seed": args.seed, "temperature": args.temperature,
-                                    "order_temperature": args.order_temperature, "task": manifest["task"],
-                                    "reference": args.reference},
-                            tags={"aop_ray.stage": "evaluate", "aop_ray.task": task.name})
+    orders = parse_orders(ev.orders, task, policy)
+    if ev.reference is not None and ev.reference not in orders:
+        raise InputError(f"--reference: {ev.reference!r} is not one of --orders ({', '.join(orders)})")
+    scorer = load_scorer(ev.oracle, task)
+    instances = data.load_instances(task, ev.data)
+    if ev.limit is not None:
+        instances = instances.take(slice(0, ev.limit))
+    params = {"checkpoint": str(Path(ev.checkpoint).resolve()),
+              "policy": str(Path(policy_path).resolve()) if policy_path else None,
+              "policy_description": policy_description(policy) if policy else None,
+              "data": str(Path(ev.data).resolve()), "orders": ",".join(orders), "k": ev.k,
+              "threshold": ev.threshold, "n": len(instances), "seed": ev.seed, "temperature": ev.temperature,
+              "order_temperature": ev.order_temperature, "task": manifest["task"], "reference": ev.reference}
+    tags = {"aop_ray.stage": "evaluate", "aop_ray.task": task.name}
+    parent = Tracker.start(uri, ev.experiment, ev.run_name or f"evaluate-{Path(ev.data).name}", params=params,
+                           tags=tags)
+    arrays = {"tokens": instances.tokens, "fixed": instances.fixed, "target": instances.target}
+    parent.log_dataset(arrays, Path(ev.data).name, ev.data, "evaluation")
     status = "FAILED"
     try:
-        rows, maps, solved = compare_orders(denoiser, task, instances, orders, k=args.k, threshold=args.threshold,
-                                            batch_size=args.batch_size, seed=args.seed,
-                                            planner_nll=not args.no_planner_nll, temperature=args.temperature,
-                                            order_temperature=args.order_temperature, policy=policy,
-                                            progress=not args.quiet, scorer=scorer, reference=args.reference)
+        rows, maps, solved = compare_orders(denoiser, task, instances, orders, k=ev.k, threshold=ev.threshold,
+                                            batch_size=ev.batch_size, seed=ev.seed, planner_nll=ev.planner_nll,
+                                            temperature=ev.temperature, order_temperature=ev.order_temperature,
+                                            policy=policy, progress=ev.progress, scorer=scorer,
+                                            reference=ev.reference)
         for row in rows:
-            tracker.log_metrics({f"{row['order']}/{k}": v for k, v in numeric(row).items()}, step=0)
+            child = Tracker.start(uri, ev.experiment, row["order"], params={**params, "order": row["order"]},
+                                  tags={**tags, "aop_ray.order": row["order"]}, parent=parent.run_id)
+            child.log_dataset(arrays, Path(ev.data).name, ev.data, "evaluation")
+            child.log_metrics(order_metrics(row), step=0)
+            child.log_artifact_bytes(maps[row["order"]], "heatmap.png")
+            child.end("FINISHED")
         print(format_table(rows))
-        if args.out:
-            write_results(Path(args.out), rows, maps, solved, instances)
-            tracker.log_artifact(args.out, "evaluation")
-            print(f"wrote {Path(args.out) / 'results.json'}, results.csv, solved.csv and {len(maps)} heat maps")
+        if ev.out:
+            write_results(Path(ev.out), rows, maps, solved, instances)
+            parent.log_artifact(ev.out, "evaluation")
+            say(f"wrote {Path(ev.out).resolve() / 'results.json'}, results.csv, solved.csv and {len(maps)} heat maps")
         status = "FINISHED"
     finally:
-        tracker.end(status)
+        parent.end(status)
+    if parent.enabled:
+        say(f"{parent.where()} (one child run per order)")
     return rows
+
+
+def order_metrics(row: dict[str, Any]) -> dict[str, float]:
+    """One order's MLflow metrics, with the same names in every order's run so MLflow can chart them side by
+    side: the reference order's comparison with itself is exact (no discordant instances, p = 1)."""
+    metrics = numeric(row)
+    if row.get("reference") == row["order"]:
+        metrics.update(only_solved=0, only_reference=0, mcnemar_p=1.0)
+    return metrics
+
+
+def evaluation_from_args(args: argparse.Namespace) -> Evaluation:
+    return Evaluation(checkpoint=args.checkpoint, data=args.data, orders=args.orders, policy=args.policy,
+                      reference=args.reference, oracle=args.oracle, k=args.k, threshold=args.threshold,
+                      limit=args.limit, out=args.out, batch_size=args.batch_size, seed=args.seed,
+                      temperature=args.temperature, order_temperature=args.order_temperature,
+                      planner_nll=not args.no_planner_nll, device=args.device, threads=args.threads,
+                      experiment=args.experiment, run_name=args.run_name, mlflow=not args.no_mlflow,
+                      progress=not args.quiet)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -327,7 +400,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_main(lambda: evaluate(args))
+    return run_main(lambda: run_evaluation(evaluation_from_args(args)))
 
 
 if __name__ == "__main__":

@@ -12,12 +12,18 @@ directories write to the same place. `MLFLOW_TRACKING_URI` or the config's
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import os
+import subprocess
+import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from aop_ray.config import flatten
 from aop_ray.tasks import InputError
@@ -38,6 +44,37 @@ def resolve_uri(uri: str | None = None) -> str:
     if "://" not in uri and not uri.startswith("/"):  # a bare path means a file store
         return str(Path.cwd() / uri)
     return uri
+
+
+# MLflow 3 opens an experiment without this tag in its GenAI view; ours are model-training experiments.
+EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+PARENT_TAG = "mlflow.parentRunId"
+
+
+@functools.cache
+def source_tags() -> dict[str, str]:
+    """The code a run came from: the git commit of this checkout (and whether it had local changes).
+
+    Read from the package's own directory, so it also works inside Ray's working-directory
+    copy of a job (Ray ships `.git` with it); no git, no commit tag, never an error.
+    """
+    main = sys.modules.get("__main__")
+    entry = getattr(getattr(main, "__spec__", None), "name", "") or ""
+    tags = {"mlflow.source.type": "JOB" if os.environ.get("RAY_JOB_ID") else "LOCAL"}
+    if entry.startswith("aop_ray."):
+        tags["mlflow.source.name"] = f"python -m {entry}"
+    root = Path(__file__).resolve().parents[1]
+    try:
+        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
+                                timeout=10)
+        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return tags
+    if commit.returncode == 0 and commit.stdout.strip():
+        tags["mlflow.source.git.commit"] = commit.stdout.strip()
+        tags["aop_ray.source.dirty"] = str(bool(status.stdout.strip())).lower()
+    return tags
 
 
 def _local_artifact_root(uri: str) -> str | None:
@@ -63,7 +100,8 @@ class Tracker:
 
     @classmethod
     def start(cls, uri: str | None, experiment: str, run_name: str, params: dict[str, Any] | None = None,
-              tags: dict[str, str] | None = None, reuse: dict[str, str] | None = None) -> Tracker:
+              tags: dict[str, str] | None = None, reuse: dict[str, str] | None = None,
+              parent: str | None = None) -> Tracker:
         """Open a new run (the MLflow store must be reachable: checked before any compute).
 
         With `reuse` (identifying tags, also set on the new run), a run that already carries
@@ -75,7 +113,7 @@ class Tracker:
             return tracker
         client = tracker._client
         exp_id = experiment_id(client, uri, experiment, create=True)
-        tags = {**(tags or {}), **(reuse or {})}
+        tags = {**source_tags(), **(tags or {}), **(reuse or {}), **({PARENT_TAG: parent} if parent else {})}
         found = find_runs(client, exp_id, reuse) if reuse else []
         if found:
             tracker.run_id = found[0].info.run_id
@@ -116,9 +154,39 @@ class Tracker:
         else:
             self._client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_artifact_bytes(self, content: bytes, name: str) -> None:
+        """One in-memory file (a heat map) as an artifact at the run's root."""
+        if self._client is None:
+            return
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / name).write_bytes(content)
+            self._client.log_artifact(self.run_id, str(Path(tmp) / name))
+
+    def log_dataset(self, arrays: dict[str, np.ndarray], name: str, source: str | Path, context: str) -> None:
+        """Record a dataset as the run's input (MLflow's Datasets panel): its name, source path and a
+        content digest, so two runs can be checked to have seen the same instances."""
+        if self._client is None:
+            return
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():  # MLflow registers two equal local-file sources and warns about it
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_numpy(arrays, source=Path(source).absolute().as_uri(), name=name)
+        self._client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(),
+                                                           [InputTag("mlflow.data.context", context)])])
+
     def set_tag(self, key: str, value: str) -> None:
         if self._client is not None:
             self._client.set_tag(self.run_id, key, value)
+
+    def where(self) -> str:
+        """Where to find this run: its id and tracking URI (what `mlflow ui --backend-store-uri` takes)."""
+        if self._client is None:
+            return "MLflow: off (--no-mlflow)"
+        return f"MLflow run {self.run_id} at {self.uri}"
 
     def reopen(self) -> None:
         """Mark an ended run RUNNING again: a resumed sweep continues its parent run."""
@@ -152,7 +220,11 @@ def experiment_id(client: Any, uri: str, name: str, create: bool = False) -> str
     try:
         exp = client.get_experiment_by_name(name)
         if exp is None and create:
-            return client.create_experiment(name, artifact_location=_local_artifact_root(uri))
+            return client.create_experiment(name, artifact_location=_local_artifact_root(uri), tags=EXPERIMENT_TAGS)
+        if exp is not None and create:
+            for key, value in EXPERIMENT_TAGS.items():
+                if exp.tags.get(key) != value:  # made by an older version, or by another tool
+                    client.set_experiment_tag(exp.experiment_id, key, value)
     except Exception as err:  # any store failure means "unreachable" to the user
         raise _unreachable(uri, err) from None
     return exp.experiment_id if exp else None

@@ -18,7 +18,6 @@ import dataclasses
 import json
 import logging
 import math
-import os
 import posixpath
 import sys
 import tempfile
@@ -29,7 +28,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from aop_ray import checkpoints, data
+from aop_ray import checkpoints, data, ray_session
 from aop_ray.cli import run_main, say
 from aop_ray.config import Config, ModelConfig, TrainConfig, flatten, load_config, parse_dataclass
 from aop_ray.aop import Trajectories, aop_step, chosen_costs, uniform_states
@@ -40,6 +39,7 @@ from aop_ray.models.policy import PolicyNet, make_policy
 from aop_ray.orders import Order, get_order, order_names
 from aop_ray.sampling import decode_dataset
 from aop_ray.tasks import InputError, Instances
+from aop_ray.locations import check_durable, check_tracking_uri
 from aop_ray.tracking import Tracker, check_reachable, resolve_uri
 
 RUN_STATE = "aop_run.json"  # in the run directory: the MLflow run id, for --resume
@@ -57,19 +57,19 @@ def lr_at(step: int, tc: TrainConfig) -> float:
 
 
 # ----------------------------------------------------------------------------- worker side
-def _shard_columns(shard: Any, batch_size: int) -> dict[str, torch.Tensor]:
-    """This worker's rows of the train set, in memory, in the order Ray Data delivered them.
+def worker_rows(columns: dict[str, np.ndarray], rank: int, world: int, batch_size: int) -> dict[str, torch.Tensor]:
+    """This worker's rows of the train set: the rank-th of `world` equal contiguous slices.
 
-    The split is deterministic (`preserve_order`), and datasets here are
-    megabytes (9x9 Sudoku: 170 bytes an instance): holding the shard lets every
-    batch be a pure function of (seed, step) below, which is what makes a
-    resumed run the same run, and keeps the GPU fed without a loader.
+    The driver hands the whole (megabyte-sized) train set to every worker through Ray's
+    object store, so no node reads a path only the driver has. Equal slices keep the
+    workers in step; the split is a pure function of (rank, world), which, with batches a
+    pure function of (seed, step) below, makes a resumed run the same run.
     """
-    parts = list(shard.iter_torch_batches(batch_size=4096))
-    n = sum(len(p["target"]) for p in parts)
+    n = len(columns["target"]) // world
     if n < batch_size:
         raise InputError(f"data.train: a worker's shard holds {n} instances, fewer than one batch of {batch_size}")
-    return {key: torch.cat([p[key] for p in parts]) for key in ("fixed", "target")}
+    rows = slice(rank * n, (rank + 1) * n)
+    return {key: torch.tensor(columns[key][rows]) for key in ("fixed", "target")}  # a copy: the store's is read-only
 
 
 def _batches(columns: dict[str, torch.Tensor], batch_size: int, seed: int, start: int
@@ -190,14 +190,54 @@ class _States:
         return xt, y
 
 
+class Progress:
+    """The console's progress line: step/total, loss, samples/s, ETA (measured since this process started
+    training, so a resumed run's ETA is not skewed by the steps done before), validation when present."""
+
+    SHOWN = ("loss", "samples_per_s", "val_solve_rate", "val_cell_accuracy")
+
+    def __init__(self, start_step: int, total: int) -> None:
+        self.start_step, self.total, self.started = start_step, total, time.perf_counter()
+
+    def eta(self, step: int) -> float:
+        done = step - self.start_step
+        return (time.perf_counter() - self.started) / done * (self.total - step) if done > 0 else math.nan
+
+    def line(self, step: int, metrics: dict[str, Any]) -> str:
+        width = len(str(self.total))
+        shown = " ".join(f"{k}={metrics[k]:.4g}" for k in self.SHOWN if k in metrics)
+        return f"step {step:>{width}}/{self.total} {shown} eta {format_duration(self.eta(step))}"
+
+
+def format_duration(seconds: float) -> str:
+    """`1:02:03`, `2:03` or `-` (unknown): an ETA a person reads at a glance."""
+    if not math.isfinite(seconds):
+        return "-"
+    minutes, secs = divmod(int(round(seconds)), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def _quiet_ray_train() -> None:
+    """Ray Train 2.60 logs every `ray.train.report` of every rank at INFO (a raw `TrainingReport(...)`),
+    from a logger named after its file; the progress line says it once, readably."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray version: nothing to silence
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop(loop_config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker: the denoiser stage, the policy / joint AOP stages, or GRPO."""
     import ray
     import ray.train
     import ray.train.torch
 
-    logging.getLogger("ray.train").setLevel(logging.WARNING)  # per-report INFO lines drown the progress
+    _quiet_ray_train()
     cfg = Config.from_dict(loop_config["config"])
+    inputs = ray.get(loop_config["inputs"])  # train set, validation set, denoiser weights: from the driver
     torch.set_num_threads(cfg.ray.torch_threads)
     task = cfg.build_task()
     stage, tc = cfg.train.stage, cfg.train
@@ -209,8 +249,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     torch.manual_seed(tc.seed)  # the same initial weights for every run of this seed (rank 0's are broadcast)
     denoiser = Denoiser.for_task(task, cfg.model)
     policy = make_policy(task, cfg.model.d_model, cfg.policy) if stage != "denoiser" else None
-    if loop_config["denoiser_state"] is not None:
-        denoiser.load_state_dict(loop_config["denoiser_state"])
+    if inputs["denoiser_state"] is not None:
+        denoiser.load_state_dict(inputs["denoiser_state"])
     saved = {"denoiser": denoiser} if policy is None else {"denoiser": denoiser, "policy": policy}
     trained = {"denoiser": (denoiser, tc.lr)} if stage == "denoiser" else {"policy": (policy, tc.lr)}
     if stage == "joint":
@@ -244,9 +284,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     # GRPO decodes each puzzle group_size times, so it draws per_worker / group_size puzzles per step.
     draw = max(1, per_worker // cfg.grpo.group_size) if stage == "grpo" else per_worker
     # The shard lives on the training device: a batch is one index gather, no host-to-GPU copy per step.
-    shard = {key: value.to(device) for key, value in _shard_columns(ray.train.get_dataset_shard("train"), draw).items()}
+    shard = {key: value.to(device) for key, value in worker_rows(inputs["train"], rank, world, draw).items()}
     batches = _batches(shard, draw, tc.seed + rank, step)
-    val = loop_config["val"]
+    val = inputs["val"]
     states = _States(cfg, task.vocab_size, batches, device) if stage in ("policy", "joint") else None
     if states is not None and cfg.aop.states == "trajectory":
         states.refresh(denoiser, get_order(cfg.aop.trajectory_order, task=task))
@@ -256,6 +296,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     window: dict[str, float] = {}
     window_n, window_start = 0, time.perf_counter()
+    progress = Progress(step, tc.steps)
     while step < tc.steps:
         generator.manual_seed(tc.seed * 1_000_003 + rank * 7919 + step)
         torch.manual_seed(generator.initial_seed() + 1)  # dropout and any other draw from the global stream
@@ -316,7 +357,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         window, window_n, window_start = {}, 0, time.perf_counter()
         tracker.log_metrics(metrics, step)
         if rank == 0:
-            say(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in metrics.items()))
+            say(progress.line(step, metrics))
         with tempfile.TemporaryDirectory() as tmp:
             checkpoint = None
             if ckpt_now and rank == 0:
@@ -381,11 +422,12 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker
     are Ray Train callbacks (a trial passes `TuneReportCallback`).
     """
     import ray
-    import ray.data
     import ray.train
     from ray.train.torch import TorchTrainer
 
     task = cfg.build_task()
+    check_durable("ray.storage_path", cfg.ray.storage_path, "set ray.storage_path=/shared/runs")
+    check_durable("output", cfg.output, "set output to an absolute path")
     run_dir = _run_dir(cfg)
     state_file = run_dir / RUN_STATE
     if run_dir.exists() and not resume:
@@ -400,6 +442,7 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker
     owns_run = tracker is None
     uri = resolve_uri(cfg.mlflow.tracking_uri) if (mlflow and cfg.mlflow.enabled) else None
     if owns_run:
+        check_tracking_uri(uri)
         check_reachable(uri, cfg.mlflow.experiment)
 
     denoiser_state = None
@@ -411,11 +454,11 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker
             raise InputError(f"aop.trajectory_order: unknown order {cfg.aop.trajectory_order!r} "
                              f"(known: {', '.join(n for n in order_names(task) if n != 'learned')})")
     train_path = data.dataset_path(cfg.data.train, task, "train")
-    data.check_task(train_path, data.read_schema(train_path), task)
-    val = None
+    train_set = data.load_instances(task, train_path)
+    val_path = val = None
     if cfg.data.val is not None:
-        instances = data.load_instances(task, data.dataset_path(cfg.data.val, task, "val"))
-        val = _val_arrays(instances.take(slice(0, cfg.train.eval_instances)))
+        val_path = data.dataset_path(cfg.data.val, task, "val")
+        val = _val_arrays(data.load_instances(task, val_path).take(slice(0, cfg.train.eval_instances)))
 
     saved_state = json.loads(state_file.read_text()) if resume else {}
     if resume:
@@ -431,19 +474,21 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker
         tracker = Tracker.start(uri, cfg.mlflow.experiment, cfg.name, params=cfg.to_dict(),
                                 tags={"aop_ray.stage": cfg.train.stage, "aop_ray.task": task.name})
     if not resume:
+        tracker.log_dataset(_val_arrays(train_set), train_path.name, train_path, "training")
+        if val is not None:
+            tracker.log_dataset(val, val_path.name, val_path, "validation")
         run_dir.mkdir(parents=True)
         state_file.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "config": cfg.to_dict()}, indent=2))
 
-    if not ray.is_initialized():
-        address = os.environ.get("RAY_ADDRESS")
-        ray.init(address=address, logging_level="WARNING")
-    ray.data.DataContext.get_current().enable_progress_bars = False
-    dataset = ray.data.read_parquet(str(train_path), num_cpus=0.1).select_columns(
-        ["fixed", "target"])
+    ray_session.connect()
+    # Everything the workers read travels through the object store: no worker opens a path
+    # that only the driver's node (or the driver's copy of a job's working directory) has.
+    inputs = ray.put({"train": {"fixed": train_set.fixed, "target": train_set.target}, "val": val,
+                      "denoiser_state": denoiser_state})
     trainer = TorchTrainer(
         train_loop,
-        train_loop_config={"config": cfg.to_dict(), "tracking_uri": tracker.uri, "run_id": tracker.run_id, "val": val,
-                           "denoiser_state": denoiser_state},
+        train_loop_config={"config": cfg.to_dict(), "tracking_uri": tracker.uri, "run_id": tracker.run_id,
+                           "inputs": inputs},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.ray.num_workers, use_gpu=cfg.ray.use_gpu, placement_strategy=cfg.ray.placement_strategy,
             resources_per_worker=None if cfg.ray.use_gpu else {"CPU": cfg.ray.cpus_per_worker}),
@@ -453,8 +498,6 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
             callbacks=list(callbacks)),
-        datasets={"train": dataset},
-        dataset_config=ray.train.DataConfig(execution_options=_ordered_ingest()),
     )
     status = "FAILED"
     try:
@@ -469,16 +512,9 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker
         if owns_run:
             tracker.end(status)
     say(f"final checkpoint: {final}" + (f" (copied to {cfg.output})" if cfg.output else ""))
+    if owns_run:
+        say(tracker.where())
     return final
-
-
-def _ordered_ingest() -> Any:
-    """Ray Train's ingest options with a deterministic split: the same rows reach the same worker every run."""
-    import ray.train
-
-    options = ray.train.DataConfig.default_ingest_options()
-    options.preserve_order = True
-    return options
 
 
 def _check_resumed_config(saved: dict[str, Any], cfg: Config, state_file: Path) -> None:

@@ -185,9 +185,9 @@ def test_agent_returns_equal_evaluate_solve_rates(trained, tmp_path):
     task = Sudoku(4)
     data.write_shards(task.generate(40, seed=11, clues=5), task, tmp_path / "puzzles")  # one clue count: the
     # boards finish together, so evaluate's batch and the vector env's stay the same rows at every step
-    rows = evaluate.evaluate(evaluate.build_parser().parse_args([
-        "--checkpoint", str(policy), "--data", str(tmp_path / "puzzles"), "--orders", ",".join(ORDERS),
-        "--seed", "5", "--no-planner-nll", "--no-mlflow", "--quiet"]))
+    rows = evaluate.run_evaluation(evaluate.Evaluation(
+        checkpoint=str(policy), data=str(tmp_path / "puzzles"), orders=",".join(ORDERS), seed=5, planner_nll=False,
+        mlflow=False, progress=False))
     expected = {row["order"]: round(row["solve_rate"] * 40) for row in rows}
     measured = {}
     for name in ORDERS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 from mlflow.tracking import MlflowClient
 
@@ -37,7 +38,7 @@ evaluate:
     assert all(r["reference"] == "learned" for r in rows) and rows[-1]["mcnemar_p"] is None  # paired vs the policy
     assert all(r["only_solved"] + r["only_reference"] <= 32 for r in rows[:-1])
     for r in rows:  # the table reached stdout
-        assert f"{r['order']:<12} {r['solve_rate']:>10.4f}" in proc.stdout
+        assert re.search(rf"{r['order']:<12}[* ] {r['solve_rate']:>10.4f}", proc.stdout)
     policy_run = next((tmp_path / "runs").glob("tiny-*-policy"))
     manifest = json.loads((policy_run / "final" / "manifest.json").read_text())
     assert manifest["denoiser_source"] == str(denoiser)
@@ -46,12 +47,24 @@ evaluate:
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("aop-ray")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"  # not MLflow's GenAI view
     runs = client.search_runs([experiment.experiment_id])
-    assert sorted(r.info.run_name.rsplit("-", 1)[1] for r in runs) == ["evaluate", "policy"]
     assert all(r.info.status == "FINISHED" for r in runs)
-    evaluation = next(r for r in runs if r.info.run_name.endswith("evaluate"))
+    top = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert sorted(r.info.run_name.rsplit("-", 1)[1] for r in top) == ["evaluate", "policy"]
+    evaluation = next(r for r in top if r.info.run_name.endswith("evaluate"))
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == evaluation.info.run_id]
+    assert sorted(r.info.run_name for r in children) == sorted(r["order"] for r in rows)
+    assert len({frozenset(r.data.metrics) for r in children}) == 1  # MLflow charts the orders side by side
+    learned = next(r for r in children if r.info.run_name == "learned")
+    assert learned.data.metrics["solve_rate"] == rows[-1]["solve_rate"]
     artifacts = {a.path for a in client.list_artifacts(evaluation.info.run_id, "evaluation")}
     assert "evaluation/heatmap_learned.png" in artifacts and "evaluation/results.json" in artifacts
+    assert {a.path for a in client.list_artifacts(learned.info.run_id)} == {"heatmap.png"}
+    policy_run = next(r for r in top if r.info.run_name.endswith("policy"))
+    contexts = {i.tags[0].value for i in client.get_run(policy_run.info.run_id).inputs.dataset_inputs}
+    assert contexts == {"training", "validation"}
+    assert client.get_run(learned.info.run_id).inputs.dataset_inputs[0].dataset.digest
 
 
 def test_pipeline_refuses_a_bad_key_before_any_compute(tmp_path):

@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 
 import numpy as np
 import pytest
 import torch
 import yaml
+from mlflow.tracking import MlflowClient
 
 from aop_ray import checkpoints, data
 from aop_ray.orders import get_order
 from aop_ray.sampling import decode_dataset
 from aop_ray.tasks import Sudoku
 
-from conftest import SMOKE, call_cli, run_cli
+from conftest import ROOT, SMOKE, call_cli, cli_env, run_cli
 
 def test_two_worker_run_checkpoints_and_logs(trained):
     run_dir = trained / "runs" / "sudoku4-smoke"
@@ -50,6 +52,37 @@ def test_rerun_without_resume_refuses_to_touch_the_old_run(trained):
     assert proc.returncode == 2
     assert proc.stderr.strip().count("\n") == 0 and "already exists; pass --resume" in proc.stderr
     assert sorted(p.name for p in (trained / "runs" / "sudoku4-smoke").iterdir()) == before
+
+
+def test_an_evaluation_is_a_parent_run_with_one_child_run_per_order(trained, tmp_path):
+    """MLflow's chart and compare views put runs side by side, so each order is a child run of the evaluation,
+    every child with the same metric names (the reference's comparison with itself: 0/0, p = 1)."""
+    task = Sudoku(4)
+    data.write_shards(task.generate(12, seed=5, clues=6), task, tmp_path / "puzzles")
+    env = cli_env(tmp_path)
+    proc = call_cli("aop_ray.evaluate", "--checkpoint", str(trained / "runs" / "sudoku4-smoke" / "final"),
+                    "--data", str(tmp_path / "puzzles"), "--orders", "random,confidence,margin", "--reference",
+                    "margin", "--no-planner-nll", "--quiet", "--run-name", "three", cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert "* best solve rate; 'vs margin': instances only this order solves / only margin solves" in proc.stdout
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("aop-ray-eval")
+    assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([experiment.experiment_id])
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert parent.info.run_name == "three" and len(runs) == 4
+    assert sorted(r.info.run_name for r in children) == ["confidence", "margin", "random"]
+    names = {frozenset(r.data.metrics) for r in children}
+    assert len(names) == 1 and {"solve_rate", "cell_accuracy", "mcnemar_p", "only_solved"} <= next(iter(names))
+    margin = next(r for r in children if r.info.run_name == "margin")
+    assert (margin.data.metrics["only_solved"], margin.data.metrics["mcnemar_p"]) == (0, 1.0)
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert f"MLflow run {parent.info.run_id} at {env['MLFLOW_TRACKING_URI']}" in proc.stdout
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
+    assert all(r.data.tags["mlflow.source.git.commit"] == commit.strip() for r in runs)
+    dataset = client.get_run(parent.info.run_id).inputs.dataset_inputs[0]
+    assert dataset.dataset.name == "puzzles" and dataset.tags[0].value == "evaluation"
 
 
 def test_evaluate_cli_end_to_end(trained, tmp_path):

@@ -1,0 +1,22 @@
+"""Joining Ray: the job's cluster under `ray job submit` (or `RAY_ADDRESS`), else a local one."""
+
+from __future__ import annotations
+
+import os
+
+# Ray Train 2.60 starts a PreemptionWatcher actor per run whose creation logs an `E` line
+# ("constructor arguments in the object store and max_restarts > 0") on every successful run.
+# It only observes spot preemptions (recovery is FailureConfig's job), so it is off unless a
+# user turns it on in the environment.
+PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+
+
+def connect() -> None:
+    """`ray.init` once per process, quietly; tasks and actors inherit the env vars set here."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    env_vars = {} if PREEMPTION_WATCHER in os.environ else {PREEMPTION_WATCHER: "0"}
+    ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING",
+             runtime_env={"env_vars": env_vars} if env_vars else None)
