@@ -285,8 +285,8 @@ class TrainConfig:
 class RayConfig:
     """Where and how wide to train.
 
-    `cpus_per_worker` is fractional on purpose: Ray Data needs CPU slots left
-    over to read shards, or it hangs behind workers that hold every CPU.
+    `cpus_per_worker` is fractional on purpose: two workers and a sweep's trial
+    processes share a 2-core machine (each worker runs `torch_threads` threads).
     """
 
     num_workers: int = 2
@@ -520,10 +520,8 @@ class SweepResources:
     eval_cpus: float = 1.0  # a heuristic trial: it decodes in its own process
     trainer_cpus: float = 0.25  # a learned trial's driver process, beside its Train workers
     eval_threads: int = 1  # torch threads for decoding inside a trial
-    # Lower max_concurrent_trials until the trials leave one whole CPU free: Ray Data's file
-    # listing and block-metadata tasks need 1 CPU each (whatever read_parquet's num_cpus says),
-    # and hang forever behind trials that hold the rest. Turn off on an autoscaling cluster,
-    # whose size at the start is not its size.
+    # Lower max_concurrent_trials until every running trial fits the cluster's CPUs at once.
+    # Turn off on an autoscaling cluster, whose size at the start is not its size.
     fit_to_cluster: bool = True
 
     def __post_init__(self) -> None:

@@ -86,8 +86,8 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     for r in rows:
         nll = f"{r['planner_nll']:.4f}" if r["planner_nll"] is not None else "-"
         extras = "".join(f"{r.get(name, float('nan')):>{max(10, len(name))}.4f} " for name in extra)
-        mark = "*" if r["solve_rate"] == best else " "
-        lines.append(f"{r['order']:<12}{mark} {r['solve_rate']:>10.4f} {r['cell_accuracy']:>9.4f} {nll:>11} "
+        name = r["order"] + ("*" if r["solve_rate"] == best else "")
+        lines.append(f"{name:<13} {r['solve_rate']:>10.4f} {r['cell_accuracy']:>9.4f} {nll:>11} "
                      f"{extras}{r['per_s']:>8.1f} {r['n']:>6}" + (f"  {paired_cell(r):<{width}}" if paired else ""))
     lines.append("* best solve rate" + (f"; '{paired}': instances only this order solves / only {reference} "
                                         f"solves, exact McNemar p of that paired difference" if paired else ""))
@@ -192,15 +192,18 @@ def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, 
     """
     tokens, fixed, target = (torch.as_tensor(a) for a in (instances.tokens, instances.fixed, instances.target))
     rows, maps, solved = [], {}, {}
+    bars = progress and sys.stderr.isatty()  # a log file (a Ray job's) gets one line per order instead
     for name, order in orders.items():
         with tqdm(total=len(instances), desc=f"{name:<10}", unit="inst", file=sys.stderr,
-                  disable=not progress) as bar:
+                  disable=not bars) as bar:
             decoded = decode_dataset(denoiser, task, tokens, fixed, target, order, k=k, threshold=threshold,
                                      batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
                                      planner_nll=planner_nll,
                                      temperature=temperature, order_temperature=order_temperature,
                                      on_batch=bar.update, scorer=scorer)
         row = summarize(name, decoded, k, threshold)
+        if progress and not bars:
+            say(f"{name}: {row['n']} instances decoded, {row['per_s']:.1f}/s")
         solved[name] = decoded.solved
         if name == "learned" and policy is not None:
             row["policy"] = policy_description(policy)

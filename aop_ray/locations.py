@@ -65,3 +65,13 @@ def check_tracking_uri(uri: str | None) -> None:
                   "set MLFLOW_TRACKING_URI to a tracking server or an absolute sqlite path, e.g. "
                   "--runtime-env-json '{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"sqlite:////shared/mlflow.db\"}}', "
                   "or pass --no-mlflow")
+
+
+def on_this_node(path: str | Path) -> Path:
+    """A path the driver resolved inside its copy of the job's working directory, as the same file in this
+    process's copy: every node unpacks its own copy, under its own Ray temp dir."""
+    path = Path(path)
+    root, here = working_copy_root(path), working_copy_root(Path(__file__).resolve())
+    if root is None or here is None or root == here:
+        return path
+    return here / path.relative_to(root)

@@ -51,12 +51,16 @@ EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 PARENT_TAG = "mlflow.parentRunId"
 
 
+SOURCE_COMMIT_ENV = "AOP_RAY_SOURCE_COMMIT"
+
+
 @functools.cache
 def source_tags() -> dict[str, str]:
     """The code a run came from: the git commit of this checkout (and whether it had local changes).
 
-    Read from the package's own directory, so it also works inside Ray's working-directory
-    copy of a job (Ray ships `.git` with it); no git, no commit tag, never an error.
+    Read from the package's own directory. Ray's working-directory copy of a job leaves `.git`
+    behind, so a job passes its commit in `AOP_RAY_SOURCE_COMMIT` (the README's submit command
+    does); with neither, the run has no commit tag, and that is never an error.
     """
     main = sys.modules.get("__main__")
     entry = getattr(getattr(main, "__spec__", None), "name", "") or ""
@@ -70,10 +74,12 @@ def source_tags() -> dict[str, str]:
         status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
                                 capture_output=True, text=True, timeout=10)
     except (OSError, subprocess.SubprocessError):
-        return tags
-    if commit.returncode == 0 and commit.stdout.strip():
+        commit = status = None
+    if commit is not None and commit.returncode == 0 and commit.stdout.strip():
         tags["mlflow.source.git.commit"] = commit.stdout.strip()
         tags["aop_ray.source.dirty"] = str(bool(status.stdout.strip())).lower()
+    elif os.environ.get(SOURCE_COMMIT_ENV):
+        tags["mlflow.source.git.commit"] = os.environ[SOURCE_COMMIT_ENV].strip()
     return tags
 
 

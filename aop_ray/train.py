@@ -39,7 +39,7 @@ from aop_ray.models.policy import PolicyNet, make_policy
 from aop_ray.orders import Order, get_order, order_names
 from aop_ray.sampling import decode_dataset
 from aop_ray.tasks import InputError, Instances
-from aop_ray.locations import check_durable, check_tracking_uri
+from aop_ray.locations import check_durable, check_tracking_uri, on_this_node
 from aop_ray.tracking import Tracker, check_reachable, resolve_uri
 
 RUN_STATE = "aop_run.json"  # in the run directory: the MLflow run id, for --resume
@@ -413,13 +413,36 @@ def _strip_optimizer(src: Path, dst: Path) -> Path:
     return checkpoints.write_checkpoint(dst, manifest, {n: checkpoints.load_tensors(src, n) for n in names})
 
 
+@dataclasses.dataclass
+class StageData:
+    """A stage's train and validation sets, read (or generated) on the driver.
+
+    They go to the workers through Ray's object store, never as paths: a path the driver
+    can read may not exist on another node, or in another node's copy of a job's working
+    directory. A sweep reads them once and hands them to every trial the same way.
+    """
+
+    train: Instances
+    train_path: Path
+    val: Instances | None = None
+    val_path: Path | None = None
+
+    @classmethod
+    def load(cls, cfg: Config, task: Any) -> StageData:
+        train_path = data.dataset_path(cfg.data.train, task, "train")
+        val_path = data.dataset_path(cfg.data.val, task, "val") if cfg.data.val is not None else None
+        return cls(data.load_instances(task, train_path), train_path,
+                   data.load_instances(task, val_path) if val_path else None, val_path)
+
+
 def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker | None = None,
-        callbacks: tuple = ()) -> Path:
+        callbacks: tuple = (), stage_data: StageData | None = None) -> Path:
     """Train as configured; returns the final checkpoint directory.
 
     A caller that owns the MLflow run (a Tune trial) passes its `tracker`: the
     curves go there and the run is left open for the caller to end. `callbacks`
-    are Ray Train callbacks (a trial passes `TuneReportCallback`).
+    are Ray Train callbacks (a trial passes `TuneReportCallback`). `stage_data`,
+    when given, replaces reading `cfg.data` (a trial gets it from the sweep's driver).
     """
     import ray
     import ray.train
@@ -447,18 +470,15 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker
 
     denoiser_state = None
     if cfg.train.stage != "denoiser":  # the denoiser's architecture comes from its checkpoint
-        denoiser, _, manifest = checkpoints.load_denoiser(cfg.aop.denoiser_checkpoint, task)
+        denoiser, _, manifest = checkpoints.load_denoiser(on_this_node(cfg.aop.denoiser_checkpoint), task)
         cfg = dataclasses.replace(cfg, model=parse_dataclass(ModelConfig, manifest["model"], "model"))
         denoiser_state = denoiser.state_dict()
         if cfg.aop.trajectory_order not in order_names(task) or cfg.aop.trajectory_order == "learned":
             raise InputError(f"aop.trajectory_order: unknown order {cfg.aop.trajectory_order!r} "
                              f"(known: {', '.join(n for n in order_names(task) if n != 'learned')})")
-    train_path = data.dataset_path(cfg.data.train, task, "train")
-    train_set = data.load_instances(task, train_path)
-    val_path = val = None
-    if cfg.data.val is not None:
-        val_path = data.dataset_path(cfg.data.val, task, "val")
-        val = _val_arrays(data.load_instances(task, val_path).take(slice(0, cfg.train.eval_instances)))
+    stage_data = stage_data or StageData.load(cfg, task)
+    train_set, train_path, val_path = stage_data.train, stage_data.train_path, stage_data.val_path
+    val = None if stage_data.val is None else _val_arrays(stage_data.val.take(slice(0, cfg.train.eval_instances)))
 
     saved_state = json.loads(state_file.read_text()) if resume else {}
     if resume:

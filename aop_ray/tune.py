@@ -24,17 +24,17 @@ import dataclasses
 import functools
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from aop_ray import checkpoints, data, report
+from aop_ray import checkpoints, data, ray_session, report
 from aop_ray.cli import run_main, say
 from aop_ray.config import Config, Domain, SweepConfig, apply_override, load_config, parse_dataclass
 from aop_ray.evaluate import compare_orders, load_scorer, numeric, write_results
 from aop_ray.orders import get_order, order_names
+from aop_ray.locations import check_durable, check_tracking_uri, on_this_node
 from aop_ray.tasks import InputError
 from aop_ray.tracking import Tracker, check_reachable, client_for, experiment_id, find_runs, resolve_uri
 
@@ -68,8 +68,12 @@ def learned_config(state: dict[str, Any], seed: int, search: dict[str, Any], tri
     return Config.from_dict(base)
 
 
-def run_trial(config: dict[str, Any], state: dict[str, Any]) -> None:
-    """One Tune trial: (train a policy, then) decode the test set under the trial's order."""
+def run_trial(config: dict[str, Any], state: dict[str, Any], inputs: dict[str, Any]) -> None:
+    """One Tune trial: (train a policy, then) decode the test set under the trial's order.
+
+    `inputs` (the test set and the policy's train/validation sets) come from the driver through
+    the object store, so a trial on any node reads no dataset path.
+    """
     import torch
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
@@ -89,23 +93,25 @@ def run_trial(config: dict[str, Any], state: dict[str, Any]) -> None:
         reuse={report.SWEEP_TAG: state["parent_run_id"] or "", "aop_ray.trial_id": trial_id})
     status = "FAILED"
     try:
-        checkpoint, policy, final = Path(state["denoiser"]), None, {}
+        checkpoint, policy, final = on_this_node(state["denoiser"]), None, {}
         if order == "learned":
             cfg = learned_config(state, seed, search, trial_id)
             resume = (Path(cfg.ray.storage_path) / cfg.name / train.RUN_STATE).is_file()
-            checkpoint = train.run(cfg, resume=resume, tracker=tracker, callbacks=(TuneReportCallback(),))
+            checkpoint = train.run(cfg, resume=resume, tracker=tracker, callbacks=(TuneReportCallback(),),
+                                   stage_data=inputs["stage_data"])
         denoiser, task, manifest = checkpoints.load_denoiser(checkpoint)
         if order == "learned":
             policy = checkpoints.load_policy(checkpoint, task, manifest["model"])
             final = manifest.get("metrics", {})
-        instances = data.load_instances(task, state["eval_data"])
+        instances = inputs["eval"]
         ev = spec.evaluate
         instances = instances.take(slice(0, ev.limit)) if ev.limit else instances
         orders = {order: get_order(order, policy=policy, task=task)}
         rows, maps, solved = compare_orders(denoiser, task, instances, orders, k=ev.k, threshold=ev.threshold,
                                             batch_size=ev.batch_size, seed=seed, planner_nll=ev.planner_nll,
                                             temperature=ev.temperature, policy=policy, progress=False,
-                                            scorer=load_scorer(state.get("oracle"), task))
+                                            scorer=load_scorer(state["oracle"] and str(on_this_node(state["oracle"])),
+                                                               task))
         out = Path(state["sweep_dir"]) / "evaluations" / trial_id
         write_results(out, rows, maps, solved, instances)
         metrics = numeric(rows[0])
@@ -180,19 +186,24 @@ def _scheduler(spec: SweepConfig) -> Any:
                          grace_period=sc.grace_period, reduction_factor=sc.reduction_factor)
 
 
+def _inputs(state: dict[str, Any]) -> dict[str, Any]:
+    """The datasets every trial reads, loaded once on the driver (from the paths `prepare` resolved)."""
+    from aop_ray import train
+
+    _, task, _ = checkpoints.load_denoiser(state["denoiser"])
+    stage_data = None
+    if state["train_config"] is not None:
+        cfg = Config.from_dict(state["train_config"])
+        stage_data = train.StageData.load(cfg, cfg.build_task())
+    return {"eval": data.load_instances(task, state["eval_data"]), "stage_data": stage_data}
+
+
 def _trainable(state: dict[str, Any]) -> Any:
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(run_trial, state=state),
+    return tune.with_resources(tune.with_parameters(run_trial, state=state, inputs=_inputs(state)),
                                functools.partial(trial_resources, resources=dataclasses.asdict(
                                    parse_dataclass(SweepConfig, state["config"], "").resources)))
-
-
-def _ray_init() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING")
 
 
 def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
@@ -205,13 +216,16 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
 
     from aop_ray import train
 
+    check_durable("storage_path", spec.storage_path, "set storage_path=/shared/tune")
     sweep_dir = Path(spec.storage_path).expanduser().resolve() / spec.name
     if sweep_dir.exists():
         raise InputError(f"name: sweep directory {sweep_dir} already exists; continue it with --resume "
                          f"{sweep_dir}, or set name=<new name>")
     denoiser = Path(spec.denoiser_checkpoint).expanduser().resolve()
-    if not (denoiser / checkpoints.MANIFEST).is_file() and not spec.denoiser_config:
-        raise InputError(f"denoiser_checkpoint: no checkpoint at {denoiser} (set denoiser_config to train one)")
+    if not (denoiser / checkpoints.MANIFEST).is_file():
+        if not spec.denoiser_config:
+            raise InputError(f"denoiser_checkpoint: no checkpoint at {denoiser} (set denoiser_config to train one)")
+        check_durable("denoiser_checkpoint", spec.denoiser_checkpoint, "give the denoiser to train an absolute path")
     cfg = None
     if "learned" in spec.orders:  # validate the base config and every searched value now
         cfg = load_config(spec.train_config, [*spec.train_overrides, f"aop.denoiser_checkpoint={denoiser}",
@@ -226,17 +240,18 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
                 except InputError as err:
                     raise InputError(f"search.{key}: {err}") from None
     uri = resolve_uri(spec.mlflow.tracking_uri) if (mlflow and spec.mlflow.enabled) else None
+    check_tracking_uri(uri)
     check_reachable(uri, spec.mlflow.experiment)  # before Ray, a denoiser or any data is spent on it
     state = {"config": dataclasses.asdict(spec), "train_config": cfg.to_dict() if cfg else None,
              "sweep_dir": str(sweep_dir), "denoiser": str(denoiser), "tracking_uri": uri}
-    _ray_init()
+    ray_session.connect()
     state["concurrency"] = spec.resources.max_concurrent_trials
     if spec.resources.fit_to_cluster:
         per_trial = trial_cpus(spec, state)
         state["concurrency"] = fit_concurrency(state["concurrency"], per_trial, ray.cluster_resources().get("CPU", 0))
         if state["concurrency"] < spec.resources.max_concurrent_trials:
             say(f"resources: {state['concurrency']} trial(s) at once, not {spec.resources.max_concurrent_trials}: "
-                f"each reserves up to {per_trial:g} CPUs and Ray Data needs one CPU left free")
+                f"each reserves up to {per_trial:g} CPUs")
 
     if not (denoiser / checkpoints.MANIFEST).is_file():
         say(f"no denoiser at {denoiser}: training it with {spec.denoiser_config}")
@@ -301,10 +316,11 @@ def trial_cpus(spec: SweepConfig, state: dict[str, Any]) -> float:
 
 
 def fit_concurrency(wanted: int, per_trial: float, cluster_cpus: float) -> int:
-    """How many trials may run at once and still leave Ray Data one whole CPU."""
-    fit = int((cluster_cpus - 1.0) / per_trial + 1e-9)
+    """How many trials fit the cluster at once (a trial waiting for CPUs another holds would wait forever
+    behind a learned trial whose Train workers cannot be placed)."""
+    fit = int(cluster_cpus / per_trial + 1e-9)
     if fit < 1:
-        raise InputError(f"resources: one trial reserves {per_trial:g} CPUs and Ray Data needs 1 more, but the "
+        raise InputError(f"resources: one trial reserves {per_trial:g} CPUs, but the "
                          f"cluster has {cluster_cpus:g}; lower resources.trainer_cpus, ray.cpus_per_worker or "
                          f"ray.num_workers (train_overrides), or add CPUs")
     return min(wanted, fit)
@@ -317,7 +333,7 @@ def run_sweep(state: dict[str, Any], resume: bool = False) -> list[dict[str, Any
     spec = parse_dataclass(SweepConfig, state["config"], "")
     sweep_dir = Path(state["sweep_dir"])
     parent = Tracker(state["tracking_uri"], state["parent_run_id"])
-    _ray_init()
+    ray_session.connect()
     started = time.perf_counter()
     if resume:
         parent.reopen()
@@ -377,6 +393,7 @@ def _summarize(spec: SweepConfig, state: dict[str, Any], records: list[dict[str,
     parent.log_metrics({f"{r['group']}/{k}": v for r in rows for k, v in r.items()
                         if k.endswith(("_mean", "_std")) and isinstance(v, float)}, step=0)
     say(f"sweep {spec.name} ({len(records)} finished trials):\n{table}\nsummary: {sweep_dir / 'summary'}")
+    say(f"{parent.where()} (one child run per trial)")
     return rows
 
 

@@ -38,7 +38,7 @@ evaluate:
     assert all(r["reference"] == "learned" for r in rows) and rows[-1]["mcnemar_p"] is None  # paired vs the policy
     assert all(r["only_solved"] + r["only_reference"] <= 32 for r in rows[:-1])
     for r in rows:  # the table reached stdout
-        assert re.search(rf"{r['order']:<12}[* ] {r['solve_rate']:>10.4f}", proc.stdout)
+        assert re.search(rf"\n{r['order']}\*? +{r['solve_rate']:.4f} ", proc.stdout)
     policy_run = next((tmp_path / "runs").glob("tiny-*-policy"))
     manifest = json.loads((policy_run / "final" / "manifest.json").read_text())
     assert manifest["denoiser_source"] == str(denoiser)
