@@ -16,8 +16,6 @@ from pathlib import Path
 
 from aop_ray.tasks import InputError
 
-JOB_HINT = ("under `ray job submit --working-dir`, outputs must go to a path every node sees and that outlives "
-            "the job (an absolute path on shared storage, or s3://)")
 
 
 def working_copy_root(path: str | Path) -> Path | None:
@@ -40,15 +38,16 @@ def local_path(location: str) -> Path:
     return Path(location.removeprefix("file://")).expanduser().absolute()
 
 
-def check_durable(setting: str, location: str | Path | None, how: str) -> None:
+def check_durable(setting: str, location: str | Path | None, how: str | None = None) -> None:
     """Refuse an output `location` inside Ray's working-directory copy, naming `setting` and `how` to set it."""
+    how = how or f"set {setting} to an absolute path every node sees (shared storage) or s3://"
     if location is None or is_remote(str(location)):
         return
     path = local_path(str(location))
     root = working_copy_root(path)
     if root is not None:
-        raise InputError(f"{setting}: {location} resolves to {path}, inside Ray's temporary copy of the working "
-                         f"directory, which Ray deletes; {how} ({JOB_HINT})")
+        raise InputError(f"{setting}: {str(location)!r} is inside Ray's temporary copy of the job's working "
+                         f"directory (deleted with the job, unseen by other nodes); {how}")
 
 
 def check_tracking_uri(uri: str | None) -> None:
@@ -62,9 +61,8 @@ def check_tracking_uri(uri: str | None) -> None:
     else:
         return  # a tracking server, database or remote store
     check_durable("MLFLOW_TRACKING_URI", path if Path(path).is_absolute() else os.path.join(os.getcwd(), path),
-                  "set MLFLOW_TRACKING_URI to a tracking server or an absolute sqlite path, e.g. "
-                  "--runtime-env-json '{\"env_vars\": {\"MLFLOW_TRACKING_URI\": \"sqlite:////shared/mlflow.db\"}}', "
-                  "or pass --no-mlflow")
+                  "set it in --runtime-env-json's env_vars to a tracking server or an absolute "
+                  "sqlite:////shared/mlflow.db, or pass --no-mlflow")
 
 
 def on_this_node(path: str | Path) -> Path:

@@ -38,7 +38,7 @@ def run_pipeline(cfg: PipelineConfig, mlflow: bool = True, stamp: str | None = N
         raise InputError(f"{cfg.policy_config}: task {policy_cfg.task} differs from {cfg.denoiser_config}'s "
                          f"{denoiser_cfg.task}")
     # Every output place is checked before any compute: a job must not lose its results at the end.
-    check_durable("ray.storage_path", policy_cfg.ray.storage_path, "set ray.storage_path=/shared/runs")
+    check_durable("ray.storage_path", policy_cfg.ray.storage_path)
     if mlflow:
         check_tracking_uri(resolve_uri(policy_cfg.mlflow.tracking_uri))
     denoiser = cfg.denoiser_checkpoint

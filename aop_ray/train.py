@@ -449,7 +449,7 @@ def run(cfg: Config, resume: bool = False, mlflow: bool = True, tracker: Tracker
     from ray.train.torch import TorchTrainer
 
     task = cfg.build_task()
-    check_durable("ray.storage_path", cfg.ray.storage_path, "set ray.storage_path=/shared/runs")
+    check_durable("ray.storage_path", cfg.ray.storage_path)
     check_durable("output", cfg.output, "set output to an absolute path")
     run_dir = _run_dir(cfg)
     state_file = run_dir / RUN_STATE

@@ -216,7 +216,7 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
 
     from aop_ray import train
 
-    check_durable("storage_path", spec.storage_path, "set storage_path=/shared/tune")
+    check_durable("storage_path", spec.storage_path)
     sweep_dir = Path(spec.storage_path).expanduser().resolve() / spec.name
     if sweep_dir.exists():
         raise InputError(f"name: sweep directory {sweep_dir} already exists; continue it with --resume "

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from aop_ray.tasks import Sudoku
 
@@ -70,4 +71,9 @@ def trained(tmp_path_factory) -> Path:
     # Tests that compare orders need a denoiser past the loss plateau: say so here, not as a puzzling 0 == 0 later.
     solved = [float(v) for v in re.findall(r"val_solve_rate=([0-9.]+)", proc.stdout + proc.stderr)]
     assert solved and solved[-1] >= 0.5, f"the smoke denoiser did not learn (val_solve_rate {solved})"
+    # A successful run's console is clean: no traceback, no Ray error line, one progress line per report.
+    console = proc.stdout + proc.stderr
+    assert "Traceback" not in console and not re.search(r"\d E \d+ \d+\]", console), console[-3000:]
+    steps = yaml.safe_load(SMOKE.read_text())["train"]["steps"]
+    assert console.count(f"step {steps}/{steps} ") == 1, console[-3000:]
     return workdir
