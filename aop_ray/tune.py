@@ -255,8 +255,11 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
 
     if not (denoiser / checkpoints.MANIFEST).is_file():
         say(f"no denoiser at {denoiser}: training it with {spec.denoiser_config}")
-        train.run(load_config(spec.denoiser_config, [f"output={denoiser}",
-                                                     f"mlflow.experiment={spec.mlflow.experiment}"]), mlflow=mlflow)
+        # Its run lives beside the sweep's (the storage the user pointed the sweep at); the final
+        # checkpoint is copied to denoiser_checkpoint, where every later sweep finds it.
+        train.run(load_config(spec.denoiser_config, [
+            f"output={denoiser}", f"mlflow.experiment={spec.mlflow.experiment}", f"name={spec.name}-denoiser",
+            f"ray.storage_path={sweep_dir.parent}"]), mlflow=mlflow)
     _, task, manifest = checkpoints.load_denoiser(denoiser)
     for name in spec.orders:
         if name not in order_names(task):

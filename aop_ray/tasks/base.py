@@ -29,6 +29,13 @@ class InputError(ValueError):
     """
 
 
+def text_lines(text: str) -> list[str]:
+    """The lines of text read in text mode (newlines already `\n`), numbered as an editor numbers them:
+    unlike `str.splitlines`, a form feed, `\x1c`-`\x1e` or `\x85` inside a line does not end it."""
+    lines = text.split("\n")
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def located(path: str | Path, line: int | None, message: str) -> InputError:
     """An `InputError` whose message starts with `file:line:`."""
     where = f"{path}:{line}" if line is not None else f"{path}"

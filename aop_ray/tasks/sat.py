@@ -31,7 +31,7 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from aop_ray.tasks.base import InputError, Instances, TokenStructure, located
+from aop_ray.tasks.base import InputError, Instances, TokenStructure, located, text_lines
 
 WIDTH = 3  # literals per clause
 FALSE, TRUE, MASK = 0, 1, 2
@@ -219,7 +219,7 @@ class Sat:
         """
         path = Path(path)
         try:
-            lines = path.read_text().splitlines()
+            lines = text_lines(path.read_text())
         except UnicodeDecodeError as err:
             raise located(path, None, f"not a text file ({err.reason})") from None
         header: tuple[int, int, int] | None = None  # (line, variables, clauses)

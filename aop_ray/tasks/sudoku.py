@@ -23,7 +23,7 @@ from typing import Any, Callable, ClassVar, Iterator
 import numpy as np
 import torch
 
-from aop_ray.tasks.base import InputError, Instances, located
+from aop_ray.tasks.base import InputError, Instances, located, text_lines
 
 BOX_SHAPES: dict[int, tuple[int, int]] = {4: (2, 2), 6: (2, 3), 9: (3, 3)}
 _BLANKS = "0."
@@ -239,7 +239,7 @@ class Sudoku:
             text = path.read_text()
         except UnicodeDecodeError as err:
             raise located(path, None, f"not a text file ({err.reason})") from None
-        first = next((ln.strip() for ln in text.splitlines() if ln.strip()), "")
+        first = next((ln.strip() for ln in text_lines(text) if ln.strip()), "")
         if first.lower().startswith("grid"):
             records = self._euler_records(path, text)
         elif path.suffix.lower() == ".csv" or "," in first:
@@ -268,7 +268,7 @@ class Sudoku:
         return self._instances(puzzles, solutions, ids, metas)
 
     def _line_records(self, path: Path, text: str) -> Iterator[tuple[int, str, str | None]]:
-        for line_no, line in enumerate(text.splitlines(), start=1):
+        for line_no, line in enumerate(text_lines(text), start=1):
             cells = line.split("//", 1)[0].strip()
             if cells:
                 yield line_no, cells, None
@@ -292,7 +292,7 @@ class Sudoku:
             yield line_no, row[pi].strip(), (row[si].strip() if si is not None else None)
 
     def _euler_records(self, path: Path, text: str) -> Iterator[tuple[int, str, str | None]]:
-        lines = text.splitlines()
+        lines = text_lines(text)
         i = 0
         while i < len(lines):
             if not lines[i].strip():
