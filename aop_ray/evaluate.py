@@ -190,7 +190,8 @@ def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, 
     Every order sees the same puzzles and the same seed, so the rows are a paired comparison;
     with `reference` (one of `orders`) each other row gets its McNemar counts against it.
     """
-    tokens, fixed, target = (torch.as_tensor(a) for a in (instances.tokens, instances.fixed, instances.target))
+    # Copies: instances a Tune trial got through Ray's object store are read-only arrays.
+    tokens, fixed, target = (torch.tensor(a) for a in (instances.tokens, instances.fixed, instances.target))
     rows, maps, solved = [], {}, {}
     bars = progress and sys.stderr.isatty()  # a log file (a Ray job's) gets one line per order instead
     for name, order in orders.items():
