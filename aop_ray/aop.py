@@ -20,8 +20,7 @@ import torch
 from torch import nn
 
 from aop_ray.config import AopConfig
-from aop_ray.losses import (aop_loss, correctness_loss, mask_free_positions, pairwise_rank_loss, position_costs,
-                            sample_t)
+from aop_ray.losses import aop_loss, correctness_loss, mask_free_positions, pairwise_rank_loss, position_costs, sample_t
 from aop_ray.orders import DecodeState, Order, select
 from aop_ray.sampling import teacher_forced_state, unmask
 
@@ -37,19 +36,40 @@ class Trajectories:
     chosen_ce: torch.Tensor  # (N, L) -log p(reference) when the order revealed the position; 0 for prompt
 
     @classmethod
-    def collect(cls, denoiser: nn.Module, order: Order, tokens: torch.Tensor, fixed: torch.Tensor,
-                target: torch.Tensor, mask_id: int, batch_size: int = 256) -> Trajectories:
-        rollouts = [unmask(denoiser, order, tokens[lo:lo + batch_size], mask_id, target=target[lo:lo + batch_size],
-                           teacher_force=True) for lo in range(0, len(tokens), batch_size)]
+    def collect(
+        cls,
+        denoiser: nn.Module,
+        order: Order,
+        tokens: torch.Tensor,
+        fixed: torch.Tensor,
+        target: torch.Tensor,
+        mask_id: int,
+        batch_size: int = 256,
+    ) -> Trajectories:
+        rollouts = [
+            unmask(
+                denoiser,
+                order,
+                tokens[lo : lo + batch_size],
+                mask_id,
+                target=target[lo : lo + batch_size],
+                teacher_force=True,
+            )
+            for lo in range(0, len(tokens), batch_size)
+        ]
         if not rollouts:  # no instances: a worker's slice of a validation set smaller than the worker count
             return cls(tokens, fixed, target, torch.zeros_like(tokens), torch.zeros(tokens.shape, device=tokens.device))
-        return cls(tokens, fixed, target, torch.cat([r.step_of for r in rollouts]),
-                   torch.cat([-r.logp_target for r in rollouts]))
+        return cls(
+            tokens,
+            fixed,
+            target,
+            torch.cat([r.step_of for r in rollouts]),
+            torch.cat([-r.logp_target for r in rollouts]),
+        )
 
     @staticmethod
     def concat(parts: list[Trajectories]) -> Trajectories:
-        return Trajectories(*(torch.cat([getattr(p, f.name) for p in parts])
-                              for f in dataclasses.fields(Trajectories)))
+        return Trajectories(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Trajectories)))
 
     def all_states(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_t, x0) for every state of every trajectory, in order: a fixed evaluation set."""
@@ -59,8 +79,9 @@ class Trajectories:
         step = torch.arange(len(rows), device=n_steps.device) - first
         return teacher_forced_state(self.tokens[rows], self.step_of[rows], self.target[rows], step), self.target[rows]
 
-    def sample(self, batch: int, generator: torch.Generator, focus: float = 0.0
-               ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def sample(
+        self, batch: int, generator: torch.Generator, focus: float = 0.0
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(x_t, x0, fixed) for random (instance, step) pairs.
 
         A `1 - focus` share of the batch is uniform over each instance's steps.
@@ -75,10 +96,10 @@ class Trajectories:
         step = (torch.rand(batch - n_focus, generator=generator) * n_steps.cpu()).long().to(rows.device)
         if n_focus:
             revealed = self.step_of >= 0
-            by_step = torch.zeros_like(self.chosen_ce).scatter_add_(1, self.step_of.clamp(min=0),
-                                                                    self.chosen_ce * revealed)
-            flat = torch.multinomial(by_step.flatten().cpu() + 1e-12, n_focus, replacement=True,
-                                     generator=generator)
+            by_step = torch.zeros_like(self.chosen_ce).scatter_add_(
+                1, self.step_of.clamp(min=0), self.chosen_ce * revealed
+            )
+            flat = torch.multinomial(by_step.flatten().cpu() + 1e-12, n_focus, replacement=True, generator=generator)
             length = self.step_of.shape[1]
             rows = torch.cat([rows, (flat // length).to(rows.device)])
             step = torch.cat([step, (flat % length).to(rows.device)])
@@ -87,14 +108,18 @@ class Trajectories:
         return state, self.target[rows], self.fixed[rows]
 
 
-def uniform_states(x0: torch.Tensor, fixed: torch.Tensor, mask_id: int,
-                   generator: torch.Generator) -> torch.Tensor:
+def uniform_states(x0: torch.Tensor, fixed: torch.Tensor, mask_id: int, generator: torch.Generator) -> torch.Tensor:
     """Forward-process states: t ~ U(0, 1), each free position masked with probability t."""
     return mask_free_positions(x0, fixed, sample_t(len(x0), generator, x0.device), mask_id, generator)[0]
 
 
-def policy_objective(scores: torch.Tensor, masked: torch.Tensor, cost: torch.Tensor, cfg: AopConfig,
-                     shortlist: torch.Tensor | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def policy_objective(
+    scores: torch.Tensor,
+    masked: torch.Tensor,
+    cost: torch.Tensor,
+    cfg: AopConfig,
+    shortlist: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`cfg.objective` on the policy's scores, and the expectation's stats whatever the objective
     (the curves remain comparable). `shortlist`: the base order's scores, which `pairwise` ranks the top of."""
     loss, stats = aop_loss(scores, masked, cost, cfg.temperature, cfg.entropy_beta)
@@ -107,9 +132,16 @@ def policy_objective(scores: torch.Tensor, masked: torch.Tensor, cost: torch.Ten
     return loss, stats
 
 
-def aop_step(denoiser: nn.Module, policy: nn.Module, xt: torch.Tensor, x0: torch.Tensor, mask_id: int,
-             cfg: AopConfig, joint: bool, shortlist: Order | None = None
-             ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def aop_step(
+    denoiser: nn.Module,
+    policy: nn.Module,
+    xt: torch.Tensor,
+    x0: torch.Tensor,
+    mask_id: int,
+    cfg: AopConfig,
+    joint: bool,
+    shortlist: Order | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The AOP loss on states `xt` (plus the MDM term in joint training, if `cfg.mdm_lambda`).
 
     With `objective: pairwise` the loss ranks the `k` best positions by the
@@ -126,8 +158,14 @@ def aop_step(denoiser: nn.Module, policy: nn.Module, xt: torch.Tensor, x0: torch
     return policy_objective(policy(state), masked, cost if joint else cost.detach(), cfg, ranked)
 
 
-def chosen_costs(orders: dict[str, Order], denoiser: nn.Module, xt: torch.Tensor, x0: torch.Tensor,
-                 mask_id: int, batch_size: int = 512) -> dict[str, dict[str, float]]:
+def chosen_costs(
+    orders: dict[str, Order],
+    denoiser: nn.Module,
+    xt: torch.Tensor,
+    x0: torch.Tensor,
+    mask_id: int,
+    batch_size: int = 512,
+) -> dict[str, dict[str, float]]:
     """For each order: mean error and CE of the position it would reveal at each state.
 
     The validation diagnostic of policy training: a policy that helps should
@@ -139,7 +177,7 @@ def chosen_costs(orders: dict[str, Order], denoiser: nn.Module, xt: torch.Tensor
     sums = {name: {"error": 0.0, "ce": 0.0} for name in ["random", *orders]}
     with torch.no_grad():
         for lo in range(0, len(xt), batch_size):
-            x, y = xt[lo:lo + batch_size], x0[lo:lo + batch_size]
+            x, y = xt[lo : lo + batch_size], x0[lo : lo + batch_size]
             masked = x == mask_id
             logits, hidden = denoiser(x, return_hidden=True)
             state = DecodeState(tokens=x, masked=masked, logits=logits.float(), hidden=hidden, step=0)

@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from aop_ray.config import ModelConfig, PolicyConfig, make_task, parse_dataclass
+from aop_ray.errors import InputError
 from aop_ray.models.denoiser import Denoiser
 from aop_ray.models.policy import PolicyEnsemble, PolicyNet, make_policy
-from aop_ray.tasks import InputError, Task, task_params
+from aop_ray.tasks import Task, task_params
 
 FORMAT = "aop-ray-checkpoint/1"
 MANIFEST = "manifest.json"
@@ -57,8 +58,14 @@ def write_checkpoint(path: str | Path, manifest: dict[str, Any], tensors: dict[s
 
 
 def denoiser_manifest(task: Task, model_cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
-    return {"kind": "denoiser", "task": task_params(task), "vocab_size": task.vocab_size,
-            "seq_len": task.seq_len, "model": dataclasses.asdict(model_cfg), **extra}
+    return {
+        "kind": "denoiser",
+        "task": task_params(task),
+        "vocab_size": task.vocab_size,
+        "seq_len": task.seq_len,
+        "model": dataclasses.asdict(model_cfg),
+        **extra,
+    }
 
 
 def read_manifest(path: str | Path) -> dict[str, Any]:
@@ -91,23 +98,32 @@ def check_same(what: str, theirs: dict[str, Any], ours: dict[str, Any], where: s
     """Refuse a mismatch of `what` (task, denoiser model), naming the first field that differs."""
     for key in sorted(set(theirs) | set(ours)):
         if theirs.get(key) != ours.get(key):
-            raise InputError(f"{where}: checkpoint is for {what} {theirs}, not {ours} "
-                             f"(field {key!r}: {theirs.get(key)!r} != {ours.get(key)!r})")
+            raise InputError(
+                f"{where}: checkpoint is for {what} {theirs}, not {ours} "
+                f"(field {key!r}: {theirs.get(key)!r} != {ours.get(key)!r})"
+            )
 
 
 def check_task(manifest: dict[str, Any], task: Task, where: str) -> None:
     check_same("task", manifest.get("task", {}), task_params(task), where)
 
 
-def policy_manifest(task: Task, model_cfg: ModelConfig, policy_cfg: PolicyConfig, stage: str,
-                    denoiser_source: str, **extra: Any) -> dict[str, Any]:
+def policy_manifest(
+    task: Task, model_cfg: ModelConfig, policy_cfg: PolicyConfig, stage: str, denoiser_source: str, **extra: Any
+) -> dict[str, Any]:
     """A policy checkpoint holds its denoiser too (a copy, or the jointly trained one)."""
-    return {**denoiser_manifest(task, model_cfg, **extra), "kind": "policy", "stage": stage,
-            "policy": dataclasses.asdict(policy_cfg), "denoiser_source": denoiser_source}
+    return {
+        **denoiser_manifest(task, model_cfg, **extra),
+        "kind": "policy",
+        "stage": stage,
+        "policy": dataclasses.asdict(policy_cfg),
+        "denoiser_source": denoiser_source,
+    }
 
 
-def load_denoiser(path: str | Path, task: Task | None = None,
-                  map_location: str | torch.device = "cpu") -> tuple[Denoiser, Task, dict[str, Any]]:
+def load_denoiser(
+    path: str | Path, task: Task | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[Denoiser, Task, dict[str, Any]]:
     """The denoiser at `path` (a denoiser or policy checkpoint), its task and manifest.
 
     Refuses a checkpoint for another `task`.
@@ -129,8 +145,7 @@ def load_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> Non
     try:
         model.load_state_dict(state)
     except RuntimeError as err:
-        raise InputError(f"{path}: weights do not fit the model in its manifest ({str(err).splitlines()[0]})") \
-            from None
+        raise InputError(f"{path}: weights do not fit the model in its manifest ({str(err).splitlines()[0]})") from None
 
 
 def read_policy_manifest(path: str | Path) -> dict[str, Any]:
@@ -141,8 +156,9 @@ def read_policy_manifest(path: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def load_policy(path: str | Path, task: Task, denoiser_model: dict[str, Any],
-                map_location: str | torch.device = "cpu") -> PolicyNet | PolicyEnsemble:
+def load_policy(
+    path: str | Path, task: Task, denoiser_model: dict[str, Any], map_location: str | torch.device = "cpu"
+) -> PolicyNet | PolicyEnsemble:
     """The policy at `path`, checked against the task and denoiser it will run on
     (an ensemble if its manifest lists `members`)."""
     manifest = read_policy_manifest(path)
@@ -150,8 +166,11 @@ def load_policy(path: str | Path, task: Task, denoiser_model: dict[str, Any],
     check_same("denoiser model", manifest["model"], denoiser_model, str(path))
     cfg = parse_dataclass(PolicyConfig, manifest["policy"], f"{path}: policy")
     members = manifest.get("members")
-    policy = (PolicyEnsemble([make_policy(task, denoiser_model["d_model"], cfg) for _ in members]) if members
-              else make_policy(task, denoiser_model["d_model"], cfg))
+    policy = (
+        PolicyEnsemble([make_policy(task, denoiser_model["d_model"], cfg) for _ in members])
+        if members
+        else make_policy(task, denoiser_model["d_model"], cfg)
+    )
     load_state(policy, load_tensors(path, "policy"), path)
     policy.to(map_location).eval()
     return policy

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
-from aop_ray.tasks import InputError
+from aop_ray.errors import InputError
 
 
 def say(line: str) -> None:

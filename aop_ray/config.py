@@ -16,7 +16,8 @@ from typing import Any, Literal, Union
 
 import yaml
 
-from aop_ray.tasks import TASKS, InputError, Task, task_params
+from aop_ray.errors import InputError
+from aop_ray.tasks import TASKS, Task, task_params
 
 
 def parse_dataclass(cls: type, data: Any, where: str) -> Any:
@@ -65,8 +66,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
                 return _coerce(arg, value, key)
             except InputError as err:
                 errors.append(str(err))
-        raise InputError(errors[0] if len(errors) == 1 else
-                         f"{key}: {value!r} does not match {_type_name(hint)}")
+        raise InputError(errors[0] if len(errors) == 1 else f"{key}: {value!r} does not match {_type_name(hint)}")
     if origin is Literal:
         if value not in args:
             raise InputError(f"{key}: must be one of {', '.join(map(str, args))}, got {value!r}")
@@ -90,8 +90,9 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
             return float(value)
         except ValueError:
             pass
-    if hint in (int, float, str, bool) and not (isinstance(value, hint) and
-                                              not (hint is int and isinstance(value, bool))):
+    if hint in (int, float, str, bool) and not (
+        isinstance(value, hint) and not (hint is int and isinstance(value, bool))
+    ):
         raise InputError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
     return value
 
@@ -203,8 +204,10 @@ class PolicyConfig:
         if not self.features and not self.task_features:
             raise InputError("policy.features: the policy needs at least one feature")
         if self.encoder == "token_axis" and sorted(self.features) != sorted(TOKEN_AXIS_FEATURES):
-            raise InputError(f"policy.features: encoder token_axis reads exactly {', '.join(TOKEN_AXIS_FEATURES)} "
-                             f"(got {', '.join(self.features) or 'none'})")
+            raise InputError(
+                f"policy.features: encoder token_axis reads exactly {', '.join(TOKEN_AXIS_FEATURES)} "
+                f"(got {', '.join(self.features) or 'none'})"
+            )
 
 
 @dataclasses.dataclass
@@ -277,8 +280,16 @@ class TrainConfig:
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "log_every", "checkpoint_every", where="train")
         _positive(self, "lr", "grad_clip", where="train")
-        _positive(self, "warmup_steps", "weight_decay", "eval_every", "eval_instances", "min_lr_ratio",
-                  where="train", allow_zero=True)
+        _positive(
+            self,
+            "warmup_steps",
+            "weight_decay",
+            "eval_every",
+            "eval_instances",
+            "min_lr_ratio",
+            where="train",
+            allow_zero=True,
+        )
 
 
 @dataclasses.dataclass
@@ -330,25 +341,37 @@ class Config:
         known = getattr(task, "feature_names", ())
         for name in self.policy.task_features:
             if name not in known:
-                raise InputError(f"policy.task_features: task {task.name!r} has no feature {name!r} "
-                                 f"(known: {', '.join(known) or 'none'})")
+                raise InputError(
+                    f"policy.task_features: task {task.name!r} has no feature {name!r} "
+                    f"(known: {', '.join(known) or 'none'})"
+                )
         if self.train.stage != "denoiser" and not self.aop.denoiser_checkpoint:
-            raise InputError(f"aop.denoiser_checkpoint: stage {self.train.stage!r} needs a trained denoiser "
-                             f"(train one with stage: denoiser first)")
+            raise InputError(
+                f"aop.denoiser_checkpoint: stage {self.train.stage!r} needs a trained denoiser "
+                f"(train one with stage: denoiser first)"
+            )
         if self.train.stage == "joint" and self.aop.objective != "expected":
-            raise InputError(f"aop.objective: {self.aop.objective} uses the costs only as labels, so it gives the "
-                             "denoiser no gradient; stage joint needs objective expected")
+            raise InputError(
+                f"aop.objective: {self.aop.objective} uses the costs only as labels, so it gives the "
+                "denoiser no gradient; stage joint needs objective expected"
+            )
         if self.aop.objective == "correctness" and self.aop.target != "error":
-            raise InputError(f"aop.target: objective correctness fits the probability that the argmax is right, "
-                             f"so its target is the error indicator ('error'), got {self.aop.target!r}")
+            raise InputError(
+                f"aop.target: objective correctness fits the probability that the argmax is right, "
+                f"so its target is the error indicator ('error'), got {self.aop.target!r}"
+            )
         if self.train.stage == "grpo" and not task.has_verifier:
-            raise InputError(f"train.stage: grpo rewards a rollout by the task's verifier, and task {task.name!r} "
-                             f"has none (its family oracle is fitted on held-out data, for evaluation only); "
-                             f"train its order with stage policy")
+            raise InputError(
+                f"train.stage: grpo rewards a rollout by the task's verifier, and task {task.name!r} "
+                f"has none (its family oracle is fitted on held-out data, for evaluation only); "
+                f"train its order with stage policy"
+            )
         if self.train.stage == "grpo" and self.train.batch_size < self.grpo.group_size * self.ray.num_workers:
-            raise InputError(f"train.batch_size: stage grpo needs at least grpo.group_size x ray.num_workers = "
-                             f"{self.grpo.group_size * self.ray.num_workers} rollouts per step, got "
-                             f"{self.train.batch_size}")
+            raise InputError(
+                f"train.batch_size: stage grpo needs at least grpo.group_size x ray.num_workers = "
+                f"{self.grpo.group_size * self.ray.num_workers} rollouts per step, got "
+                f"{self.train.batch_size}"
+            )
 
     def build_task(self) -> Task:
         return make_task(self.task)
@@ -478,8 +501,10 @@ class Domain:
     def kind(self, where: str) -> str:
         kinds = [f.name for f in dataclasses.fields(self) if getattr(self, f.name) is not None]
         if len(kinds) != 1:
-            raise InputError(f"{where}: give exactly one of grid, choice, uniform, loguniform, randint "
-                             f"(got {', '.join(kinds) or 'none'})")
+            raise InputError(
+                f"{where}: give exactly one of grid, choice, uniform, loguniform, randint "
+                f"(got {', '.join(kinds) or 'none'})"
+            )
         values = getattr(self, kinds[0])
         if kinds[0] in ("grid", "choice") and not values:
             raise InputError(f"{where}.{kinds[0]}: needs at least one value")
@@ -584,10 +609,14 @@ class SweepConfig:
         if "learned" in self.orders and not self.train_config:
             raise InputError("train_config: order 'learned' needs the training config of its policy")
         if self.search and self.orders != ["learned"]:
-            raise InputError(f"search: hyper-parameters apply to learned trials only; a search sweep lists "
-                             f"orders: [learned], got {self.orders}")
+            raise InputError(
+                f"search: hyper-parameters apply to learned trials only; a search sweep lists "
+                f"orders: [learned], got {self.orders}"
+            )
         for key, domain in self.search.items():
             domain.kind(f"search.{key}")
         if self.scheduler.type == "asha" and self.orders != ["learned"]:
-            raise InputError("scheduler.type: asha stops trials early, which biases an order comparison; "
-                             "use it in a search sweep (orders: [learned])")
+            raise InputError(
+                "scheduler.type: asha stops trials early, which biases an order comparison; "
+                "use it in a search sweep (orders: [learned])"
+            )

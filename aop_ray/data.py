@@ -25,7 +25,8 @@ import pyarrow.parquet as pq
 
 from aop_ray.cli import run_main, say
 from aop_ray.config import DatasetConfig, make_task, parse_assignments
-from aop_ray.tasks import InputError, Instances, Task, task_params
+from aop_ray.errors import InputError
+from aop_ray.tasks import Instances, Task, task_params
 
 TASK_KEY = b"aop_ray.task"
 COLUMNS = ("tokens", "fixed", "target", "instance_id", "meta")
@@ -38,13 +39,15 @@ def to_table(instances: Instances, task: Task) -> pa.Table:
         flat = pa.array(arr.reshape(-1), type=kind)
         return pa.FixedSizeListArray.from_arrays(flat, length)
 
-    table = pa.table({
-        "tokens": fixed_list(instances.tokens, pa.int16()),
-        "fixed": fixed_list(instances.fixed, pa.bool_()),
-        "target": fixed_list(instances.target, pa.int16()),
-        "instance_id": pa.array(instances.ids, type=pa.string()),
-        "meta": pa.array([json.dumps(m) for m in instances.meta], type=pa.string()),
-    })
+    table = pa.table(
+        {
+            "tokens": fixed_list(instances.tokens, pa.int16()),
+            "fixed": fixed_list(instances.fixed, pa.bool_()),
+            "target": fixed_list(instances.target, pa.int16()),
+            "instance_id": pa.array(instances.ids, type=pa.string()),
+            "meta": pa.array([json.dumps(m) for m in instances.meta], type=pa.string()),
+        }
+    )
     return table.replace_schema_metadata({TASK_KEY: json.dumps(task_params(task)).encode()})
 
 
@@ -58,9 +61,13 @@ def from_columns(columns: dict[str, Any], length: int) -> Instances:
         return arr.astype(dtype).reshape(-1, length)
 
     ids = [str(i) for i in columns["instance_id"]]
-    return Instances(tokens=stack(columns["tokens"], np.int64), fixed=stack(columns["fixed"], bool),
-                     target=stack(columns["target"], np.int64), ids=ids,
-                     meta=[json.loads(m) for m in columns["meta"]])
+    return Instances(
+        tokens=stack(columns["tokens"], np.int64),
+        fixed=stack(columns["fixed"], bool),
+        target=stack(columns["target"], np.int64),
+        ids=ids,
+        meta=[json.loads(m) for m in columns["meta"]],
+    )
 
 
 def write_shards(instances: Instances, task: Task, out_dir: str | Path, shard_size: int = 10_000) -> list[Path]:
@@ -88,8 +95,10 @@ def check_task(path: Path, schema: pa.Schema, task: Task) -> None:
     theirs, ours = json.loads(meta), task_params(task)
     for key in sorted(set(theirs) | set(ours)):
         if theirs.get(key) != ours.get(key):
-            raise InputError(f"{path}: shard is for task {theirs}, expected {ours} "
-                             f"(field {key!r}: {theirs.get(key)!r} != {ours.get(key)!r})")
+            raise InputError(
+                f"{path}: shard is for task {theirs}, expected {ours} "
+                f"(field {key!r}: {theirs.get(key)!r} != {ours.get(key)!r})"
+            )
 
 
 def read_schema(path: Path) -> pa.Schema:
@@ -120,8 +129,7 @@ def load_instances(task: Task, path: str | Path) -> Instances:
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: no such file or directory")
-    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) \
-        if path.is_dir() else [path]
+    files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")) if path.is_dir() else [path]
     if not files:
         raise InputError(f"{path}: directory holds no data files")
     parts = [read_shard(f, task) if f.suffix == ".parquet" else task.read(f) for f in files]
@@ -133,8 +141,9 @@ def _generate_chunk(args: tuple[Task, int, int, int, dict[str, Any]]) -> Instanc
     return task.generate(n, seed, start=start, **options)
 
 
-def generate(task: Task, n: int, seed: int, options: dict[str, Any] | None = None,
-             processes: int | None = None) -> Instances:
+def generate(
+    task: Task, n: int, seed: int, options: dict[str, Any] | None = None, processes: int | None = None
+) -> Instances:
     """`task.generate` spread over processes; identical output for any process count."""
     options = dict(options or {})
     try:
@@ -158,7 +167,6 @@ def ensure_dataset(task: Task, path: str | Path, n: int, seed: int, options: dic
     return path
 
 
-
 def dataset_path(spec: DatasetConfig, task: Task, label: str) -> Path:
     """The dataset a config names, generated (and cached as Parquet) on first use."""
     path = Path(spec.path).expanduser().resolve()
@@ -171,25 +179,36 @@ def dataset_path(spec: DatasetConfig, task: Task, label: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m aop_ray.data",
-                                     description="Build Parquet datasets: generate instances or convert files.")
+    parser = argparse.ArgumentParser(
+        prog="python -m aop_ray.data", description="Build Parquet datasets: generate instances or convert files."
+    )
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, text in (("generate", "generate seeded, reproducible instances"),
-                       ("convert", "convert text files (any supported format) to Parquet shards")):
+    for name, text in (
+        ("generate", "generate seeded, reproducible instances"),
+        ("convert", "convert text files (any supported format) to Parquet shards"),
+    ):
         p = sub.add_parser(name, help=text, description=text)
         p.add_argument("--task", default="sudoku", help="task name: sudoku or sat (default %(default)s)")
-        p.add_argument("--param", action="append", metavar="KEY=VALUE",
-                       help="task parameter, repeatable, e.g. --param size=9 (Sudoku) or --param n_vars=20 "
-                            "--param n_clauses=91 (SAT)")
+        p.add_argument(
+            "--param",
+            action="append",
+            metavar="KEY=VALUE",
+            help="task parameter, repeatable, e.g. --param size=9 (Sudoku) or --param n_vars=20 "
+            "--param n_clauses=91 (SAT)",
+        )
         p.add_argument("--out", required=True, help="output directory (must not exist; written atomically)")
         p.add_argument("--shard-size", type=int, default=10_000, help="instances per Parquet file")
     gen = sub.choices["generate"]
     gen.add_argument("--n", type=int, required=True, help="number of instances")
     gen.add_argument("--seed", type=int, default=0, help="seed; instance j depends only on (seed, j)")
-    gen.add_argument("--option", action="append", metavar="KEY=VALUE",
-                     help="generator option, repeatable, e.g. --option clues=30 --option unique=true "
-                          "(Sudoku: clues = count or [low, high], unique = solver-checked uniqueness; "
-                          "SAT: none, the clause ratio is n_clauses / n_vars)")
+    gen.add_argument(
+        "--option",
+        action="append",
+        metavar="KEY=VALUE",
+        help="generator option, repeatable, e.g. --option clues=30 --option unique=true "
+        "(Sudoku: clues = count or [low, high], unique = solver-checked uniqueness; "
+        "SAT: none, the clause ratio is n_clauses / n_vars)",
+    )
     gen.add_argument("--processes", type=int, default=None, help="worker processes (default: all cores)")
     sub.choices["convert"].add_argument("--input", required=True, help="a file or a directory of files")
     return parser
@@ -210,6 +229,7 @@ def build(args: argparse.Namespace) -> None:
         instances = load_instances(task, args.input)
     files = write_shards(instances, task, args.out, args.shard_size)
     print(f"wrote {len(instances)} instances to {len(files)} shard(s) in {args.out}")
+
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,7 +21,7 @@ import torch
 
 from aop_ray import checkpoints
 from aop_ray.cli import run_main, say
-from aop_ray.tasks import InputError
+from aop_ray.errors import InputError
 
 MEMBER_FIELDS = ("step", "aop")  # per member: what may differ between members, kept as provenance
 
@@ -41,8 +41,14 @@ def check_members(paths: list[str]) -> tuple[list[dict[str, Any]], dict[str, tor
         if manifests:
             for what in ("task", "model", "policy"):
                 checkpoints.check_same(what, manifest[what], manifests[0][what], f"{path} (against {paths[0]})")
-            different = next((k for k in sorted(set(weights) | set(denoiser)) if k not in weights
-                              or k not in denoiser or not torch.equal(weights[k], denoiser[k])), None)
+            different = next(
+                (
+                    k
+                    for k in sorted(set(weights) | set(denoiser))
+                    if k not in weights or k not in denoiser or not torch.equal(weights[k], denoiser[k])
+                ),
+                None,
+            )
             if different is not None:
                 raise InputError(f"{path}: trained on another denoiser than {paths[0]} (tensor {different!r} differs)")
         else:
@@ -54,11 +60,15 @@ def check_members(paths: list[str]) -> tuple[list[dict[str, Any]], dict[str, tor
 def build(paths: list[str], out: str | Path) -> Path:
     """Write the ensemble checkpoint of `paths` to `out` (atomically)."""
     members, denoiser = check_members(paths)
-    policies = {f"members.{i}.{key}": value for i, path in enumerate(paths)
-                for key, value in checkpoints.load_tensors(path, "policy").items()}
+    policies = {
+        f"members.{i}.{key}": value
+        for i, path in enumerate(paths)
+        for key, value in checkpoints.load_tensors(path, "policy").items()
+    }
     manifest = {key: value for key, value in members[0].items() if key not in ("format", "metrics", *MEMBER_FIELDS)}
-    manifest["members"] = [{"path": str(path), **{k: m.get(k) for k in MEMBER_FIELDS}}
-                           for path, m in zip(paths, members)]
+    manifest["members"] = [
+        {"path": str(path), **{k: m.get(k) for k in MEMBER_FIELDS}} for path, m in zip(paths, members)
+    ]
     return checkpoints.write_checkpoint(out, manifest, {"denoiser": denoiser, "policy": policies})
 
 

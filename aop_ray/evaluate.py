@@ -34,17 +34,32 @@ from tqdm import tqdm
 from aop_ray import checkpoints, data
 from aop_ray.cli import run_main, say
 from aop_ray.config import check_threshold
+from aop_ray.errors import InputError
+from aop_ray.locations import check_durable, check_tracking_uri
 from aop_ray.models.policy import PolicyEnsemble, PolicyNet
 from aop_ray.orders import Order, get_order, order_names
 from aop_ray.paired import SOLVED_CSV, solved_csv
 from aop_ray.sampling import Decoded, decode_dataset
 from aop_ray.stats import mcnemar
-from aop_ray.tasks import InputError, Instances, Task
-from aop_ray.locations import check_durable, check_tracking_uri
+from aop_ray.tasks import Instances, Task
 from aop_ray.tracking import Tracker, resolve_uri
 
-FIELDS = ("order", "solve_rate", "cell_accuracy", "planner_nll", "per_s", "n", "k", "threshold",
-          "forwards_per_instance", "policy", "reference", "only_solved", "only_reference", "mcnemar_p")
+FIELDS = (
+    "order",
+    "solve_rate",
+    "cell_accuracy",
+    "planner_nll",
+    "per_s",
+    "n",
+    "k",
+    "threshold",
+    "forwards_per_instance",
+    "policy",
+    "reference",
+    "only_solved",
+    "only_reference",
+    "mcnemar_p",
+)
 
 
 def summarize(order: str, decoded: Decoded, k: int, threshold: float | None = None) -> dict[str, Any]:
@@ -52,11 +67,18 @@ def summarize(order: str, decoded: Decoded, k: int, threshold: float | None = No
     nll = decoded.planner_nll
     nll_mean = float(torch.nanmean(nll)) if nll is not None and not torch.isnan(nll).all() else None
     steps = decoded.step_of.max(dim=1).values + 1
-    return {"order": order, "solve_rate": float(decoded.solved.float().mean()),
-            "cell_accuracy": float(decoded.cell_accuracy.mean()), "planner_nll": nll_mean,
-            "per_s": n / decoded.seconds if decoded.seconds > 0 else math.inf, "n": n, "k": k,
-            "threshold": threshold, "forwards_per_instance": float(steps.float().mean()),
-            **{name: float(torch.nanmean(value)) for name, value in decoded.metrics.items()}}
+    return {
+        "order": order,
+        "solve_rate": float(decoded.solved.float().mean()),
+        "cell_accuracy": float(decoded.cell_accuracy.mean()),
+        "planner_nll": nll_mean,
+        "per_s": n / decoded.seconds if decoded.seconds > 0 else math.inf,
+        "n": n,
+        "k": k,
+        "threshold": threshold,
+        "forwards_per_instance": float(steps.float().mean()),
+        **{name: float(torch.nanmean(value)) for name, value in decoded.metrics.items()},
+    }
 
 
 def task_metric_names(rows: list[dict[str, Any]]) -> list[str]:
@@ -79,18 +101,30 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     paired = f"vs {reference}" if reference else None
     width = max([len(paired)] + [len(paired_cell(r)) for r in rows]) if paired else 0
     best = max(r["solve_rate"] for r in rows)
-    header = (f"{'order':<13} {'solve_rate':>10} {'cell_acc':>9} {'planner_nll':>11} "
-              + "".join(f"{name:>{max(10, len(name))}} " for name in extra) + f"{'per_s':>8} {'n':>6}"
-              + (f"  {paired:<{width}}" if paired else ""))
+    header = (
+        f"{'order':<13} {'solve_rate':>10} {'cell_acc':>9} {'planner_nll':>11} "
+        + "".join(f"{name:>{max(10, len(name))}} " for name in extra)
+        + f"{'per_s':>8} {'n':>6}"
+        + (f"  {paired:<{width}}" if paired else "")
+    )
     lines = [header, "-" * len(header)]
     for r in rows:
         nll = f"{r['planner_nll']:.4f}" if r["planner_nll"] is not None else "-"
         extras = "".join(f"{r.get(name, float('nan')):>{max(10, len(name))}.4f} " for name in extra)
         name = r["order"] + ("*" if r["solve_rate"] == best else "")
-        lines.append(f"{name:<13} {r['solve_rate']:>10.4f} {r['cell_accuracy']:>9.4f} {nll:>11} "
-                     f"{extras}{r['per_s']:>8.1f} {r['n']:>6}" + (f"  {paired_cell(r):<{width}}" if paired else ""))
-    lines.append("* best solve rate" + (f"; '{paired}': instances only this order solves / only {reference} "
-                                        f"solves, exact McNemar p of that paired difference" if paired else ""))
+        lines.append(
+            f"{name:<13} {r['solve_rate']:>10.4f} {r['cell_accuracy']:>9.4f} {nll:>11} "
+            f"{extras}{r['per_s']:>8.1f} {r['n']:>6}" + (f"  {paired_cell(r):<{width}}" if paired else "")
+        )
+    lines.append(
+        "* best solve rate"
+        + (
+            f"; '{paired}': instances only this order solves / only {reference} "
+            f"solves, exact McNemar p of that paired difference"
+            if paired
+            else ""
+        )
+    )
     return "\n".join(lines)
 
 
@@ -161,9 +195,11 @@ def policy_description(policy: PolicyNet | PolicyEnsemble) -> str:
         mixing = f"token-axis encoder, {cfg.n_layers} pooling round{'s' if cfg.n_layers != 1 else ''}"
     else:
         mixing = f"{cfg.n_layers}-layer transformer" if cfg.n_layers else "per-position MLP"
-    return (f"{ensemble}{mixing}, features={'+'.join(cfg.features)}"
-            + (f", task_features={'+'.join(cfg.task_features)}" if cfg.task_features else "")
-            + f", base={cfg.base_order if cfg.base_scale else 'none'}")  # base_scale 0: the residual alone
+    return (
+        f"{ensemble}{mixing}, features={'+'.join(cfg.features)}"
+        + (f", task_features={'+'.join(cfg.task_features)}" if cfg.task_features else "")
+        + f", base={cfg.base_order if cfg.base_scale else 'none'}"
+    )  # base_scale 0: the residual alone
 
 
 def load_scorer(oracle: str | None, task: Task) -> Any:
@@ -177,13 +213,24 @@ def load_scorer(oracle: str | None, task: Task) -> Any:
     return FamilyOracle.load(oracle, task).score
 
 
-def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, orders: dict[str, Order], *,
-                   k: int = 1, threshold: float | None = None, batch_size: int = 256, seed: int = 0,
-                   planner_nll: bool = True, temperature: float = 0.0, order_temperature: float = 0.0,
-                   policy: PolicyNet | PolicyEnsemble | None = None, progress: bool = True,
-                   scorer: Any = None,
-                   reference: str | None = None
-                   ) -> tuple[list[dict[str, Any]], dict[str, bytes], dict[str, torch.Tensor]]:
+def compare_orders(
+    denoiser: torch.nn.Module,
+    task: Task,
+    instances: Instances,
+    orders: dict[str, Order],
+    *,
+    k: int = 1,
+    threshold: float | None = None,
+    batch_size: int = 256,
+    seed: int = 0,
+    planner_nll: bool = True,
+    temperature: float = 0.0,
+    order_temperature: float = 0.0,
+    policy: PolicyNet | PolicyEnsemble | None = None,
+    progress: bool = True,
+    scorer: Any = None,
+    reference: str | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, bytes], dict[str, torch.Tensor]]:
     """Decode `instances` under each order: one summary row, one heat-map PNG and the
     per-instance solved flags per order.
 
@@ -195,13 +242,24 @@ def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, 
     rows, maps, solved = [], {}, {}
     bars = progress and sys.stderr.isatty()  # a log file (a Ray job's) gets one line per order instead
     for name, order in orders.items():
-        with tqdm(total=len(instances), desc=f"{name:<10}", unit="inst", file=sys.stderr,
-                  disable=not bars) as bar:
-            decoded = decode_dataset(denoiser, task, tokens, fixed, target, order, k=k, threshold=threshold,
-                                     batch_size=batch_size, generator=torch.Generator().manual_seed(seed),
-                                     planner_nll=planner_nll,
-                                     temperature=temperature, order_temperature=order_temperature,
-                                     on_batch=bar.update, scorer=scorer)
+        with tqdm(total=len(instances), desc=f"{name:<10}", unit="inst", file=sys.stderr, disable=not bars) as bar:
+            decoded = decode_dataset(
+                denoiser,
+                task,
+                tokens,
+                fixed,
+                target,
+                order,
+                k=k,
+                threshold=threshold,
+                batch_size=batch_size,
+                generator=torch.Generator().manual_seed(seed),
+                planner_nll=planner_nll,
+                temperature=temperature,
+                order_temperature=order_temperature,
+                on_batch=bar.update,
+                scorer=scorer,
+            )
         row = summarize(name, decoded, k, threshold)
         if progress and not bars:
             say(f"{name}: {row['n']} instances decoded, {row['per_s']:.1f}/s")
@@ -213,8 +271,9 @@ def compare_orders(denoiser: torch.nn.Module, task: Task, instances: Instances, 
         maps[name] = heatmap_png(task, decoded.step_of, f"{name}: mean reveal step ({step_rule})")
     if reference:
         for row in rows:
-            paired = (None, None, None) if row["order"] == reference else mcnemar(solved[row["order"]],
-                                                                                  solved[reference])
+            paired = (
+                (None, None, None) if row["order"] == reference else mcnemar(solved[row["order"]], solved[reference])
+            )
             row.update(zip(("reference", "only_solved", "only_reference", "mcnemar_p"), (reference, *paired)))
     return rows, maps, solved
 
@@ -224,8 +283,9 @@ def numeric(row: dict[str, Any]) -> dict[str, float]:
     return {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
-def write_results(out: Path, rows: list[dict[str, Any]], maps: dict[str, bytes], solved: dict[str, torch.Tensor],
-                  instances: Instances) -> None:
+def write_results(
+    out: Path, rows: list[dict[str, Any]], maps: dict[str, bytes], solved: dict[str, torch.Tensor], instances: Instances
+) -> None:
     """results.json, results.csv, solved.csv and heatmap_<order>.png, each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "results.json", json.dumps(rows, indent=2).encode())
@@ -292,27 +352,55 @@ def run_evaluation(ev: Evaluation) -> list[dict[str, Any]]:
     instances = data.load_instances(task, ev.data)
     if ev.limit is not None:
         instances = instances.take(slice(0, ev.limit))
-    params = {"checkpoint": str(Path(ev.checkpoint).resolve()),
-              "policy": str(Path(policy_path).resolve()) if policy_path else None,
-              "policy_description": policy_description(policy) if policy else None,
-              "data": str(Path(ev.data).resolve()), "orders": ",".join(orders), "k": ev.k,
-              "threshold": ev.threshold, "n": len(instances), "seed": ev.seed, "temperature": ev.temperature,
-              "order_temperature": ev.order_temperature, "task": manifest["task"], "reference": ev.reference}
+    params = {
+        "checkpoint": str(Path(ev.checkpoint).resolve()),
+        "policy": str(Path(policy_path).resolve()) if policy_path else None,
+        "policy_description": policy_description(policy) if policy else None,
+        "data": str(Path(ev.data).resolve()),
+        "orders": ",".join(orders),
+        "k": ev.k,
+        "threshold": ev.threshold,
+        "n": len(instances),
+        "seed": ev.seed,
+        "temperature": ev.temperature,
+        "order_temperature": ev.order_temperature,
+        "task": manifest["task"],
+        "reference": ev.reference,
+    }
     tags = {"aop_ray.stage": "evaluate", "aop_ray.task": task.name}
-    parent = Tracker.start(uri, ev.experiment, ev.run_name or f"evaluate-{Path(ev.data).name}", params=params,
-                           tags=tags)
+    parent = Tracker.start(
+        uri, ev.experiment, ev.run_name or f"evaluate-{Path(ev.data).name}", params=params, tags=tags
+    )
     arrays = {"tokens": instances.tokens, "fixed": instances.fixed, "target": instances.target}
     parent.log_dataset(arrays, Path(ev.data).name, ev.data, "evaluation")
     status = "FAILED"
     try:
-        rows, maps, solved = compare_orders(denoiser, task, instances, orders, k=ev.k, threshold=ev.threshold,
-                                            batch_size=ev.batch_size, seed=ev.seed, planner_nll=ev.planner_nll,
-                                            temperature=ev.temperature, order_temperature=ev.order_temperature,
-                                            policy=policy, progress=ev.progress, scorer=scorer,
-                                            reference=ev.reference)
+        rows, maps, solved = compare_orders(
+            denoiser,
+            task,
+            instances,
+            orders,
+            k=ev.k,
+            threshold=ev.threshold,
+            batch_size=ev.batch_size,
+            seed=ev.seed,
+            planner_nll=ev.planner_nll,
+            temperature=ev.temperature,
+            order_temperature=ev.order_temperature,
+            policy=policy,
+            progress=ev.progress,
+            scorer=scorer,
+            reference=ev.reference,
+        )
         for row in rows:
-            child = Tracker.start(uri, ev.experiment, row["order"], params={**params, "order": row["order"]},
-                                  tags={**tags, "aop_ray.order": row["order"]}, parent=parent.run_id)
+            child = Tracker.start(
+                uri,
+                ev.experiment,
+                row["order"],
+                params={**params, "order": row["order"]},
+                tags={**tags, "aop_ray.order": row["order"]},
+                parent=parent.run_id,
+            )
             child.log_dataset(arrays, Path(ev.data).name, ev.data, "evaluation")
             child.log_metrics(order_metrics(row), step=0)
             child.log_artifact_bytes(maps[row["order"]], "heatmap.png")
@@ -340,60 +428,112 @@ def order_metrics(row: dict[str, Any]) -> dict[str, float]:
 
 
 def evaluation_from_args(args: argparse.Namespace) -> Evaluation:
-    return Evaluation(checkpoint=args.checkpoint, data=args.data, orders=args.orders, policy=args.policy,
-                      reference=args.reference, oracle=args.oracle, k=args.k, threshold=args.threshold,
-                      limit=args.limit, out=args.out, batch_size=args.batch_size, seed=args.seed,
-                      temperature=args.temperature, order_temperature=args.order_temperature,
-                      planner_nll=not args.no_planner_nll, device=args.device, threads=args.threads,
-                      experiment=args.experiment, run_name=args.run_name, mlflow=not args.no_mlflow,
-                      progress=not args.quiet)
+    return Evaluation(
+        checkpoint=args.checkpoint,
+        data=args.data,
+        orders=args.orders,
+        policy=args.policy,
+        reference=args.reference,
+        oracle=args.oracle,
+        k=args.k,
+        threshold=args.threshold,
+        limit=args.limit,
+        out=args.out,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        temperature=args.temperature,
+        order_temperature=args.order_temperature,
+        planner_nll=not args.no_planner_nll,
+        device=args.device,
+        threads=args.threads,
+        experiment=args.experiment,
+        run_name=args.run_name,
+        mlflow=not args.no_mlflow,
+        progress=not args.quiet,
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m aop_ray.evaluate",
         description="Decode a dataset with a trained denoiser under several unmasking orders and compare "
-                    "them: solve rate, cell accuracy, planner NLL (teacher-forced NLL of the reference "
-                    "under the order), and throughput.")
-    parser.add_argument("--checkpoint", required=True,
-                        help="denoiser or policy checkpoint directory (has manifest.json); a policy checkpoint "
-                             "brings its own denoiser and enables the 'learned' order")
-    parser.add_argument("--policy", default=None,
-                        help="a policy checkpoint to run as 'learned' on the --checkpoint denoiser (must match "
-                             "its task and model size)")
-    parser.add_argument("--data", required=True,
-                        help="a file or directory: Parquet shards, or the task's text format. Sudoku: 81-char "
-                             "lines ('0'/'.' blanks, optional '// comment'), puzzle,solution CSV, or Project Euler "
-                             "'Grid NN' files. SAT: DIMACS CNF, one formula per file (SATLIB's as shipped). Protein: "
-                             "aligned FASTA or A2M of the family")
-    parser.add_argument("--orders", default="random,confidence,margin,entropy",
-                        help="comma-separated orders to compare: random, confidence, margin, entropy, the "
-                             "task's rules (Sudoku: singles) and learned; default: %(default)s")
-    parser.add_argument("--reference", default=None, metavar="ORDER",
-                        help="one of --orders: every other row also shows the instances only it solves, "
-                             "only ORDER solves, and the exact McNemar p-value of that paired difference")
-    parser.add_argument("--oracle", default=None,
-                        help="protein families: the oracle directory from python -m aop_ray.oracle; adds Potts "
-                             "energy, below_p5, HMM bits, novelty and batch identity to every row")
+        "them: solve rate, cell accuracy, planner NLL (teacher-forced NLL of the reference "
+        "under the order), and throughput.",
+    )
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        help="denoiser or policy checkpoint directory (has manifest.json); a policy checkpoint "
+        "brings its own denoiser and enables the 'learned' order",
+    )
+    parser.add_argument(
+        "--policy",
+        default=None,
+        help="a policy checkpoint to run as 'learned' on the --checkpoint denoiser (must match "
+        "its task and model size)",
+    )
+    parser.add_argument(
+        "--data",
+        required=True,
+        help="a file or directory: Parquet shards, or the task's text format. Sudoku: 81-char "
+        "lines ('0'/'.' blanks, optional '// comment'), puzzle,solution CSV, or Project Euler "
+        "'Grid NN' files. SAT: DIMACS CNF, one formula per file (SATLIB's as shipped). Protein: "
+        "aligned FASTA or A2M of the family",
+    )
+    parser.add_argument(
+        "--orders",
+        default="random,confidence,margin,entropy",
+        help="comma-separated orders to compare: random, confidence, margin, entropy, the "
+        "task's rules (Sudoku: singles) and learned; default: %(default)s",
+    )
+    parser.add_argument(
+        "--reference",
+        default=None,
+        metavar="ORDER",
+        help="one of --orders: every other row also shows the instances only it solves, "
+        "only ORDER solves, and the exact McNemar p-value of that paired difference",
+    )
+    parser.add_argument(
+        "--oracle",
+        default=None,
+        help="protein families: the oracle directory from python -m aop_ray.oracle; adds Potts "
+        "energy, below_p5, HMM bits, novelty and batch identity to every row",
+    )
     parser.add_argument("--k", type=int, default=1, help="positions revealed per denoiser forward (default 1)")
-    parser.add_argument("--threshold", type=float, default=None,
-                        help="confidence-threshold decoding: each step also reveals every masked position whose "
-                             "top-1 probability is >= T (the order's k best are revealed regardless)")
+    parser.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="confidence-threshold decoding: each step also reveals every masked position whose "
+        "top-1 probability is >= T (the order's k best are revealed regardless)",
+    )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N instances")
-    parser.add_argument("--out", default=None,
-                        help="directory for results.csv, results.json, solved.csv (per-instance outcomes, for "
-                             "python -m aop_ray.paired) and heatmap_<order>.png")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="directory for results.csv, results.json, solved.csv (per-instance outcomes, for "
+        "python -m aop_ray.paired) and heatmap_<order>.png",
+    )
     parser.add_argument("--batch-size", type=int, default=256, help="instances decoded together (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random order and sampling")
-    parser.add_argument("--temperature", type=float, default=0.0,
-                        help="token sampling temperature; 0 = argmax (default)")
-    parser.add_argument("--order-temperature", type=float, default=0.0,
-                        help="0 (default): reveal the best-scored position; > 0: sample positions from "
-                             "softmax(score / T), e.g. to draw diverse orders from a learned policy")
-    parser.add_argument("--no-planner-nll", action="store_true",
-                        help="skip the teacher-forced planner-NLL pass (halves the cost)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu",
-                        help="torch device (default: cuda if available, else cpu)")
+    parser.add_argument(
+        "--temperature", type=float, default=0.0, help="token sampling temperature; 0 = argmax (default)"
+    )
+    parser.add_argument(
+        "--order-temperature",
+        type=float,
+        default=0.0,
+        help="0 (default): reveal the best-scored position; > 0: sample positions from "
+        "softmax(score / T), e.g. to draw diverse orders from a learned policy",
+    )
+    parser.add_argument(
+        "--no-planner-nll", action="store_true", help="skip the teacher-forced planner-NLL pass (halves the cost)"
+    )
+    parser.add_argument(
+        "--device",
+        default="cuda" if torch.cuda.is_available() else "cpu",
+        help="torch device (default: cuda if available, else cpu)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--experiment", default="aop-ray-eval", help="MLflow experiment (default %(default)s)")
     parser.add_argument("--run-name", default=None, help="MLflow run name (default evaluate-<data name>)")

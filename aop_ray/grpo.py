@@ -41,8 +41,9 @@ def group_advantages(reward: torch.Tensor, group_size: int) -> torch.Tensor:
     return torch.where(std > 0, centred / std.clamp(min=1e-8), torch.zeros_like(centred)).view(-1)
 
 
-def sample_steps(step_of: torch.Tensor, rows: torch.Tensor, per_row: int, generator: torch.Generator
-                 ) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_steps(
+    step_of: torch.Tensor, rows: torch.Tensor, per_row: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """`per_row` random decoding steps of each rollout in `rows` (with replacement): (rows, steps)."""
     n_steps = step_of[rows].max(dim=1).values + 1
     rows = rows.repeat_interleave(per_row)
@@ -50,9 +51,16 @@ def sample_steps(step_of: torch.Tensor, rows: torch.Tensor, per_row: int, genera
     return rows, (u * n_steps.repeat_interleave(per_row)).long()
 
 
-def grpo_step(denoiser: nn.Module, policy: nn.Module, rollout_policy: nn.Module, prompt: torch.Tensor,
-              fixed: torch.Tensor, task: Task, cfg: GrpoConfig, generator: torch.Generator
-              ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def grpo_step(
+    denoiser: nn.Module,
+    policy: nn.Module,
+    rollout_policy: nn.Module,
+    prompt: torch.Tensor,
+    fixed: torch.Tensor,
+    task: Task,
+    cfg: GrpoConfig,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss on `prompt` puzzles (each decoded `cfg.group_size` times).
 
     `rollout_policy` is the bare policy module (it samples the rollouts, no
@@ -70,8 +78,10 @@ def grpo_step(denoiser: nn.Module, policy: nn.Module, rollout_policy: nn.Module,
     if len(candidates) == 0:  # every group agreed: the loss is 0, but every DDP worker must still run the
         candidates = torch.arange(len(x), device=x.device)  # same forward and backward, or all-reduce hangs
     rows, step = sample_steps(roll.step_of, candidates, cfg.states_per_rollout, generator)
-    stats = {"reward": reward.mean(),
-             "informative_groups": (advantage.view(-1, cfg.group_size) != 0).any(1).float().mean()}
+    stats = {
+        "reward": reward.mean(),
+        "informative_groups": (advantage.view(-1, cfg.group_size) != 0).any(1).float().mean(),
+    }
     states = teacher_forced_state(x[rows], roll.step_of[rows], roll.tokens[rows], step)
     chosen = (roll.step_of[rows] == step[:, None]).float().argmax(dim=1)
     masked = states == mask_id
@@ -85,8 +95,9 @@ def grpo_step(denoiser: nn.Module, policy: nn.Module, rollout_policy: nn.Module,
     safe = logp.masked_fill(~masked, 0.0)
     stats["entropy"] = -(pi * safe).sum(1).mean().detach()
     if cfg.kl_beta:
-        reference = masked_log_softmax(cfg.kl_scale * HEURISTICS[cfg.kl_reference](state), masked,
-                                       cfg.temperature).masked_fill(~masked, 0.0)
+        reference = masked_log_softmax(
+            cfg.kl_scale * HEURISTICS[cfg.kl_reference](state), masked, cfg.temperature
+        ).masked_fill(~masked, 0.0)
         kl = (pi * (safe - reference)).sum(1).mean()
         loss = loss + cfg.kl_beta * kl
         stats["kl"] = kl.detach()

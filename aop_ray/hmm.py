@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 from pyhmmer import easel, plan7
 
+from aop_ray.errors import located
 from aop_ray.protein import GAP, Alignment, decode
-from aop_ray.tasks.base import located
 
 _AMINO = easel.Alphabet.amino()
 

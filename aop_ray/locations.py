@@ -14,17 +14,19 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from aop_ray.tasks import InputError
-
+from aop_ray.errors import InputError
 
 
 def working_copy_root(path: str | Path) -> Path | None:
     """The root of Ray's working-directory copy that `path` lies in, or None."""
     parts = Path(path).parts
     for i in range(1, len(parts) - 1):
-        if parts[i] == "working_dir_files" and parts[i - 1] == "runtime_resources" \
-                and parts[i + 1].startswith("_ray_pkg_"):
-            return Path(*parts[:i + 2])
+        if (
+            parts[i] == "working_dir_files"
+            and parts[i - 1] == "runtime_resources"
+            and parts[i + 1].startswith("_ray_pkg_")
+        ):
+            return Path(*parts[: i + 2])
     return None
 
 
@@ -46,8 +48,10 @@ def check_durable(setting: str, location: str | Path | None, how: str | None = N
     path = local_path(str(location))
     root = working_copy_root(path)
     if root is not None:
-        raise InputError(f"{setting}: {str(location)!r} is inside Ray's temporary copy of the job's working "
-                         f"directory (deleted with the job, unseen by other nodes); {how}")
+        raise InputError(
+            f"{setting}: {str(location)!r} is inside Ray's temporary copy of the job's working "
+            f"directory (deleted with the job, unseen by other nodes); {how}"
+        )
 
 
 def check_tracking_uri(uri: str | None) -> None:
@@ -60,9 +64,12 @@ def check_tracking_uri(uri: str | None) -> None:
         path = uri
     else:
         return  # a tracking server, database or remote store
-    check_durable("MLFLOW_TRACKING_URI", path if Path(path).is_absolute() else os.path.join(os.getcwd(), path),
-                  "set it in --runtime-env-json's env_vars to a tracking server or an absolute "
-                  "sqlite:////shared/mlflow.db, or pass --no-mlflow")
+    check_durable(
+        "MLFLOW_TRACKING_URI",
+        path if Path(path).is_absolute() else os.path.join(os.getcwd(), path),
+        "set it in --runtime-env-json's env_vars to a tracking server or an absolute "
+        "sqlite:////shared/mlflow.db, or pass --no-mlflow",
+    )
 
 
 def on_this_node(path: str | Path) -> Path:

@@ -31,8 +31,9 @@ def sample_t(batch: int, generator: torch.Generator, device: torch.device | str 
     return (T_MIN + (1 - T_MIN) * t).to(device)
 
 
-def mask_free_positions(x0: torch.Tensor, fixed: torch.Tensor, t: torch.Tensor, mask_id: int,
-                        generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_free_positions(
+    x0: torch.Tensor, fixed: torch.Tensor, t: torch.Tensor, mask_id: int, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t and its mask: each non-fixed position is masked with probability t (per row)."""
     u = torch.rand(x0.shape, generator=generator).to(x0.device)
     masked = (u < t[:, None]) & ~fixed
@@ -45,8 +46,14 @@ def output_targets(x0: torch.Tensor, vocab: int) -> torch.Tensor:
     return x0.clamp(0, vocab - 1)
 
 
-def mdm_loss(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, t: torch.Tensor,
-             fixed: torch.Tensor, weighting: Literal["elbo", "mean"] = "elbo") -> torch.Tensor:
+def mdm_loss(
+    logits: torch.Tensor,
+    x0: torch.Tensor,
+    masked: torch.Tensor,
+    t: torch.Tensor,
+    fixed: torch.Tensor,
+    weighting: Literal["elbo", "mean"] = "elbo",
+) -> torch.Tensor:
     """Scalar MDM loss.
 
     `elbo`: per-sequence sum over masked positions of CE / t, divided by the
@@ -61,8 +68,14 @@ def mdm_loss(logits: torch.Tensor, x0: torch.Tensor, masked: torch.Tensor, t: to
     return (ce.sum(dim=1) / t / free).mean()
 
 
-def denoiser_loss(model: nn.Module, x0: torch.Tensor, fixed: torch.Tensor, mask_id: int,
-                  weighting: Literal["elbo", "mean"], generator: torch.Generator) -> torch.Tensor:
+def denoiser_loss(
+    model: nn.Module,
+    x0: torch.Tensor,
+    fixed: torch.Tensor,
+    mask_id: int,
+    weighting: Literal["elbo", "mean"],
+    generator: torch.Generator,
+) -> torch.Tensor:
     """One MDM training loss on a batch of clean sequences (forward process included)."""
     t = sample_t(x0.shape[0], generator, x0.device)
     xt, masked = mask_free_positions(x0, fixed, t, mask_id, generator)
@@ -86,8 +99,9 @@ def masked_log_softmax(scores: torch.Tensor, masked: torch.Tensor, temperature: 
     return (scores.float() / temperature).masked_fill(~masked, float("-inf")).log_softmax(dim=1)
 
 
-def aop_loss(scores: torch.Tensor, masked: torch.Tensor, cost: torch.Tensor, temperature: float = 1.0,
-             entropy_beta: float = 0.0) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def aop_loss(
+    scores: torch.Tensor, masked: torch.Tensor, cost: torch.Tensor, temperature: float = 1.0, entropy_beta: float = 0.0
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The AOP objective: E_i~pi[cost_i] - beta * H(pi), averaged over states with a masked position.
 
     `pi` is the policy's softmax over masked positions, so unmasked positions
@@ -105,8 +119,9 @@ def aop_loss(scores: torch.Tensor, masked: torch.Tensor, cost: torch.Tensor, tem
     return loss, {"expected_cost": expected.mean().detach(), "entropy": entropy.mean().detach()}
 
 
-def pairwise_rank_loss(scores: torch.Tensor, masked: torch.Tensor, cost: torch.Tensor, shortlist: torch.Tensor,
-                       k: int) -> torch.Tensor:
+def pairwise_rank_loss(
+    scores: torch.Tensor, masked: torch.Tensor, cost: torch.Tensor, shortlist: torch.Tensor, k: int
+) -> torch.Tensor:
     """Mean softplus(s_j - s_i) over pairs of the `k` best masked positions by `shortlist` where cost_i < cost_j.
 
     The expectation `aop_loss` has a gradient only where the policy already puts
@@ -134,6 +149,7 @@ def correctness_loss(scores: torch.Tensor, masked: torch.Tensor, cost: torch.Ten
     order errs. The argmax of the score is then the position most likely right.
     Costs are labels: no gradient reaches them (a policy-only objective).
     """
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(scores.float(), 1.0 - cost.detach().float(),
-                                                               reduction="none")
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(
+        scores.float(), 1.0 - cost.detach().float(), reduction="none"
+    )
     return (bce * masked).sum() / masked.sum().clamp(min=1)

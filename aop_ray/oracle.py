@@ -34,10 +34,10 @@ import numpy as np
 import torch
 
 from aop_ray.cli import run_main
+from aop_ray.errors import InputError
 from aop_ray.hmm import build_hmm, hmm_bits, load_hmm
 from aop_ray.potts import Potts, fit_plm
 from aop_ray.protein import Alignment, cluster_split, novelty, pairwise_identity, read_alignment, sequence_weights
-from aop_ray.tasks.base import InputError
 from aop_ray.tasks.protein import Protein
 
 ORACLE_JSON = "oracle.json"
@@ -60,9 +60,14 @@ class FamilyOracle:
         np.fill_diagonal(ident, np.nan)
         with np.errstate(all="ignore"):
             batch_identity = np.nanmean(ident, axis=1) if len(x) > 1 else np.full(len(x), np.nan)
-        table = {"potts_energy": energy, "below_p5": (energy < self.energy_p5).astype(float), "hmm_bits": bits,
-                 "hmm_hit": (~np.isnan(bits)).astype(float), "novelty": novelty(x, self.train),
-                 "batch_identity": batch_identity}
+        table = {
+            "potts_energy": energy,
+            "below_p5": (energy < self.energy_p5).astype(float),
+            "hmm_bits": bits,
+            "hmm_hit": (~np.isnan(bits)).astype(float),
+            "novelty": novelty(x, self.train),
+            "batch_identity": batch_identity,
+        }
         return {name: torch.as_tensor(np.asarray(v, dtype=np.float64)).float() for name, v in table.items()}
 
     def save(self, out: Path) -> None:
@@ -74,8 +79,9 @@ class FamilyOracle:
         with open(tmp / "family.hmm", "wb") as f:
             self.hmm.write(f)
         np.save(tmp / "train.npy", self.train, allow_pickle=False)
-        (tmp / ORACLE_JSON).write_text(json.dumps({"family": self.family, "length": self.potts.L,
-                                                   "energy_p5": self.energy_p5}, indent=2))
+        (tmp / ORACLE_JSON).write_text(
+            json.dumps({"family": self.family, "length": self.potts.L, "energy_p5": self.energy_p5}, indent=2)
+        )
         os.replace(tmp, out)
 
     @staticmethod
@@ -86,18 +92,25 @@ class FamilyOracle:
         meta = json.loads((path / ORACLE_JSON).read_text())
         for field, want in (("family", task.family), ("length", task.length)):
             if meta.get(field) != want:
-                raise InputError(f"{path / ORACLE_JSON}: field {field!r} is {meta.get(field)!r}, the checkpoint's "
-                                 f"task has {want!r}")
+                raise InputError(
+                    f"{path / ORACLE_JSON}: field {field!r} is {meta.get(field)!r}, the checkpoint's task has {want!r}"
+                )
         try:
             train = np.load(path / "train.npy", allow_pickle=False)
         except (OSError, ValueError) as err:
             raise InputError(f"{path / 'train.npy'}: unreadable ({err})") from None
-        return FamilyOracle(potts=Potts.load(path / "potts.pt", L=task.length), hmm=load_hmm(path / "family.hmm"),
-                            train=train, energy_p5=float(meta["energy_p5"]), family=task.family)
+        return FamilyOracle(
+            potts=Potts.load(path / "potts.pt", L=task.length),
+            hmm=load_hmm(path / "family.hmm"),
+            train=train,
+            energy_p5=float(meta["energy_p5"]),
+            family=task.family,
+        )
 
 
-def fit(train: np.ndarray, heldout: Alignment, family: str, hmm: Any = None, threshold: float = 0.8,
-        plm_steps: int = 200) -> FamilyOracle:
+def fit(
+    train: np.ndarray, heldout: Alignment, family: str, hmm: Any = None, threshold: float = 0.8, plm_steps: int = 200
+) -> FamilyOracle:
     """The oracle of a split: Potts and HMM from the held-out sequences, novelty against `train`.
 
     The energy threshold is the 5th percentile over the *training* naturals, which the Potts model
@@ -108,8 +121,13 @@ def fit(train: np.ndarray, heldout: Alignment, family: str, hmm: Any = None, thr
     weights = sequence_weights(heldout.seqs, threshold)
     potts = fit_plm(heldout.seqs, weights, steps=plm_steps)
     energies = np.asarray(potts.energy(train))
-    return FamilyOracle(potts=potts, hmm=hmm if hmm is not None else build_hmm(heldout, family), train=train,
-                        energy_p5=float(np.percentile(energies, 5)), family=family)
+    return FamilyOracle(
+        potts=potts,
+        hmm=hmm if hmm is not None else build_hmm(heldout, family),
+        train=train,
+        energy_p5=float(np.percentile(energies, 5)),
+        family=family,
+    )
 
 
 def build(args: argparse.Namespace) -> None:
@@ -122,10 +140,15 @@ def build(args: argparse.Namespace) -> None:
     alignment = read_alignment(args.alignment)
     task = Protein(length=alignment.seqs.shape[1], family=args.family)
     train_idx, heldout_idx = cluster_split(alignment.seqs, args.identity, args.heldout, args.seed)
-    print(f"{len(alignment)} sequences x {task.length} columns: {len(train_idx)} train, {len(heldout_idx)} held out "
-          f"(identity clusters at {args.identity})")
-    heldout = Alignment(names=[alignment.names[i] for i in heldout_idx], seqs=alignment.seqs[heldout_idx],
-                        lines=[alignment.lines[i] for i in heldout_idx])
+    print(
+        f"{len(alignment)} sequences x {task.length} columns: {len(train_idx)} train, {len(heldout_idx)} held out "
+        f"(identity clusters at {args.identity})"
+    )
+    heldout = Alignment(
+        names=[alignment.names[i] for i in heldout_idx],
+        seqs=alignment.seqs[heldout_idx],
+        lines=[alignment.lines[i] for i in heldout_idx],
+    )
     oracle = fit(alignment.seqs[train_idx], heldout, args.family, hmm, args.identity, args.plm_steps)
     instances = task.from_alignment(alignment, Path(args.alignment))
     tmp = out.with_name(f".{out.name}.tmp")
@@ -134,15 +157,19 @@ def build(args: argparse.Namespace) -> None:
     data.write_shards(instances.take(heldout_idx), task, tmp / "heldout")
     oracle.save(tmp / "oracle")
     os.replace(tmp, out)
-    print(f"wrote {out}/train, {out}/heldout and {out}/oracle (5th-percentile Potts energy of train "
-          f"{oracle.energy_p5:.2f}); task: {{name: protein, length: {task.length}, family: {task.family}}}")
+    print(
+        f"wrote {out}/train, {out}/heldout and {out}/oracle (5th-percentile Potts energy of train "
+        f"{oracle.energy_p5:.2f}); task: {{name: protein, length: {task.length}, family: {task.family}}}"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m aop_ray.oracle",
-                                     description="Split an aligned protein family by identity clusters and fit its "
-                                                 "oracle (Potts by pseudo-likelihood + profile HMM) on the held-out "
-                                                 "part.")
+    parser = argparse.ArgumentParser(
+        prog="python -m aop_ray.oracle",
+        description="Split an aligned protein family by identity clusters and fit its "
+        "oracle (Potts by pseudo-likelihood + profile HMM) on the held-out "
+        "part.",
+    )
     parser.add_argument("--alignment", required=True, help="aligned FASTA or A2M (gzip allowed)")
     parser.add_argument("--family", required=True, help="family label, recorded in the task (e.g. pf00014)")
     parser.add_argument("--out", required=True, help="output directory (must not exist)")

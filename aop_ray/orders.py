@@ -88,8 +88,13 @@ def order_names(task: Any = None) -> list[str]:
     return [*HEURISTICS, *task_rules(task), "learned"]
 
 
-def select(scores: torch.Tensor, masked: torch.Tensor, k: int, temperature: float = 0.0,
-           generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def select(
+    scores: torch.Tensor,
+    masked: torch.Tensor,
+    k: int,
+    temperature: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The k best masked positions per row: (B, k) indices and (B, k) validity.
 
     With `temperature > 0`, k positions are sampled without replacement from

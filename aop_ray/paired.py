@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from aop_ray.cli import run_main
+from aop_ray.errors import InputError
 from aop_ray.stats import mcnemar
-from aop_ray.tasks import InputError, Instances
+from aop_ray.tasks import Instances
 
 SOLVED_CSV = "solved.csv"
 HEADER = ["instance", "content"]  # then one 0/1 column per order
@@ -35,8 +36,9 @@ HEADER = ["instance", "content"]  # then one 0/1 column per order
 def content_ids(instances: Instances) -> list[str]:
     """A digest of each instance's tokens and fixed mask: pairing two evaluations checks
     that both decoded the same puzzles, not merely ones with the same names or count."""
-    rows = np.concatenate([np.asarray(instances.tokens, dtype=np.int64), np.asarray(instances.fixed, dtype=np.int64)],
-                          axis=1)
+    rows = np.concatenate(
+        [np.asarray(instances.tokens, dtype=np.int64), np.asarray(instances.fixed, dtype=np.int64)], axis=1
+    )
     return [hashlib.sha256(row.tobytes()).hexdigest()[:16] for row in rows]
 
 
@@ -69,9 +71,9 @@ def read_outcomes(spec: str) -> Outcomes:
         raise InputError(f"{spec}: no {path} (python -m aop_ray.evaluate --out DIR writes DIR/{SOLVED_CSV})")
     with path.open(newline="") as handle:
         rows = list(csv.reader(handle))
-    if not rows or rows[0][:len(HEADER)] != HEADER or len(rows[0]) <= len(HEADER):
+    if not rows or rows[0][: len(HEADER)] != HEADER or len(rows[0]) <= len(HEADER):
         raise InputError(f"{path}: line 1: expected the header 'instance,content,<order>,...'")
-    orders = rows[0][len(HEADER):]
+    orders = rows[0][len(HEADER) :]
     if not order:
         if len(orders) > 1:
             raise InputError(f"{spec}: {path} holds several orders ({', '.join(orders)}); name one as PATH:ORDER")
@@ -84,30 +86,36 @@ def read_outcomes(spec: str) -> Outcomes:
         if len(row) != len(rows[0]) or row[column] not in ("0", "1"):
             raise InputError(f"{path}: line {line}: expected {len(rows[0])} fields with a 0/1 outcome, got {row!r}")
         flags.append(row[column] == "1")
-    return Outcomes(f"{path.parent}:{order}", [row[1] for row in rows[1:]],
-                    torch.tensor(flags, dtype=torch.bool))
+    return Outcomes(f"{path.parent}:{order}", [row[1] for row in rows[1:]], torch.tensor(flags, dtype=torch.bool))
 
 
 def compare(reference: Outcomes, other: Outcomes) -> tuple[int, int, float]:
     """McNemar counts of `other` against `reference`, refusing evaluations of different instances."""
     if other.content != reference.content:
-        first = next((i for i, (a, b) in enumerate(zip(reference.content, other.content)) if a != b),
-                     min(len(reference.content), len(other.content)))
-        raise InputError(f"{other.label} and {reference.label} decoded different instances "
-                         f"({len(other.content)} vs {len(reference.content)}; first difference at instance "
-                         f"{first + 1}): a paired comparison needs the same data in the same order")
+        first = next(
+            (i for i, (a, b) in enumerate(zip(reference.content, other.content)) if a != b),
+            min(len(reference.content), len(other.content)),
+        )
+        raise InputError(
+            f"{other.label} and {reference.label} decoded different instances "
+            f"({len(other.content)} vs {len(reference.content)}; first difference at instance "
+            f"{first + 1}): a paired comparison needs the same data in the same order"
+        )
     return mcnemar(other.solved, reference.solved)
 
 
 def format_table(reference: Outcomes, others: list[Outcomes]) -> str:
     width = max(len(o.label) for o in [reference, *others])
     lines = [f"{'evaluation':<{width}}  {'solve_rate':>10} {'n':>6}  vs reference", "-" * (width + 40)]
-    lines.append(f"{reference.label:<{width}}  {reference.solved.float().mean():>10.4f} {len(reference.solved):>6}"
-                 "  (reference)")
+    lines.append(
+        f"{reference.label:<{width}}  {reference.solved.float().mean():>10.4f} {len(reference.solved):>6}  (reference)"
+    )
     for other in others:
         only_it, only_ref, p = compare(reference, other)
-        lines.append(f"{other.label:<{width}}  {other.solved.float().mean():>10.4f} {len(other.solved):>6}"
-                     f"  {only_it}/{only_ref} p={p:.2g}")
+        lines.append(
+            f"{other.label:<{width}}  {other.solved.float().mean():>10.4f} {len(other.solved):>6}"
+            f"  {only_it}/{only_ref} p={p:.2g}"
+        )
     return "\n".join(lines)
 
 
@@ -115,17 +123,22 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m aop_ray.paired",
         description="Paired comparison (exact McNemar) of evaluations of different checkpoints on the same "
-                    "instances, from the solved.csv each python -m aop_ray.evaluate --out DIR wrote.")
-    parser.add_argument("reference", help="PATH[:ORDER]: the evaluation directory (or its solved.csv) and order "
-                                          "every other is compared with; ORDER may be left out if it has one")
+        "instances, from the solved.csv each python -m aop_ray.evaluate --out DIR wrote.",
+    )
+    parser.add_argument(
+        "reference",
+        help="PATH[:ORDER]: the evaluation directory (or its solved.csv) and order "
+        "every other is compared with; ORDER may be left out if it has one",
+    )
     parser.add_argument("others", nargs="+", metavar="OTHER", help="PATH[:ORDER], as the reference")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_main(lambda: print(format_table(read_outcomes(args.reference),
-                                               [read_outcomes(spec) for spec in args.others])))
+    return run_main(
+        lambda: print(format_table(read_outcomes(args.reference), [read_outcomes(spec) for spec in args.others]))
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from aop_ray.errors import located
 from aop_ray.protein import ALPHABET
-from aop_ray.tasks.base import located
 
 _FORMAT = "aop-ray potts v1"
 
@@ -90,8 +90,16 @@ class Potts:
     def save(self, path: str | Path) -> None:
         """Write atomically, so a crash never leaves a half-written model under `path`."""
         path = Path(path)
-        state = {"format": _FORMAT, "h": self.h.detach().cpu(), "J": self.J.detach().cpu(), "L": self.L,
-                 "q": self.q, "alphabet": self.alphabet, "l2_h": float(self.l2_h), "l2_J": float(self.l2_J)}
+        state = {
+            "format": _FORMAT,
+            "h": self.h.detach().cpu(),
+            "J": self.J.detach().cpu(),
+            "L": self.L,
+            "q": self.q,
+            "alphabet": self.alphabet,
+            "l2_h": float(self.l2_h),
+            "l2_J": float(self.l2_J),
+        }
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         try:
             with os.fdopen(fd, "wb") as f:
@@ -123,12 +131,19 @@ class Potts:
             raise located(path, None, f"field 'h' is not a ({length}, {q}) tensor")
         if not isinstance(J, torch.Tensor) or tuple(J.shape) != (length, length, q, q):
             raise located(path, None, f"field 'J' is not a ({length}, {length}, {q}, {q}) tensor")
-        return Potts(h=h, J=J, alphabet=state["alphabet"], l2_h=float(state.get("l2_h", 0.0)),
-                     l2_J=float(state.get("l2_J", 0.0)))
+        return Potts(
+            h=h, J=J, alphabet=state["alphabet"], l2_h=float(state.get("l2_h", 0.0)), l2_J=float(state.get("l2_J", 0.0))
+        )
 
 
-def fit_plm(seqs: np.ndarray, weights: np.ndarray | None = None, l2_h: float = 0.01, l2_J: float = 0.01,
-            steps: int = 200, lr: float = 1.0) -> Potts:
+def fit_plm(
+    seqs: np.ndarray,
+    weights: np.ndarray | None = None,
+    l2_h: float = 0.01,
+    l2_J: float = 0.01,
+    steps: int = 200,
+    lr: float = 1.0,
+) -> Potts:
     """Fit fields and couplings by weighted L2-regularised pseudo-likelihood (see module docstring).
 
     Identical rows are merged (weights summed) first: the objective is
@@ -149,8 +164,15 @@ def fit_plm(seqs: np.ndarray, weights: np.ndarray | None = None, l2_h: float = 0
     h = torch.zeros(length, q, requires_grad=True)
     raw = torch.zeros(length, length, q, q, requires_grad=True)
     scale_J = l2_J * (length - 1) * (q - 1)
-    optimizer = torch.optim.LBFGS([h, raw], lr=lr, max_iter=steps, history_size=10, line_search_fn="strong_wolfe",
-                                  tolerance_grad=1e-7, tolerance_change=1e-12)
+    optimizer = torch.optim.LBFGS(
+        [h, raw],
+        lr=lr,
+        max_iter=steps,
+        history_size=10,
+        line_search_fn="strong_wolfe",
+        tolerance_grad=1e-7,
+        tolerance_change=1e-12,
+    )
 
     def objective() -> torch.Tensor:
         optimizer.zero_grad()
@@ -169,8 +191,9 @@ def fit_plm(seqs: np.ndarray, weights: np.ndarray | None = None, l2_h: float = 0
     return Potts(h=h.detach(), J=_symmetric(raw.detach()), alphabet=ALPHABET, l2_h=l2_h, l2_J=l2_J)
 
 
-def sample_potts(h: np.ndarray | torch.Tensor, J: np.ndarray | torch.Tensor, n: int, sweeps: int,
-                 seed: int = 0) -> np.ndarray:
+def sample_potts(
+    h: np.ndarray | torch.Tensor, J: np.ndarray | torch.Tensor, n: int, sweeps: int, seed: int = 0
+) -> np.ndarray:
     """`n` independent Gibbs chains from uniform random starts, each run `sweeps` full sweeps.
 
     Returns each chain's final state, (n, L) int64: with enough sweeps these

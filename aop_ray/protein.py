@@ -42,7 +42,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aop_ray.tasks.base import located
+from aop_ray.errors import located
 
 ALPHABET = "ACDEFGHIKLMNPQRSTVWY-"
 GAP = ALPHABET.index("-")
@@ -137,8 +137,12 @@ def read_alignment(path: str | Path) -> Alignment:
             raise located(path, r.line, f"record {r.name!r} has no sequence")
         row = "".join(r.chunks).translate(table).encode("latin-1")
         if rows and len(row) != len(rows[0]):
-            raise located(path, r.line, f"record {r.name!r} has {len(row)} match columns, but the first record "
-                                        f"(line {records[0].line}) has {len(rows[0])}")
+            raise located(
+                path,
+                r.line,
+                f"record {r.name!r} has {len(row)} match columns, but the first record "
+                f"(line {records[0].line}) has {len(rows[0])}",
+            )
         rows.append(row)
     if not rows[0]:
         raise located(path, records[0].line, "no match columns (upper-case letters or '-')")
@@ -169,7 +173,7 @@ def _identity_blocks(x: torch.Tensor, y: torch.Tensor, chunk: int) -> Iterator[t
         raise ValueError(f"sequences have different lengths: {x.shape[1]} and {y.shape[1]}")
     y_hot, y_res = _features(y)
     for start in range(0, len(x), chunk):
-        x_hot, x_res = _features(x[start:start + chunk])
+        x_hot, x_res = _features(x[start : start + chunk])
         matches = (x_hot @ y_hot.T).double()
         union = x_res.sum(1, keepdim=True).double() + y_res.sum(1).double() - (x_res @ y_res.T).double()
         yield start, torch.where(union > 0, matches / union.clamp(min=1), 0.0)
@@ -184,7 +188,7 @@ def pairwise_identity(x: np.ndarray, y: np.ndarray, chunk: int = 1024) -> np.nda
     xt, yt = _as_tokens(x), _as_tokens(y)
     out = np.empty((len(xt), len(yt)))
     for start, block in _identity_blocks(xt, yt, chunk):
-        out[start:start + len(block)] = block.numpy()
+        out[start : start + len(block)] = block.numpy()
     return out
 
 
@@ -210,7 +214,7 @@ def cluster(seqs: np.ndarray, threshold: float = 0.8, seed: int = 0, block: int 
     remaining = np.random.default_rng(seed).permutation(n)
     while len(remaining):
         candidates = remaining[:block]
-        (_, ident), = _identity_blocks(t[candidates], t[remaining], chunk=len(candidates))
+        ((_, ident),) = _identity_blocks(t[candidates], t[remaining], chunk=len(candidates))
         close = (ident >= threshold - 1e-12).numpy()
         for k, c in enumerate(candidates):
             if centre[c] >= 0:
@@ -222,8 +226,9 @@ def cluster(seqs: np.ndarray, threshold: float = 0.8, seed: int = 0, block: int 
     return centre
 
 
-def cluster_split(seqs: np.ndarray, threshold: float = 0.8, heldout_fraction: float = 0.1,
-                  seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def cluster_split(
+    seqs: np.ndarray, threshold: float = 0.8, heldout_fraction: float = 0.1, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
     """Sorted (train, held-out) indices such that no `cluster` straddles the two.
 
     Whole clusters go to held-out in a seeded random order; a cluster is taken
@@ -253,7 +258,7 @@ def novelty(generated: np.ndarray, train: np.ndarray, chunk: int = 1024) -> np.n
     g, t = _as_tokens(generated), _as_tokens(train)
     best = np.empty(len(g))
     for start, block in _identity_blocks(g, t, chunk):
-        best[start:start + len(block)] = block.max(1).values.numpy()
+        best[start : start + len(block)] = block.max(1).values.numpy()
     return 1.0 - best
 
 
@@ -284,5 +289,5 @@ def sequence_weights(seqs: np.ndarray, threshold: float = 0.8, chunk: int = 1024
     for start, block in _identity_blocks(t, t, chunk):
         close = block >= threshold - 1e-12
         close.diagonal(start).fill_(False)
-        counts[start:start + len(block)] = close.sum(1).numpy() + 1
+        counts[start : start + len(block)] = close.sum(1).numpy() + 1
     return 1.0 / counts

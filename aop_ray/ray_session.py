@@ -18,5 +18,8 @@ def connect() -> None:
     if ray.is_initialized():
         return
     env_vars = {} if PREEMPTION_WATCHER in os.environ else {PREEMPTION_WATCHER: "0"}
-    ray.init(address=os.environ.get("RAY_ADDRESS"), logging_level="WARNING",
-             runtime_env={"env_vars": env_vars} if env_vars else None)
+    ray.init(
+        address=os.environ.get("RAY_ADDRESS"),
+        logging_level="WARNING",
+        runtime_env={"env_vars": env_vars} if env_vars else None,
+    )

@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 
 from aop_ray.cli import run_main
+from aop_ray.errors import InputError
 from aop_ray.evaluate import write_atomic
-from aop_ray.tasks import InputError
 from aop_ray.tracking import client_for, experiment_id, find_runs, resolve_uri
 
 METRICS = ("solve_rate", "cell_accuracy", "planner_nll", "forwards_per_instance")
@@ -42,9 +42,13 @@ def summarize(records: list[dict[str, Any]], metrics: tuple[str, ...] = METRICS)
         groups.setdefault(record["group"], []).append(record)
     rows = []
     for group, members in groups.items():
-        row: dict[str, Any] = {"group": group, "order": members[0]["order"], "n_seeds": len(members),
-                               "seeds": " ".join(str(m["seed"]) for m in sorted(members, key=lambda m: m["seed"])),
-                               "n": int(members[0].get("n", 0))}
+        row: dict[str, Any] = {
+            "group": group,
+            "order": members[0]["order"],
+            "n_seeds": len(members),
+            "seeds": " ".join(str(m["seed"]) for m in sorted(members, key=lambda m: m["seed"])),
+            "n": int(members[0].get("n", 0)),
+        }
         for metric in metrics:
             values = np.array([m[metric] for m in members if m.get(metric) is not None], dtype=float)
             if len(values) == 0:
@@ -55,8 +59,9 @@ def summarize(records: list[dict[str, Any]], metrics: tuple[str, ...] = METRICS)
             p = row["solve_rate_mean"]
             row["eval_se"] = math.sqrt(p * (1 - p) / row["n"])
         rows.append(row)
-    return sorted(rows, key=lambda r: (r["order"] == "learned", _ORDER_RANK.get(r["order"], len(_ORDER_RANK)),
-                                       r["group"]))
+    return sorted(
+        rows, key=lambda r: (r["order"] == "learned", _ORDER_RANK.get(r["order"], len(_ORDER_RANK)), r["group"])
+    )
 
 
 def _cell(row: dict[str, Any], metric: str) -> str:
@@ -73,8 +78,9 @@ def format_summary(rows: list[dict[str, Any]], metrics: tuple[str, ...] = METRIC
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for r in rows:
         se = f"{r['eval_se']:.4f}" if "eval_se" in r else "-"
-        lines.append("| " + " | ".join([r["group"], str(r["n_seeds"]), *(_cell(r, m) for m in shown), se,
-                                        str(r["n"])]) + " |")
+        lines.append(
+            "| " + " | ".join([r["group"], str(r["n_seeds"]), *(_cell(r, m) for m in shown), se, str(r["n"])]) + " |"
+        )
     return "\n".join(lines)
 
 
@@ -83,13 +89,13 @@ def summary_csv(rows: list[dict[str, Any]]) -> bytes:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=fields)
     writer.writeheader()
-    writer.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()}
-                     for row in rows)
+    writer.writerows({k: ("" if isinstance(v, float) and math.isnan(v) else v) for k, v in row.items()} for row in rows)
     return buf.getvalue().encode()
 
 
-def bar_chart_png(rows: list[dict[str, Any]], records: list[dict[str, Any]], metric: str = "solve_rate",
-                  title: str = "") -> bytes:
+def bar_chart_png(
+    rows: list[dict[str, Any]], records: list[dict[str, Any]], metric: str = "solve_rate", title: str = ""
+) -> bytes:
     """Mean per group with a ±std bar, and every seed's value as a dot (the spread is the point)."""
     import matplotlib
 
@@ -103,8 +109,9 @@ def bar_chart_png(rows: list[dict[str, Any]], records: list[dict[str, Any]], met
     ax.bar(xs, means, yerr=stds, capsize=4, color="#7a9cc6", edgecolor="#33506e")
     for x, row in zip(xs, rows):
         values = [r[metric] for r in records if r["group"] == row["group"] and r.get(metric) is not None]
-        ax.scatter(np.full(len(values), x) + np.linspace(-0.15, 0.15, len(values)), values, s=12, color="black",
-                   zorder=3)
+        ax.scatter(
+            np.full(len(values), x) + np.linspace(-0.15, 0.15, len(values)), values, s=12, color="black", zorder=3
+        )
     ax.set_xticks(xs, [r["group"] for r in rows], rotation=20, ha="right")
     ax.set_ylabel(f"{metric} (mean ± std over seeds)")
     ax.set_title(title)
@@ -131,8 +138,11 @@ def sweep_run(client: Any, exp_id: str, sweep: str | None) -> Any:
     if sweep is not None:
         sweeps = [r for r in sweeps if sweep in (r.info.run_id, r.info.run_name)]
     if not sweeps:
-        raise InputError(f"--sweep: no sweep {sweep!r} in this experiment" if sweep else
-                         "--experiment: the experiment holds no sweep (runs tagged aop_ray.role=sweep)")
+        raise InputError(
+            f"--sweep: no sweep {sweep!r} in this experiment"
+            if sweep
+            else "--experiment: the experiment holds no sweep (runs tagged aop_ray.role=sweep)"
+        )
     return sweeps[-1]
 
 
@@ -146,9 +156,16 @@ def records_from_mlflow(uri: str, experiment: str, sweep: str | None = None) -> 
     records = []
     for run in find_runs(client, exp_id, {ROLE_TAG: "trial", SWEEP_TAG: parent.info.run_id}, status="FINISHED"):
         metrics, params = run.data.metrics, run.data.params
-        records.append({"trial_id": run.data.tags.get("aop_ray.trial_id"), "order": run.data.tags[ORDER_TAG],
-                        "group": run.data.tags[GROUP_TAG], "seed": int(params["seed"]), "n": metrics.get("n", 0),
-                        **{m: metrics[m] for m in METRICS if m in metrics}})
+        records.append(
+            {
+                "trial_id": run.data.tags.get("aop_ray.trial_id"),
+                "order": run.data.tags[ORDER_TAG],
+                "group": run.data.tags[GROUP_TAG],
+                "seed": int(params["seed"]),
+                "n": metrics.get("n", 0),
+                **{m: metrics[m] for m in METRICS if m in metrics},
+            }
+        )
     if not records:
         raise InputError(f"--sweep: sweep {parent.info.run_name!r} ({parent.info.run_id}) has no finished trial")
     return parent, records
@@ -158,13 +175,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m aop_ray.report",
         description="Rebuild a sweep's order comparison (mean ± std over seeds) from MLflow alone: the table "
-                    "to stdout, summary.csv / summary.md / summary.png to --out.")
+        "to stdout, summary.csv / summary.md / summary.png to --out.",
+    )
     parser.add_argument("--experiment", required=True, help="MLflow experiment of the sweep")
-    parser.add_argument("--sweep", default=None,
-                        help="the sweep's run name or run id (default: the newest sweep in the experiment)")
+    parser.add_argument(
+        "--sweep", default=None, help="the sweep's run name or run id (default: the newest sweep in the experiment)"
+    )
     parser.add_argument("--out", default=None, help="output directory (default: report-<experiment>)")
-    parser.add_argument("--tracking-uri", default=None,
-                        help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)")
+    parser.add_argument(
+        "--tracking-uri", default=None, help="MLflow store (default: $MLFLOW_TRACKING_URI, else sqlite:///mlflow.db)"
+    )
     return parser
 
 

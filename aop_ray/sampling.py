@@ -41,10 +41,19 @@ class Rollout:
 
 
 @torch.no_grad()
-def unmask(denoiser: nn.Module, order: Order, tokens: torch.Tensor, mask_id: int, k: int = 1,
-           temperature: float = 0.0, order_temperature: float = 0.0, target: torch.Tensor | None = None,
-           teacher_force: bool = False, generator: torch.Generator | None = None,
-           threshold: float | None = None) -> Rollout:
+def unmask(
+    denoiser: nn.Module,
+    order: Order,
+    tokens: torch.Tensor,
+    mask_id: int,
+    k: int = 1,
+    temperature: float = 0.0,
+    order_temperature: float = 0.0,
+    target: torch.Tensor | None = None,
+    teacher_force: bool = False,
+    generator: torch.Generator | None = None,
+    threshold: float | None = None,
+) -> Rollout:
     """Reveal every masked position of `tokens`: the order's k best per step.
 
     With `threshold`, a step also reveals every other masked position whose
@@ -76,8 +85,14 @@ def unmask(denoiser: nn.Module, order: Order, tokens: torch.Tensor, mask_id: int
         out = denoiser(x, return_hidden=True) if need_hidden else denoiser(x)
         logits, hidden = out if need_hidden else (out, None)
         logits = logits.float()
-        state = DecodeState(tokens=x, masked=masked if whole else masked[active], logits=logits,
-                            hidden=hidden, step=steps, generator=generator)
+        state = DecodeState(
+            tokens=x,
+            masked=masked if whole else masked[active],
+            logits=logits,
+            hidden=hidden,
+            step=steps,
+            generator=generator,
+        )
         positions, valid = select(order(state), state.masked, k, order_temperature, generator)
         picked = torch.arange(len(active), device=device)[:, None].expand_as(positions)[valid]  # rows of x
         cols = positions[valid]
@@ -102,8 +117,7 @@ def unmask(denoiser: nn.Module, order: Order, tokens: torch.Tensor, mask_id: int
             ref = target[rows, cols].clamp(min=0)
             logp_target[rows, cols] = chosen_logp.gather(1, ref[:, None]).squeeze(1)
         steps += 1
-    return Rollout(tokens=tokens, step_of=step_of, logp_token=logp_token, logp_target=logp_target,
-                   steps=steps)
+    return Rollout(tokens=tokens, step_of=step_of, logp_token=logp_token, logp_target=logp_target, steps=steps)
 
 
 @dataclasses.dataclass
@@ -118,12 +132,23 @@ class Decoded:
     seconds: float  # decoding and verifying only (not the planner-NLL pass)
 
 
-def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed: torch.Tensor,
-                   target: torch.Tensor, order: Order, k: int = 1, threshold: float | None = None,
-                   batch_size: int = 256, generator: torch.Generator | None = None, planner_nll: bool = True,
-                   temperature: float = 0.0, order_temperature: float = 0.0,
-                   on_batch: Callable[[int], None] | None = None,
-                   scorer: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None) -> Decoded:
+def decode_dataset(
+    denoiser: nn.Module,
+    task: Task,
+    tokens: torch.Tensor,
+    fixed: torch.Tensor,
+    target: torch.Tensor,
+    order: Order,
+    k: int = 1,
+    threshold: float | None = None,
+    batch_size: int = 256,
+    generator: torch.Generator | None = None,
+    planner_nll: bool = True,
+    temperature: float = 0.0,
+    order_temperature: float = 0.0,
+    on_batch: Callable[[int], None] | None = None,
+    scorer: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None,
+) -> Decoded:
     """Decode every instance with `order`, verify it, and optionally score the planner NLL.
 
     Generator state carries across batches, so results depend on the batch
@@ -135,10 +160,19 @@ def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed:
     parts: dict[str, list[torch.Tensor]] = {"solved": [], "acc": [], "nll": [], "step_of": []}
     metrics: dict[str, list[torch.Tensor]] = {}
     for lo in range(0, tokens.shape[0], batch_size):
-        x, f, y = (a[lo:lo + batch_size].to(device) for a in (tokens, fixed, target))
+        x, f, y = (a[lo : lo + batch_size].to(device) for a in (tokens, fixed, target))
         start = time.perf_counter()
-        roll = unmask(denoiser, order, x, task.vocab_size, k=k, threshold=threshold, temperature=temperature,
-                      order_temperature=order_temperature, generator=generator)
+        roll = unmask(
+            denoiser,
+            order,
+            x,
+            task.vocab_size,
+            k=k,
+            threshold=threshold,
+            temperature=temperature,
+            order_temperature=order_temperature,
+            generator=generator,
+        )
         parts["solved"].append(task.verify(roll.tokens, x, f).cpu())
         seconds += time.perf_counter() - start
         scores = {**task.metrics(roll.tokens, x, f, roll.step_of), **(scorer(roll.tokens) if scorer else {})}
@@ -151,21 +185,35 @@ def decode_dataset(denoiser: nn.Module, task: Task, tokens: torch.Tensor, fixed:
             nll = torch.full((x.shape[0],), float("nan"))
             known = ((y >= 0) | f).all(1)
             if known.any():
-                forced = unmask(denoiser, order, x[known], task.vocab_size, k=k, threshold=threshold,
-                                target=y[known], teacher_force=True, order_temperature=order_temperature,
-                                generator=generator)
+                forced = unmask(
+                    denoiser,
+                    order,
+                    x[known],
+                    task.vocab_size,
+                    k=k,
+                    threshold=threshold,
+                    target=y[known],
+                    teacher_force=True,
+                    order_temperature=order_temperature,
+                    generator=generator,
+                )
                 nll[known.cpu()] = forced.planner_nll().cpu()
             parts["nll"].append(nll)
         if on_batch is not None:
             on_batch(x.shape[0])
-    return Decoded(solved=torch.cat(parts["solved"]), cell_accuracy=torch.cat(parts["acc"]),
-                   planner_nll=torch.cat(parts["nll"]) if planner_nll else None,
-                   step_of=torch.cat(parts["step_of"]),
-                   metrics={name: torch.cat(values) for name, values in metrics.items()}, seconds=seconds)
+    return Decoded(
+        solved=torch.cat(parts["solved"]),
+        cell_accuracy=torch.cat(parts["acc"]),
+        planner_nll=torch.cat(parts["nll"]) if planner_nll else None,
+        step_of=torch.cat(parts["step_of"]),
+        metrics={name: torch.cat(values) for name, values in metrics.items()},
+        seconds=seconds,
+    )
 
 
-def teacher_forced_state(tokens: torch.Tensor, step_of: torch.Tensor, target: torch.Tensor,
-                         step: torch.Tensor) -> torch.Tensor:
+def teacher_forced_state(
+    tokens: torch.Tensor, step_of: torch.Tensor, target: torch.Tensor, step: torch.Tensor
+) -> torch.Tensor:
     """The state of a teacher-forced rollout just before `step` (one per row).
 
     A rollout's `step_of` is all it takes to rebuild any of its states: the

@@ -21,10 +21,11 @@ def mcnemar(first: torch.Tensor, second: torch.Tensor) -> tuple[int, int, float]
     because with strong orders the discordant counts are small.
     """
     if first.shape != second.shape:
-        raise ValueError(f"paired comparison needs the same instances, got {tuple(first.shape)} and "
-                         f"{tuple(second.shape)}")
+        raise ValueError(
+            f"paired comparison needs the same instances, got {tuple(first.shape)} and {tuple(second.shape)}"
+        )
     first, second = first.bool(), second.bool()
     only_first, only_second = int((first & ~second).sum()), int((~first & second).sum())
     n = only_first + only_second
-    tail = sum(math.comb(n, i) for i in range(min(only_first, only_second) + 1)) / 2 ** n if n else 1.0
+    tail = sum(math.comb(n, i) for i in range(min(only_first, only_second) + 1)) / 2**n if n else 1.0
     return only_first, only_second, min(1.0, 2 * tail)

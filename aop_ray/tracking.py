@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from aop_ray.config import flatten
-from aop_ray.tasks import InputError
+from aop_ray.errors import InputError
 
 for _noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
@@ -40,7 +40,7 @@ def resolve_uri(uri: str | None = None) -> str:
     """
     uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        return "sqlite:///" + str(Path.cwd() / uri[len("sqlite:///"):])
+        return "sqlite:///" + str(Path.cwd() / uri[len("sqlite:///") :])
     if "://" not in uri and not uri.startswith("/"):  # a bare path means a file store
         return str(Path.cwd() / uri)
     return uri
@@ -69,10 +69,15 @@ def source_tags() -> dict[str, str]:
         tags["mlflow.source.name"] = f"python -m {entry}"
     root = Path(__file__).resolve().parents[1]
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10)
-        status = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, timeout=10)
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10
+        )
+        status = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         commit = status = None
     if commit is not None and commit.returncode == 0 and commit.stdout.strip():
@@ -105,9 +110,16 @@ class Tracker:
         return self._client is not None
 
     @classmethod
-    def start(cls, uri: str | None, experiment: str, run_name: str, params: dict[str, Any] | None = None,
-              tags: dict[str, str] | None = None, reuse: dict[str, str] | None = None,
-              parent: str | None = None) -> Tracker:
+    def start(
+        cls,
+        uri: str | None,
+        experiment: str,
+        run_name: str,
+        params: dict[str, Any] | None = None,
+        tags: dict[str, str] | None = None,
+        reuse: dict[str, str] | None = None,
+        parent: str | None = None,
+    ) -> Tracker:
         """Open a new run (the MLflow store must be reachable: checked before any compute).
 
         With `reuse` (identifying tags, also set on the new run), a run that already carries
@@ -138,7 +150,7 @@ class Tracker:
         flat = flatten(params)
         items = [Param(k, str(v)[:6000]) for k, v in flat.items()]
         for start in range(0, len(items), 100):
-            self._client.log_batch(self.run_id, params=items[start:start + 100])
+            self._client.log_batch(self.run_id, params=items[start : start + 100])
 
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self._client is None:
@@ -146,8 +158,11 @@ class Tracker:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        items = [Metric(k, float(v), now, step) for k, v in metrics.items()
-                 if isinstance(v, (int, float)) and math.isfinite(v)]
+        items = [
+            Metric(k, float(v), now, step)
+            for k, v in metrics.items()
+            if isinstance(v, (int, float)) and math.isfinite(v)
+        ]
         if items:
             self._client.log_batch(self.run_id, metrics=items)
 
@@ -181,8 +196,9 @@ class Tracker:
         with warnings.catch_warnings():  # MLflow registers two equal local-file sources and warns about it
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_numpy(arrays, source=Path(source).absolute().as_uri(), name=name)
-        self._client.log_inputs(self.run_id, [DatasetInput(dataset._to_mlflow_entity(),
-                                                           [InputTag("mlflow.data.context", context)])])
+        self._client.log_inputs(
+            self.run_id, [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])]
+        )
 
     def set_tag(self, key: str, value: str) -> None:
         if self._client is not None:
@@ -206,8 +222,10 @@ class Tracker:
 
 def _unreachable(uri: str, err: Exception) -> InputError:
     first = (str(err).splitlines() or [""])[0][:200]
-    return InputError(f"MLflow tracking URI {uri!r} is unreachable ({type(err).__name__}: {first}); "
-                      f"fix MLFLOW_TRACKING_URI or pass --no-mlflow")
+    return InputError(
+        f"MLflow tracking URI {uri!r} is unreachable ({type(err).__name__}: {first}); "
+        f"fix MLFLOW_TRACKING_URI or pass --no-mlflow"
+    )
 
 
 def client_for(uri: str) -> Any:
@@ -249,8 +267,9 @@ def find_runs(client: Any, exp_id: str, tags: dict[str, str], status: str | None
         clauses.append(f"attributes.status = '{status}'")
     runs, token = [], None
     while True:
-        page = client.search_runs([exp_id], " and ".join(clauses), max_results=1000, page_token=token,
-                                  order_by=["attributes.start_time ASC"])
+        page = client.search_runs(
+            [exp_id], " and ".join(clauses), max_results=1000, page_token=token, order_by=["attributes.start_time ASC"]
+        )
         runs.extend(page)
         token = page.token
         if not token:

@@ -32,10 +32,10 @@ from typing import Any
 from aop_ray import checkpoints, data, ray_session, report
 from aop_ray.cli import run_main, say
 from aop_ray.config import Config, Domain, SweepConfig, apply_override, load_config, parse_dataclass
+from aop_ray.errors import InputError
 from aop_ray.evaluate import compare_orders, load_scorer, numeric, write_results
-from aop_ray.orders import get_order, order_names
 from aop_ray.locations import check_durable, check_tracking_uri, on_this_node
-from aop_ray.tasks import InputError
+from aop_ray.orders import get_order, order_names
 from aop_ray.tracking import Tracker, check_reachable, client_for, experiment_id, find_runs, resolve_uri
 
 SWEEP_STATE = "aop_sweep.json"  # in the sweep directory: the resolved config and MLflow ids, for --resume
@@ -48,8 +48,10 @@ def group_label(order: str, search: dict[str, Any]) -> str:
 
     Only characters MLflow allows in metric names (the parent run logs `<group>/<metric>`).
     """
-    values = [f"{key.rsplit('.', 1)[-1]}:{value:.3g}" if isinstance(value, float) else
-              f"{key.rsplit('.', 1)[-1]}:{value}" for key, value in sorted(search.items())]
+    values = [
+        f"{key.rsplit('.', 1)[-1]}:{value:.3g}" if isinstance(value, float) else f"{key.rsplit('.', 1)[-1]}:{value}"
+        for key, value in sorted(search.items())
+    ]
     return " ".join([order, *values])
 
 
@@ -78,7 +80,7 @@ def run_trial(config: dict[str, Any], state: dict[str, Any], inputs: dict[str, A
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from aop_ray import train
+    from aop_ray.training import driver
 
     spec = parse_dataclass(SweepConfig, state["config"], "")
     trial_id = tune.get_context().get_trial_id()
@@ -86,19 +88,27 @@ def run_trial(config: dict[str, Any], state: dict[str, Any], inputs: dict[str, A
     torch.set_num_threads(spec.resources.eval_threads)
     group = group_label(order, search)
     tracker = Tracker.start(
-        state["tracking_uri"], spec.mlflow.experiment, f"{group}-seed{seed}",
+        state["tracking_uri"],
+        spec.mlflow.experiment,
+        f"{group}-seed{seed}",
         params={"order": order, "seed": seed, "group": group, **{f"search.{k}": v for k, v in search.items()}},
-        tags={report.ROLE_TAG: "trial", report.ORDER_TAG: order, report.GROUP_TAG: group,
-              "mlflow.parentRunId": state["parent_run_id"] or ""},
-        reuse={report.SWEEP_TAG: state["parent_run_id"] or "", "aop_ray.trial_id": trial_id})
+        tags={
+            report.ROLE_TAG: "trial",
+            report.ORDER_TAG: order,
+            report.GROUP_TAG: group,
+            "mlflow.parentRunId": state["parent_run_id"] or "",
+        },
+        reuse={report.SWEEP_TAG: state["parent_run_id"] or "", "aop_ray.trial_id": trial_id},
+    )
     status = "FAILED"
     try:
         checkpoint, policy, final = on_this_node(state["denoiser"]), None, {}
         if order == "learned":
             cfg = learned_config(state, seed, search, trial_id)
-            resume = (Path(cfg.ray.storage_path) / cfg.name / train.RUN_STATE).is_file()
-            checkpoint = train.run(cfg, resume=resume, tracker=tracker, callbacks=(TuneReportCallback(),),
-                                   stage_data=inputs["stage_data"])
+            resume = (Path(cfg.ray.storage_path) / cfg.name / driver.RUN_STATE).is_file()
+            checkpoint = driver.run(
+                cfg, resume=resume, tracker=tracker, callbacks=(TuneReportCallback(),), stage_data=inputs["stage_data"]
+            )
         denoiser, task, manifest = checkpoints.load_denoiser(checkpoint)
         if order == "learned":
             policy = checkpoints.load_policy(checkpoint, task, manifest["model"])
@@ -107,19 +117,36 @@ def run_trial(config: dict[str, Any], state: dict[str, Any], inputs: dict[str, A
         ev = spec.evaluate
         instances = instances.take(slice(0, ev.limit)) if ev.limit else instances
         orders = {order: get_order(order, policy=policy, task=task)}
-        rows, maps, solved = compare_orders(denoiser, task, instances, orders, k=ev.k, threshold=ev.threshold,
-                                            batch_size=ev.batch_size, seed=seed, planner_nll=ev.planner_nll,
-                                            temperature=ev.temperature, policy=policy, progress=False,
-                                            scorer=load_scorer(state["oracle"] and str(on_this_node(state["oracle"])),
-                                                               task))
+        rows, maps, solved = compare_orders(
+            denoiser,
+            task,
+            instances,
+            orders,
+            k=ev.k,
+            threshold=ev.threshold,
+            batch_size=ev.batch_size,
+            seed=seed,
+            planner_nll=ev.planner_nll,
+            temperature=ev.temperature,
+            policy=policy,
+            progress=False,
+            scorer=load_scorer(state["oracle"] and str(on_this_node(state["oracle"])), task),
+        )
         out = Path(state["sweep_dir"]) / "evaluations" / trial_id
         write_results(out, rows, maps, solved, instances)
         metrics = numeric(rows[0])
         tracker.log_metrics(metrics, step=int(final.get("step", 0)))
         tracker.log_artifact(out, "evaluation")
         tracker.set_tag("aop_ray.checkpoint", str(checkpoint))
-        tune.report({**{k: v for k, v in final.items() if isinstance(v, (int, float))}, **metrics,
-                     "order": order, "group": group, "checkpoint": str(checkpoint)})
+        tune.report(
+            {
+                **{k: v for k, v in final.items() if isinstance(v, (int, float))},
+                **metrics,
+                "order": order,
+                "group": group,
+                "checkpoint": str(checkpoint),
+            }
+        )
         status = "FINISHED"
     finally:
         tracker.end(status)
@@ -134,8 +161,9 @@ def trial_resources(config: dict[str, Any], resources: dict[str, float]) -> Any:
 
 
 # ----------------------------------------------------------------------------- driver side
-def _close_trial_runs(state: dict[str, Any], status: str, trial_id: str | None = None,
-                      replace: tuple[str, ...] = ("RUNNING",)) -> None:
+def _close_trial_runs(
+    state: dict[str, Any], status: str, trial_id: str | None = None, replace: tuple[str, ...] = ("RUNNING",)
+) -> None:
     """Set the runs of one trial (or of every trial) that are in a `replace` status to `status`.
 
     The trial could not: Tune killed it (scheduler stop, interrupt), or it died.
@@ -171,9 +199,13 @@ def _domain(domain: Domain) -> Any:
 
     kind = domain.kind("search")
     value = getattr(domain, kind)
-    return {"grid": lambda v: tune.grid_search(v), "choice": lambda v: tune.choice(v),
-            "uniform": lambda v: tune.uniform(*v), "loguniform": lambda v: tune.loguniform(*v),
-            "randint": lambda v: tune.randint(*v)}[kind](value)
+    return {
+        "grid": lambda v: tune.grid_search(v),
+        "choice": lambda v: tune.choice(v),
+        "uniform": lambda v: tune.uniform(*v),
+        "loguniform": lambda v: tune.loguniform(*v),
+        "randint": lambda v: tune.randint(*v),
+    }[kind](value)
 
 
 def _scheduler(spec: SweepConfig) -> Any:
@@ -182,28 +214,37 @@ def _scheduler(spec: SweepConfig) -> Any:
     sc = spec.scheduler
     if sc.type == "fifo":
         return FIFOScheduler()
-    return ASHAScheduler(time_attr="training_iteration", metric=sc.metric, mode=sc.mode, max_t=sc.max_t,
-                         grace_period=sc.grace_period, reduction_factor=sc.reduction_factor)
+    return ASHAScheduler(
+        time_attr="training_iteration",
+        metric=sc.metric,
+        mode=sc.mode,
+        max_t=sc.max_t,
+        grace_period=sc.grace_period,
+        reduction_factor=sc.reduction_factor,
+    )
 
 
 def _inputs(state: dict[str, Any]) -> dict[str, Any]:
     """The datasets every trial reads, loaded once on the driver (from the paths `prepare` resolved)."""
-    from aop_ray import train
+    from aop_ray.training import driver
 
     _, task, _ = checkpoints.load_denoiser(state["denoiser"])
     stage_data = None
     if state["train_config"] is not None:
         cfg = Config.from_dict(state["train_config"])
-        stage_data = train.StageData.load(cfg, cfg.build_task())
+        stage_data = driver.StageData.load(cfg, cfg.build_task())
     return {"eval": data.load_instances(task, state["eval_data"]), "stage_data": stage_data}
 
 
 def _trainable(state: dict[str, Any]) -> Any:
     from ray import tune
 
-    return tune.with_resources(tune.with_parameters(run_trial, state=state, inputs=_inputs(state)),
-                               functools.partial(trial_resources, resources=dataclasses.asdict(
-                                   parse_dataclass(SweepConfig, state["config"], "").resources)))
+    return tune.with_resources(
+        tune.with_parameters(run_trial, state=state, inputs=_inputs(state)),
+        functools.partial(
+            trial_resources, resources=dataclasses.asdict(parse_dataclass(SweepConfig, state["config"], "").resources)
+        ),
+    )
 
 
 def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
@@ -214,13 +255,15 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
     """
     import ray
 
-    from aop_ray import train
+    from aop_ray.training import driver
 
     check_durable("storage_path", spec.storage_path)
     sweep_dir = Path(spec.storage_path).expanduser().resolve() / spec.name
     if sweep_dir.exists():
-        raise InputError(f"name: sweep directory {sweep_dir} already exists; continue it with --resume "
-                         f"{sweep_dir}, or set name=<new name>")
+        raise InputError(
+            f"name: sweep directory {sweep_dir} already exists; continue it with --resume "
+            f"{sweep_dir}, or set name=<new name>"
+        )
     denoiser = Path(spec.denoiser_checkpoint).expanduser().resolve()
     if not (denoiser / checkpoints.MANIFEST).is_file():
         if not spec.denoiser_config:
@@ -228,8 +271,14 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
         check_durable("denoiser_checkpoint", spec.denoiser_checkpoint, "give the denoiser to train an absolute path")
     cfg = None
     if "learned" in spec.orders:  # validate the base config and every searched value now
-        cfg = load_config(spec.train_config, [*spec.train_overrides, f"aop.denoiser_checkpoint={denoiser}",
-                                              f"mlflow.experiment={spec.mlflow.experiment}"])
+        cfg = load_config(
+            spec.train_config,
+            [
+                *spec.train_overrides,
+                f"aop.denoiser_checkpoint={denoiser}",
+                f"mlflow.experiment={spec.mlflow.experiment}",
+            ],
+        )
         _check_scheduler_metric(spec, cfg)
         for key, domain in spec.search.items():
             for value in domain.probe_values():
@@ -242,29 +291,46 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
     uri = resolve_uri(spec.mlflow.tracking_uri) if (mlflow and spec.mlflow.enabled) else None
     check_tracking_uri(uri)
     check_reachable(uri, spec.mlflow.experiment)  # before Ray, a denoiser or any data is spent on it
-    state = {"config": dataclasses.asdict(spec), "train_config": cfg.to_dict() if cfg else None,
-             "sweep_dir": str(sweep_dir), "denoiser": str(denoiser), "tracking_uri": uri}
+    state = {
+        "config": dataclasses.asdict(spec),
+        "train_config": cfg.to_dict() if cfg else None,
+        "sweep_dir": str(sweep_dir),
+        "denoiser": str(denoiser),
+        "tracking_uri": uri,
+    }
     ray_session.connect()
     state["concurrency"] = spec.resources.max_concurrent_trials
     if spec.resources.fit_to_cluster:
         per_trial = trial_cpus(spec, state)
         state["concurrency"] = fit_concurrency(state["concurrency"], per_trial, ray.cluster_resources().get("CPU", 0))
         if state["concurrency"] < spec.resources.max_concurrent_trials:
-            say(f"resources: {state['concurrency']} trial(s) at once, not {spec.resources.max_concurrent_trials}: "
-                f"each reserves up to {per_trial:g} CPUs")
+            say(
+                f"resources: {state['concurrency']} trial(s) at once, not {spec.resources.max_concurrent_trials}: "
+                f"each reserves up to {per_trial:g} CPUs"
+            )
 
     if not (denoiser / checkpoints.MANIFEST).is_file():
         say(f"no denoiser at {denoiser}: training it with {spec.denoiser_config}")
         # Its run lives beside the sweep's (the storage the user pointed the sweep at); the final
         # checkpoint is copied to denoiser_checkpoint, where every later sweep finds it.
-        train.run(load_config(spec.denoiser_config, [
-            f"output={denoiser}", f"mlflow.experiment={spec.mlflow.experiment}", f"name={spec.name}-denoiser",
-            f"ray.storage_path={sweep_dir.parent}"]), mlflow=mlflow)
+        driver.run(
+            load_config(
+                spec.denoiser_config,
+                [
+                    f"output={denoiser}",
+                    f"mlflow.experiment={spec.mlflow.experiment}",
+                    f"name={spec.name}-denoiser",
+                    f"ray.storage_path={sweep_dir.parent}",
+                ],
+            ),
+            mlflow=mlflow,
+        )
     _, task, manifest = checkpoints.load_denoiser(denoiser)
     for name in spec.orders:
         if name not in order_names(task):
-            raise InputError(f"orders: unknown order {name!r} for task {task.name} "
-                             f"(known: {', '.join(order_names(task))})")
+            raise InputError(
+                f"orders: unknown order {name!r} for task {task.name} (known: {', '.join(order_names(task))})"
+            )
     if cfg is not None:  # paths made absolute: trials run in other directories, maybe on other nodes
         checkpoints.check_task(manifest, cfg.build_task(), str(spec.train_config))
         train_data = state["train_config"]["data"]
@@ -274,11 +340,21 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
     state["eval_data"] = str(data.dataset_path(spec.evaluate.data, task, "evaluate"))
     state["oracle"] = str(Path(spec.evaluate.oracle).expanduser().resolve()) if spec.evaluate.oracle else None
     load_scorer(state["oracle"], task)  # refuse a wrong oracle before the first trial
-    state["parent_run_id"] = Tracker.start(uri, spec.mlflow.experiment, spec.name, params={
-        "orders": ",".join(spec.orders), "seeds": " ".join(map(str, spec.seeds)), "denoiser": str(denoiser),
-        "eval_data": state["eval_data"], "eval_limit": spec.evaluate.limit, "scheduler": spec.scheduler.type,
-        "search": json.dumps({k: dataclasses.asdict(d) for k, d in spec.search.items()})},
-        tags={report.ROLE_TAG: "sweep", "aop_ray.task": task.name}).run_id
+    state["parent_run_id"] = Tracker.start(
+        uri,
+        spec.mlflow.experiment,
+        spec.name,
+        params={
+            "orders": ",".join(spec.orders),
+            "seeds": " ".join(map(str, spec.seeds)),
+            "denoiser": str(denoiser),
+            "eval_data": state["eval_data"],
+            "eval_limit": spec.evaluate.limit,
+            "scheduler": spec.scheduler.type,
+            "search": json.dumps({k: dataclasses.asdict(d) for k, d in spec.search.items()}),
+        },
+        tags={report.ROLE_TAG: "sweep", "aop_ray.task": task.name},
+    ).run_id
     sweep_dir.mkdir(parents=True)
     (sweep_dir / SWEEP_STATE).write_text(json.dumps(state, indent=2))
     return state
@@ -290,16 +366,27 @@ def _check_scheduler_metric(spec: SweepConfig, cfg: Config) -> None:
         return
     tc = cfg.train
     if spec.scheduler.metric.startswith("val_") and not (
-            tc.eval_every and tc.log_every % tc.eval_every == 0 and tc.checkpoint_every % tc.eval_every == 0):
-        raise InputError(f"scheduler.metric: {spec.scheduler.metric} is reported only at evaluations; set "
-                         f"train.eval_every to divide train.log_every and train.checkpoint_every "
-                         f"(now {tc.eval_every}, {tc.log_every}, {tc.checkpoint_every})")
-    reports = sum(1 for step in range(1, tc.steps + 1) if step == tc.steps or step % tc.log_every == 0
-                  or step % tc.checkpoint_every == 0 or (tc.eval_every and step % tc.eval_every == 0))
+        tc.eval_every and tc.log_every % tc.eval_every == 0 and tc.checkpoint_every % tc.eval_every == 0
+    ):
+        raise InputError(
+            f"scheduler.metric: {spec.scheduler.metric} is reported only at evaluations; set "
+            f"train.eval_every to divide train.log_every and train.checkpoint_every "
+            f"(now {tc.eval_every}, {tc.log_every}, {tc.checkpoint_every})"
+        )
+    reports = sum(
+        1
+        for step in range(1, tc.steps + 1)
+        if step == tc.steps
+        or step % tc.log_every == 0
+        or step % tc.checkpoint_every == 0
+        or (tc.eval_every and step % tc.eval_every == 0)
+    )
     if spec.scheduler.max_t < reports + 1:
-        raise InputError(f"scheduler.max_t: a trial reports {reports} times while training and once more after "
-                         f"its test-set evaluation; max_t {spec.scheduler.max_t} would cut that off (use "
-                         f"{reports + 1})")
+        raise InputError(
+            f"scheduler.max_t: a trial reports {reports} times while training and once more after "
+            f"its test-set evaluation; max_t {spec.scheduler.max_t} would cut that off (use "
+            f"{reports + 1})"
+        )
 
 
 def expected_trials(spec: SweepConfig) -> int:
@@ -323,9 +410,11 @@ def fit_concurrency(wanted: int, per_trial: float, cluster_cpus: float) -> int:
     behind a learned trial whose Train workers cannot be placed)."""
     fit = int(cluster_cpus / per_trial + 1e-9)
     if fit < 1:
-        raise InputError(f"resources: one trial reserves {per_trial:g} CPUs, but the "
-                         f"cluster has {cluster_cpus:g}; lower resources.trainer_cpus, ray.cpus_per_worker or "
-                         f"ray.num_workers (train_overrides), or add CPUs")
+        raise InputError(
+            f"resources: one trial reserves {per_trial:g} CPUs, but the "
+            f"cluster has {cluster_cpus:g}; lower resources.trainer_cpus, ray.cpus_per_worker or "
+            f"ray.num_workers (train_overrides), or add CPUs"
+        )
     return min(wanted, fit)
 
 
@@ -341,32 +430,55 @@ def run_sweep(state: dict[str, Any], resume: bool = False) -> list[dict[str, Any
     if resume:
         parent.reopen()
         say(f"resuming sweep {sweep_dir}: finished trials are kept, unfinished and failed ones run again")
-        tuner = tune.Tuner.restore(str(sweep_dir), trainable=_trainable(state), resume_unfinished=True,
-                                   restart_errored=True)
+        tuner = tune.Tuner.restore(
+            str(sweep_dir), trainable=_trainable(state), resume_unfinished=True, restart_errored=True
+        )
     else:
-        param_space = {"order": tune.grid_search(spec.orders), "seed": tune.grid_search(spec.seeds),
-                       "search": {key: _domain(d) for key, d in spec.search.items()}}
+        param_space = {
+            "order": tune.grid_search(spec.orders),
+            "seed": tune.grid_search(spec.seeds),
+            "search": {key: _domain(d) for key, d in spec.search.items()},
+        }
         tuner = tune.Tuner(
-            _trainable(state), param_space=param_space,
-            tune_config=tune.TuneConfig(num_samples=spec.num_samples, scheduler=_scheduler(spec),
-                                        max_concurrent_trials=state["concurrency"],
-                                        reuse_actors=False),
-            run_config=tune.RunConfig(name=spec.name, storage_path=str(sweep_dir.parent),
-                                      callbacks=[_trial_run_closer(state)], verbose=1,
-                                      failure_config=tune.FailureConfig(max_failures=0)))
+            _trainable(state),
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                num_samples=spec.num_samples,
+                scheduler=_scheduler(spec),
+                max_concurrent_trials=state["concurrency"],
+                reuse_actors=False,
+            ),
+            run_config=tune.RunConfig(
+                name=spec.name,
+                storage_path=str(sweep_dir.parent),
+                callbacks=[_trial_run_closer(state)],
+                verbose=1,
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
     errors = [r.error for r in tuner.fit() if r.error is not None]
     trials = tune.ExperimentAnalysis(str(sweep_dir)).trials  # Tune's own record, this run's and earlier ones
     ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
     if len(ended) < expected_trials(spec):  # interrupted: Tune saved its state
         _close_trial_runs(state, "KILLED")
         parent.end("KILLED")
-        say(f"sweep interrupted with {expected_trials(spec) - len(ended)} of {expected_trials(spec)} trials "
-            f"unfinished; continue it with: python -m aop_ray.tune --resume {sweep_dir}")
+        say(
+            f"sweep interrupted with {expected_trials(spec) - len(ended)} of {expected_trials(spec)} trials "
+            f"unfinished; continue it with: python -m aop_ray.tune --resume {sweep_dir}"
+        )
         raise SystemExit(INTERRUPTED)
-    records = [{"trial_id": t.trial_id, "order": t.config["order"], "group": t.last_result["group"],
-                "seed": t.config["seed"], "n": t.last_result.get("n", 0),
-                **{k: t.last_result[k] for k in report.METRICS if k in t.last_result}}
-               for t in ended if t.status == "TERMINATED" and "solve_rate" in t.last_result]
+    records = [
+        {
+            "trial_id": t.trial_id,
+            "order": t.config["order"],
+            "group": t.last_result["group"],
+            "seed": t.config["seed"],
+            "n": t.last_result.get("n", 0),
+            **{k: t.last_result[k] for k in report.METRICS if k in t.last_result},
+        }
+        for t in ended
+        if t.status == "TERMINATED" and "solve_rate" in t.last_result
+    ]
     stopped = sum(t.status == "TERMINATED" for t in ended) - len(records)
     if stopped:
         say(f"{stopped} trial(s) stopped early by the scheduler: not in the summary")
@@ -379,13 +491,15 @@ def run_sweep(state: dict[str, Any], resume: bool = False) -> list[dict[str, Any
         parent.end(status)
     if failed:
         first = str(errors[0]).splitlines()[0][:300] if errors else "see the trials' error.txt"
-        raise InputError(f"{failed} trial(s) failed, first: {first}; see {sweep_dir}; run them again with "
-                         f"--resume {sweep_dir}")
+        raise InputError(
+            f"{failed} trial(s) failed, first: {first}; see {sweep_dir}; run them again with --resume {sweep_dir}"
+        )
     return rows
 
 
-def _summarize(spec: SweepConfig, state: dict[str, Any], records: list[dict[str, Any]], started: float
-               ) -> list[dict[str, Any]]:
+def _summarize(
+    spec: SweepConfig, state: dict[str, Any], records: list[dict[str, Any]], started: float
+) -> list[dict[str, Any]]:
     """The sweep's summary: printed, written to <sweep dir>/summary and logged to the parent run."""
     sweep_dir = Path(state["sweep_dir"])
     parent = Tracker(state["tracking_uri"], state["parent_run_id"])
@@ -393,8 +507,15 @@ def _summarize(spec: SweepConfig, state: dict[str, Any], records: list[dict[str,
     title = f"{spec.name}: {len(records)} trials ({(time.perf_counter() - started) / 60:.1f} min in this run)"
     table = report.write_summary(sweep_dir / "summary", rows, records, title)
     parent.log_artifact(sweep_dir / "summary", "summary")
-    parent.log_metrics({f"{r['group']}/{k}": v for r in rows for k, v in r.items()
-                        if k.endswith(("_mean", "_std")) and isinstance(v, float)}, step=0)
+    parent.log_metrics(
+        {
+            f"{r['group']}/{k}": v
+            for r in rows
+            for k, v in r.items()
+            if k.endswith(("_mean", "_std")) and isinstance(v, float)
+        },
+        step=0,
+    )
     say(f"sweep {spec.name} ({len(records)} finished trials):\n{table}\nsummary: {sweep_dir / 'summary'}")
     say(f"{parent.where()} (one child run per trial)")
     return rows
@@ -411,14 +532,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m aop_ray.tune",
         description="Run a Ray Tune sweep that compares unmasking orders (or searches the learned policy's "
-                    "hyper-parameters), with every trial a run in MLflow.",
+        "hyper-parameters), with every trial a run in MLflow.",
         epilog="examples: python -m aop_ray.tune --config tune_configs/smoke.yaml | "
-               "python -m aop_ray.tune --resume runs/tune/smoke")
+        "python -m aop_ray.tune --resume runs/tune/smoke",
+    )
     parser.add_argument("--config", default=None, help="sweep YAML (validated: unknown keys are errors)")
-    parser.add_argument("overrides", nargs="*", metavar="dotted.key=value",
-                        help="override a sweep config value, e.g. seeds=[0,1] evaluate.limit=100")
-    parser.add_argument("--resume", default=None, metavar="PATH",
-                        help="continue the interrupted sweep in PATH (<storage_path>/<name>) with Tuner.restore")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="dotted.key=value",
+        help="override a sweep config value, e.g. seeds=[0,1] evaluate.limit=100",
+    )
+    parser.add_argument(
+        "--resume",
+        default=None,
+        metavar="PATH",
+        help="continue the interrupted sweep in PATH (<storage_path>/<name>) with Tuner.restore",
+    )
     parser.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     return parser
 

@@ -18,7 +18,6 @@ import sys
 
 import numpy as np
 import torch
-
 from common import ROOT, commit, describe_model, evaluate, machine, reuse_arguments, sh, write_report
 
 sys.path.insert(0, str(ROOT))
@@ -45,7 +44,7 @@ def natural_rows(task: Protein) -> list[dict]:
     for split, note in (("heldout", "the oracle's own fitting set"), ("train", "out-of-sample for the Potts model")):
         seqs = torch.as_tensor(load_instances(task, ROOT / SPLIT / split).target)
         seqs = seqs[torch.randperm(len(seqs), generator=torch.Generator().manual_seed(0))[:1024]]
-        scores = [oracle.score(seqs[i:i + BATCH]) for i in range(0, len(seqs), BATCH)]
+        scores = [oracle.score(seqs[i : i + BATCH]) for i in range(0, len(seqs), BATCH)]
         row = {m: float(np.nanmean(torch.cat([s[m] for s in scores]).numpy())) for m in METRICS}
         rows.append({"order": f"natural {split} ({note})", "n": len(seqs), **row})
     return rows
@@ -54,8 +53,10 @@ def natural_rows(task: Protein) -> list[dict]:
 def fmt(r: dict) -> str:
     nll = f"{r['planner_nll']:.3f}" if r.get("planner_nll") is not None else "-"
     per_s = f"{r['per_s']:.0f}" if "per_s" in r else "-"
-    return (f"| {r['order']} | {r['potts_energy']:.1f} | {r['below_p5']:.3f} | {r['hmm_bits']:.1f} | "
-            f"{r['hmm_hit']:.3f} | {r['novelty']:.3f} | {r['batch_identity']:.3f} | {nll} | {per_s} | {r['n']} |")
+    return (
+        f"| {r['order']} | {r['potts_energy']:.1f} | {r['below_p5']:.3f} | {r['hmm_bits']:.1f} | "
+        f"{r['hmm_hit']:.3f} | {r['novelty']:.3f} | {r['batch_identity']:.3f} | {nll} | {per_s} | {r['n']} |"
+    )
 
 
 def main() -> int:
@@ -65,10 +66,21 @@ def main() -> int:
         if not ALIGNMENT.is_file():
             print(f"error: {ALIGNMENT} not found (the Pfam PF00014 alignment)", file=sys.stderr)
             return 1
-        cmd = [sys.executable, "-m", "aop_ray.oracle", "--alignment", str(ALIGNMENT), "--family", "pf00014",
-               "--out", SPLIT]
-        built.append(f"- split and oracle: `python -m aop_ray.oracle --alignment {ALIGNMENT.relative_to(ROOT.parent)}"
-                     f" --family pf00014 --out {SPLIT}` ({sh(cmd) / 60:.1f} min)")
+        cmd = [
+            sys.executable,
+            "-m",
+            "aop_ray.oracle",
+            "--alignment",
+            str(ALIGNMENT),
+            "--family",
+            "pf00014",
+            "--out",
+            SPLIT,
+        ]
+        built.append(
+            f"- split and oracle: `python -m aop_ray.oracle --alignment {ALIGNMENT.relative_to(ROOT.parent)}"
+            f" --family pf00014 --out {SPLIT}` ({sh(cmd) / 60:.1f} min)"
+        )
     data = f"{SPLIT}/heldout"
     heuristics = evaluate(DENOISER, data, HEURISTICS, "out/pf00014/heuristics", *OPTIONS, reuse=args.reuse)
     rows, commands = list(heuristics.rows), [f"- {heuristics.line()}"]
@@ -82,28 +94,43 @@ def main() -> int:
     task = Protein(length=53, family="pf00014")
     rows += natural_rows(task)
     oracle = json.loads((ROOT / SPLIT / "oracle" / "oracle.json").read_text())
-    table = "\n".join(["| order | Potts energy | below p5 | HMM bits | HMM hit | novelty | batch identity | "
-                       "planner NLL | seqs/s | n |", "|---|---|---|---|---|---|---|---|---|---|", *map(fmt, rows)])
-    report = "\n".join([
-        "# Proteins: every order generating PF00014 (Kunitz) domains", "",
-        f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}",
-        f"- machine: {machine()}",
-        f"- report written at commit {commit()}; each evaluation's own commit is listed with its command",
-        f"- denoiser: `{DENOISER}` ({describe_model(manifest)}), trained on the "
-        "training split only (`tune_configs/pf00014_denoiser.yaml`)",
-        f"- oracle: Potts (PLM) and HMM fitted on the held-out split; `below p5` threshold: the training "
-        f"naturals' (out-of-sample) 5th-percentile energy "
-        f"{oracle['energy_p5']:.1f}",
-        "- command: `python benchmarks/pf00014.py`, which ran:", *built, *commands, "",
-        table, "",
-        "Every order samples each revealed residue at temperature 1, seed 0, one sequence per held-out row "
-        "(the first 512). "
-        "Potts energy: lower is more family-like; below p5: fraction below the training naturals' 5th-percentile "
-        "energy; HMM bits: mean over sequences with a hit, HMM hit: fraction with one; novelty: 1 - max identity "
-        "to a training sequence; batch identity: mean pairwise identity within a batch of 256 (lower = more "
-        "diverse); planner NLL: teacher-forced NLL of the held-out natural along the order (what the AOP "
-        "loss with target `ce` lowers); seqs/s: decoding, 2 CPU threads. The natural rows are real members "
-        "scored the same way (1,024 drawn at random per split); the held-out ones were the oracle's fitting data.", ""])
+    table = "\n".join(
+        [
+            "| order | Potts energy | below p5 | HMM bits | HMM hit | novelty | batch identity | "
+            "planner NLL | seqs/s | n |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+            *map(fmt, rows),
+        ]
+    )
+    report = "\n".join(
+        [
+            "# Proteins: every order generating PF00014 (Kunitz) domains",
+            "",
+            f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}",
+            f"- machine: {machine()}",
+            f"- report written at commit {commit()}; each evaluation's own commit is listed with its command",
+            f"- denoiser: `{DENOISER}` ({describe_model(manifest)}), trained on the "
+            "training split only (`tune_configs/pf00014_denoiser.yaml`)",
+            f"- oracle: Potts (PLM) and HMM fitted on the held-out split; `below p5` threshold: the training "
+            f"naturals' (out-of-sample) 5th-percentile energy "
+            f"{oracle['energy_p5']:.1f}",
+            "- command: `python benchmarks/pf00014.py`, which ran:",
+            *built,
+            *commands,
+            "",
+            table,
+            "",
+            "Every order samples each revealed residue at temperature 1, seed 0, one sequence per held-out row "
+            "(the first 512). "
+            "Potts energy: lower is more family-like; below p5: fraction below the training naturals' 5th-percentile "
+            "energy; HMM bits: mean over sequences with a hit, HMM hit: fraction with one; novelty: 1 - max identity "
+            "to a training sequence; batch identity: mean pairwise identity within a batch of 256 (lower = more "
+            "diverse); planner NLL: teacher-forced NLL of the held-out natural along the order (what the AOP "
+            "loss with target `ce` lowers); seqs/s: decoding, 2 CPU threads. The natural rows are real members "
+            "scored the same way (1,024 drawn at random per split); the held-out ones were the oracle's fitting data.",
+            "",
+        ]
+    )
     print(table)
     write_report(REPORT, report)
     print(f"wrote {REPORT}")

@@ -22,7 +22,6 @@ import sys
 import time
 
 import torch
-
 from common import ROOT, describe_model, header, write_report
 
 from aop_ray import checkpoints
@@ -68,15 +67,27 @@ def measure(denoiser, order, tokens: torch.Tensor, mask_id: int, repeats: int, t
         total = time.perf_counter() - start
         networks = forwards.seconds + (scored.seconds if timed_order else 0.0)
         if rep:  # the first is the warm-up
-            runs.append({"rollout": total, "forwards": forwards.seconds, "ratio": total / forwards.seconds,
-                         "policy": networks - forwards.seconds, "floor_ratio": total / networks})
+            runs.append(
+                {
+                    "rollout": total,
+                    "forwards": forwards.seconds,
+                    "ratio": total / forwards.seconds,
+                    "policy": networks - forwards.seconds,
+                    "floor_ratio": total / networks,
+                }
+            )
     return {**{key: statistics.median(r[key] for r in runs) for key in runs[0]}, "steps": roll.steps}
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--batch", type=int, nargs="+", default=[16, 64],
-                        help="rollout batch sizes (on 2 CPU cores one 9x9 rollout of 64 takes ~10 s)")
+    parser.add_argument(
+        "--batch",
+        type=int,
+        nargs="+",
+        default=[16, 64],
+        help="rollout batch sizes (on 2 CPU cores one 9x9 rollout of 64 takes ~10 s)",
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed rollouts per row after a warm-up (medians)")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--clues", type=int, default=30, help="clues per generated 9x9 puzzle")
@@ -91,28 +102,62 @@ def main() -> int:
     for batch in args.batch:
         tokens = torch.as_tensor(instances.tokens[:batch]).to(device)
         for name in ORDERS:
-            m = measure(denoiser, get_order(name, policy=policy, task=task), tokens, task.vocab_size, args.repeats,
-                        timed_order=name == "learned")
+            m = measure(
+                denoiser,
+                get_order(name, policy=policy, task=task),
+                tokens,
+                task.vocab_size,
+                args.repeats,
+                timed_order=name == "learned",
+            )
             floor = f"{m['policy'] * 1e3:.0f} | {m['floor_ratio']:.3f}" if name == "learned" else "- | -"
-            rows.append(f"| {batch} | {name} | {m['steps']} | {m['rollout'] * 1e3:.0f} | {m['forwards'] * 1e3:.0f} "
-                        f"| **{m['ratio']:.3f}** | {floor} | {batch / m['rollout']:.1f} |")
+            rows.append(
+                f"| {batch} | {name} | {m['steps']} | {m['rollout'] * 1e3:.0f} | {m['forwards'] * 1e3:.0f} "
+                f"| **{m['ratio']:.3f}** | {floor} | {batch / m['rollout']:.1f} |"
+            )
             print(rows[-1], flush=True)
-    table = "\n".join(["| batch | order | forwards | rollout ms | in denoiser forwards ms | ratio | in policy ms "
-                       "| ratio to both networks | rollouts/s |", "|---|---|---|---|---|---|---|---|---|", *rows])
-    shown = " ".join(["python benchmarks/sampler_overhead.py", "--batch", *map(str, args.batch), "--repeats",
-                      str(args.repeats), "--threads", str(args.threads), "--clues", str(args.clues),
-                      *(["--device", args.device] if device.type != "cpu" else [])])
-    report = "\n".join([
-        *header("Sampler overhead: whole rollout vs its denoiser forwards", shown,
-                f", {args.threads} torch threads, device {args.device}"),
-        f"- denoiser and policy: `{POLICY}` ({describe_model(manifest)}); generated 9x9 puzzles with "
-        f"{args.clues} clues ({81 - args.clues} forwards per rollout at k=1)", "",
-        table, "",
-        "rollout: `sampling.unmask` end to end (order scores, selection, token choice, records); in denoiser "
-        "forwards: the time spent inside the denoiser's calls during that same rollout; ratio: rollout / in "
-        f"denoiser forwards. Medians of {args.repeats} rollouts after a warm-up. Target: ratio <= 1.10. The "
-        "learned order also runs its policy network every step, timed likewise (in policy); the ratio to both "
-        "networks is the sampler's own overhead for that order.", ""])
+    table = "\n".join(
+        [
+            "| batch | order | forwards | rollout ms | in denoiser forwards ms | ratio | in policy ms "
+            "| ratio to both networks | rollouts/s |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    shown = " ".join(
+        [
+            "python benchmarks/sampler_overhead.py",
+            "--batch",
+            *map(str, args.batch),
+            "--repeats",
+            str(args.repeats),
+            "--threads",
+            str(args.threads),
+            "--clues",
+            str(args.clues),
+            *(["--device", args.device] if device.type != "cpu" else []),
+        ]
+    )
+    report = "\n".join(
+        [
+            *header(
+                "Sampler overhead: whole rollout vs its denoiser forwards",
+                shown,
+                f", {args.threads} torch threads, device {args.device}",
+            ),
+            f"- denoiser and policy: `{POLICY}` ({describe_model(manifest)}); generated 9x9 puzzles with "
+            f"{args.clues} clues ({81 - args.clues} forwards per rollout at k=1)",
+            "",
+            table,
+            "",
+            "rollout: `sampling.unmask` end to end (order scores, selection, token choice, records); in denoiser "
+            "forwards: the time spent inside the denoiser's calls during that same rollout; ratio: rollout / in "
+            f"denoiser forwards. Medians of {args.repeats} rollouts after a warm-up. Target: ratio <= 1.10. The "
+            "learned order also runs its policy network every step, timed likewise (in policy); the ratio to both "
+            "networks is the sampler's own overhead for that order.",
+            "",
+        ]
+    )
     suffix = "" if device.type == "cpu" else f"_{device.type}"
     out = ROOT / "benchmarks" / f"sampler_overhead{suffix}.md"
     write_report(out, report)

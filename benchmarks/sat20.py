@@ -20,8 +20,10 @@ from common import ROOT, commit, describe_model, evaluate, machine, reuse_argume
 
 SATLIB = ROOT.parent / "shared" / "data" / "satlib" / "uf20-91"
 DENOISER = "benchmarks/checkpoints/sat20"
-POLICIES = {"generic features": "benchmarks/checkpoints/sat20-policy",
-            "generic + SAT rule features": "benchmarks/checkpoints/sat20-policy-task"}
+POLICIES = {
+    "generic features": "benchmarks/checkpoints/sat20-policy",
+    "generic + SAT rule features": "benchmarks/checkpoints/sat20-policy-task",
+}
 HEURISTICS = "random,confidence,margin,entropy,unit"
 REPORT = ROOT / "benchmarks" / "sat20.md"
 # Planner NLL would double the ~4 min per order on 2 cores; the SAT target is the error event anyway.
@@ -29,8 +31,10 @@ OPTIONS = ("--no-planner-nll",)
 
 
 def row(label: str, r: dict) -> str:
-    return (f"| {label} | {r['solve_rate']:.3f} | {r['clause_sat']:.4f} | {r['unit_first']:.3f} | "
-            f"{r['cell_accuracy']:.3f} | {r['per_s']:.1f} | {r['n']} |")
+    return (
+        f"| {label} | {r['solve_rate']:.3f} | {r['clause_sat']:.4f} | {r['unit_first']:.3f} | "
+        f"{r['cell_accuracy']:.3f} | {r['per_s']:.1f} | {r['n']} |"
+    )
 
 
 def main() -> int:
@@ -51,25 +55,38 @@ def main() -> int:
         rows.append(row(f"learned, {label}", learned.rows[0]))
         commands.append(f"- {learned.line()}; policy: {learned.rows[0].get('policy', '-')}")
     manifest = json.loads((ROOT / DENOISER / "manifest.json").read_text())
-    table = "\n".join(["| order | solve rate | clauses satisfied | unit first | value accuracy | "
-                       "formulas/s | n |", "|---|---|---|---|---|---|---|", *rows])
-    report = "\n".join([
-        "# 3-SAT: every order on SATLIB uf20-91", "",
-        f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}",
-        f"- machine: {machine()}",
-        f"- report written at commit {commit()}; each evaluation's own commit is listed with its command",
-        f"- denoiser: `{DENOISER}` ({describe_model(manifest)}), trained on "
-        "generated satisfiable formulas only (`tune_configs/sat20_denoiser.yaml`)",
-        "- test set: the 500 SATLIB uf20-91 instances as shipped (`../shared/data/satlib/uf20-91`)",
-        "- command: `python benchmarks/sat20.py`, which ran:", *commands,
-        *([f"- not measured (no checkpoint): {', '.join(missing)}"] if missing else []), "",
-        table, "",
-        "solve rate: the decoded assignment satisfies every clause; clauses satisfied: mean fraction; "
-        "unit first: of the steps at which a unit clause forced some variable, the fraction at which the "
-        "order revealed a forced one (1 for `unit` by construction); "
-        "value accuracy: values equal to MiniSat's reference solution (any satisfying assignment counts "
-        "as solved, so this is only a proxy); formulas/s: decoding only, one denoiser forward per revealed "
-        "variable, 2 CPU threads.", ""])
+    table = "\n".join(
+        [
+            "| order | solve rate | clauses satisfied | unit first | value accuracy | formulas/s | n |",
+            "|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    report = "\n".join(
+        [
+            "# 3-SAT: every order on SATLIB uf20-91",
+            "",
+            f"- date: {datetime.datetime.now():%Y-%m-%d %H:%M}",
+            f"- machine: {machine()}",
+            f"- report written at commit {commit()}; each evaluation's own commit is listed with its command",
+            f"- denoiser: `{DENOISER}` ({describe_model(manifest)}), trained on "
+            "generated satisfiable formulas only (`tune_configs/sat20_denoiser.yaml`)",
+            "- test set: the 500 SATLIB uf20-91 instances as shipped (`../shared/data/satlib/uf20-91`)",
+            "- command: `python benchmarks/sat20.py`, which ran:",
+            *commands,
+            *([f"- not measured (no checkpoint): {', '.join(missing)}"] if missing else []),
+            "",
+            table,
+            "",
+            "solve rate: the decoded assignment satisfies every clause; clauses satisfied: mean fraction; "
+            "unit first: of the steps at which a unit clause forced some variable, the fraction at which the "
+            "order revealed a forced one (1 for `unit` by construction); "
+            "value accuracy: values equal to MiniSat's reference solution (any satisfying assignment counts "
+            "as solved, so this is only a proxy); formulas/s: decoding only, one denoiser forward per revealed "
+            "variable, 2 CPU threads.",
+            "",
+        ]
+    )
     print(table)
     write_report(REPORT, report)
     print(f"wrote {REPORT}")

@@ -43,16 +43,22 @@ from aop_ray.models.policy import PolicyNet, make_policy  # noqa: E402
 from aop_ray.orders import DecodeState, Order, get_order, select  # noqa: E402
 from aop_ray.sampling import decode_dataset  # noqa: E402
 from aop_ray.stats import mcnemar  # noqa: E402
-from aop_ray.train import lr_at  # noqa: E402
+from aop_ray.training.loop import lr_at  # noqa: E402
 
 DENOISER = "benchmarks/checkpoints/sudoku9"
 GENERIC = ["probs", "stats", "group_probs"]
 TOKEN_AXIS = {"encoder": "token_axis", "d_model": 16, "n_layers": 2, "features": list(TOKEN_AXIS_FEATURES)}
-FEATURES = {"generic": {"features": GENERIC}, "generic+group_tokens": {"features": GENERIC + ["group_tokens"]},
-            "generic+hidden": {"features": GENERIC + ["hidden"]},
-            "generic+task": {"features": GENERIC,
-                             "task_features": ["candidates", "naked_single", "hidden_single", "argmax_legal"]},
-            "token_axis": TOKEN_AXIS, "token_axis-3rounds": {**TOKEN_AXIS, "n_layers": 3}}
+FEATURES = {
+    "generic": {"features": GENERIC},
+    "generic+group_tokens": {"features": GENERIC + ["group_tokens"]},
+    "generic+hidden": {"features": GENERIC + ["hidden"]},
+    "generic+task": {
+        "features": GENERIC,
+        "task_features": ["candidates", "naked_single", "hidden_single", "argmax_legal"],
+    },
+    "token_axis": TOKEN_AXIS,
+    "token_axis-3rounds": {**TOKEN_AXIS, "n_layers": 3},
+}
 OBJECTIVES = ("expected", "pairwise", "correctness")
 
 
@@ -69,8 +75,10 @@ class Recipe:
 
     def describe(self) -> str:
         schedule = "constant lr" if self.min_lr_ratio == 1.0 else f"cosine decay to {self.min_lr_ratio:g} x lr"
-        return (f"base {self.base} on a pool of {self.base} trajectories of {self.puzzles} training puzzles, "
-                f"{self.steps} steps of {self.batch} states, {schedule}, weight decay {self.weight_decay:g}")
+        return (
+            f"base {self.base} on a pool of {self.base} trajectories of {self.puzzles} training puzzles, "
+            f"{self.steps} steps of {self.batch} states, {schedule}, weight decay {self.weight_decay:g}"
+        )
 
 
 # The two product recipes of the token-axis policy (tune_configs/sudoku9_policy.yaml; batch_size is the
@@ -78,15 +86,18 @@ class Recipe:
 # puzzles), and each with one of their differences exchanged. The DAgger refresh of the session-9 recipe
 # has no counterpart here: the pool is fixed.
 HEADLINE = Recipe(puzzles=1200, steps=1500, batch=128)
-RECIPES = {"headline": HEADLINE,
-           "headline-cosine-wd": dataclasses.replace(HEADLINE, min_lr_ratio=0.1, weight_decay=0.01),
-           "headline-900-steps": dataclasses.replace(HEADLINE, steps=900),
-           "headline-512-puzzles": dataclasses.replace(HEADLINE, puzzles=512),
-           "headline-2400-puzzles": dataclasses.replace(HEADLINE, puzzles=2400),
-           "headline-confidence": dataclasses.replace(HEADLINE, base="confidence"),
-           "session9-no-dagger": Recipe(puzzles=512, steps=900, batch=128, min_lr_ratio=0.1, weight_decay=0.01)}
+RECIPES = {
+    "headline": HEADLINE,
+    "headline-cosine-wd": dataclasses.replace(HEADLINE, min_lr_ratio=0.1, weight_decay=0.01),
+    "headline-900-steps": dataclasses.replace(HEADLINE, steps=900),
+    "headline-512-puzzles": dataclasses.replace(HEADLINE, puzzles=512),
+    "headline-2400-puzzles": dataclasses.replace(HEADLINE, puzzles=2400),
+    "headline-confidence": dataclasses.replace(HEADLINE, base="confidence"),
+    "session9-no-dagger": Recipe(puzzles=512, steps=900, batch=128, min_lr_ratio=0.1, weight_decay=0.01),
+}
 ARMS = [f"{objective}:{features}" for features in FEATURES for objective in OBJECTIVES] + [
-    f"expected:{features}@{recipe}" for features in ("token_axis", "token_axis-3rounds") for recipe in RECIPES]
+    f"expected:{features}@{recipe}" for features in ("token_axis", "token_axis-3rounds") for recipe in RECIPES
+]
 DEFAULT_ARMS = [arm for arm in ARMS if not arm.startswith("correctness") and "token_axis" not in arm]  # the first run
 REFERENCES = ["margin", "confidence", "entropy", "singles"]
 REPORT = ROOT / "benchmarks" / "sudoku9_objectives.md"
@@ -104,7 +115,7 @@ def state_pool(denoiser: torch.nn.Module, task, n: int, order: Order) -> tuple[t
     logp, hidden = [], []
     with torch.no_grad():
         for lo in range(0, len(xt), 512):
-            logits, h = denoiser(xt[lo:lo + 512], return_hidden=True)
+            logits, h = denoiser(xt[lo : lo + 512], return_hidden=True)
             logp.append(logits.float().log_softmax(-1))
             hidden.append(h.bfloat16())
     return xt, x0, torch.cat(logp), torch.cat(hidden)
@@ -136,8 +147,13 @@ def train_arm(task, hidden_dim: int, arm: str, pool: tuple, recipe: Recipe) -> P
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step - 1, schedule)
         rows = torch.randint(0, len(xt), (recipe.batch,), generator=generator)
-        state = DecodeState(tokens=xt[rows], masked=xt[rows] == task.vocab_size, logits=logp[rows],
-                            hidden=hidden[rows].float() if policy.needs_hidden else None, step=0)
+        state = DecodeState(
+            tokens=xt[rows],
+            masked=xt[rows] == task.vocab_size,
+            logits=logp[rows],
+            hidden=hidden[rows].float() if policy.needs_hidden else None,
+            step=0,
+        )
         error = (logp[rows].argmax(-1) != x0[rows]).float()
         shortlist = policy.base(state) if objective == "pairwise" else None
         loss = policy_objective(policy(state), state.masked, error, aop, shortlist)[0]
@@ -146,8 +162,10 @@ def train_arm(task, hidden_dim: int, arm: str, pool: tuple, recipe: Recipe) -> P
         optimizer.step()
         recent.append(loss.item())
         if step % 200 == 0:
-            print(f"  {arm} step {step}: loss {sum(recent) / len(recent):.5f} "
-                  f"({time.perf_counter() - start:.0f} s)", flush=True)
+            print(
+                f"  {arm} step {step}: loss {sum(recent) / len(recent):.5f} ({time.perf_counter() - start:.0f} s)",
+                flush=True,
+            )
             recent = []
     return policy.eval()
 
@@ -159,8 +177,12 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--arms", nargs="+", default=DEFAULT_ARMS, choices=ARMS)
-    parser.add_argument("--pair-with", default=None, metavar="ARM",
-                        help="one of --arms: add a column of paired counts against it (e.g. the recipe it varies)")
+    parser.add_argument(
+        "--pair-with",
+        default=None,
+        metavar="ARM",
+        help="one of --arms: add a column of paired counts against it (e.g. the recipe it varies)",
+    )
     parser.add_argument("--report", default=str(REPORT.relative_to(ROOT)), help="markdown file to write")
     args = parser.parse_args()
     if args.pair_with and args.pair_with not in args.arms:
@@ -201,16 +223,23 @@ def main() -> int:
         f"base order as the recipe says (scale 50, learned), AdamW 1e-3, seed 0, no DAgger refresh",
         *sorted({f"- training, `{parse_arm(arm)[2] or 'default'}`: {recipes[arm].describe()}" for arm in args.arms}),
         f"- test: {args.test_puzzles} generated unique puzzles, 24-28 clues (seed 12); greedy, one cell per step",
-        "", "## Solve rate", "",
+        "",
+        "## Solve rate",
+        "",
         f"| order | solved | vs margin: only it / only margin, p | vs {best} (best heuristic): only it / only "
         f"{best}, p |{f' vs {args.pair_with}: only it / only that arm, p |' if args.pair_with else ''} training |",
-        "|---|---|---|---|" + "---|" * (2 if args.pair_with else 1)]
+        "|---|---|---|---|" + "---|" * (2 if args.pair_with else 1),
+    ]
     for name in orders:
         rate = f"{solved[name].float().mean():.3f}"
-        paired = [f"{b} / {c}, {p:.3g}" for b, c, p in (mcnemar(solved[name], solved[ref])
-                                                          for ref in ("margin", best, args.pair_with) if ref)]
-        lines.append(f"| {name} | {rate} | {' | '.join(paired)} | "
-                     f"{f'{train_seconds[name]:.0f} s' if name in train_seconds else '-'} |")
+        paired = [
+            f"{b} / {c}, {p:.3g}"
+            for b, c, p in (mcnemar(solved[name], solved[ref]) for ref in ("margin", best, args.pair_with) if ref)
+        ]
+        lines.append(
+            f"| {name} | {rate} | {' | '.join(paired)} | "
+            f"{f'{train_seconds[name]:.0f} s' if name in train_seconds else '-'} |"
+        )
     write_report(ROOT / args.report, "\n".join(lines) + "\n")
     print((ROOT / args.report).read_text())
     return 0

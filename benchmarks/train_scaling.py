@@ -29,9 +29,8 @@ import sys
 import tempfile
 
 import torch
-from torch.utils import flop_counter
-
 from common import ROOT, header, write_report
+from torch.utils import flop_counter
 
 from aop_ray import checkpoints
 from aop_ray.aop import aop_step, uniform_states
@@ -42,8 +41,10 @@ from aop_ray.models.policy import make_policy
 
 CONFIGS = {"denoiser": "tune_configs/sudoku9_denoiser.yaml", "policy": "tune_configs/sudoku9_policy.yaml"}
 CPU_LAYOUTS = [(1, 2), (1, 1), (2, 1)]  # (workers, torch threads per worker)
-DATA = {"denoiser": ("data/sudoku9/train", "data/sudoku9/val"),
-        "policy": ("data/sudoku9/train-unique-24-34", "data/sudoku9/val")}
+DATA = {
+    "denoiser": ("data/sudoku9/train", "data/sudoku9/val"),
+    "policy": ("data/sudoku9/train-unique-24-34", "data/sudoku9/val"),
+}
 
 
 def _attention_flops(query: torch.Size, key: torch.Size, *_: object, **__: object) -> int:
@@ -52,14 +53,16 @@ def _attention_flops(query: torch.Size, key: torch.Size, *_: object, **__: objec
     return 2 * 2 * b * h * lq * key[-2] * dh
 
 
-def _attention_backward_flops(grad_out: torch.Size, query: torch.Size, key: torch.Size, *_: object,
-                              **__: object) -> int:
+def _attention_backward_flops(
+    grad_out: torch.Size, query: torch.Size, key: torch.Size, *_: object, **__: object
+) -> int:
     return 2 * _attention_flops(query, key)  # dQ, dK, dV, dP: four matmuls of the forward's size
 
 
 flop_counter.register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)(_attention_flops)
 flop_counter.register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward)(
-    _attention_backward_flops)
+    _attention_backward_flops
+)
 
 
 def flops_per_sample(stage: str, cfg: Config, batch: int = 8) -> float:
@@ -70,8 +73,9 @@ def flops_per_sample(stage: str, cfg: Config, batch: int = 8) -> float:
     x0, fixed = torch.as_tensor(instances.target).long(), torch.as_tensor(instances.fixed)
     with flop_counter.FlopCounterMode(display=False) as counter:
         if stage == "denoiser":
-            denoiser_loss(Denoiser.for_task(task, cfg.model), x0, fixed, task.vocab_size,
-                          cfg.train.loss_weighting, generator).backward()
+            denoiser_loss(
+                Denoiser.for_task(task, cfg.model), x0, fixed, task.vocab_size, cfg.train.loss_weighting, generator
+            ).backward()
         else:
             denoiser, _, manifest = checkpoints.load_denoiser(ROOT / cfg.aop.denoiser_checkpoint)
             denoiser.requires_grad_(False).eval()
@@ -81,15 +85,30 @@ def flops_per_sample(stage: str, cfg: Config, batch: int = 8) -> float:
     return counter.get_total_flops() / batch
 
 
-def run(stage: str, cfg: Config, workers: int, threads: int, gpu: bool, steps: int, log_every: int, workdir: str
-        ) -> list[float]:
+def run(
+    stage: str, cfg: Config, workers: int, threads: int, gpu: bool, steps: int, log_every: int, workdir: str
+) -> list[float]:
     cpus = 1.0 if workers == 1 or gpu else 0.5  # on 2 cores, leaves Ray Data its one CPU slot
     train, val = DATA[stage]
-    cmd = [sys.executable, "-m", "aop_ray.train", "--config", str(ROOT / CONFIGS[stage]),
-           f"name=scaling-{stage}-{workers}x{threads}", f"train.steps={steps}", f"train.log_every={log_every}",
-           f"train.checkpoint_every={steps}", f"train.eval_every={steps}", "train.eval_instances=1",
-           f"ray.num_workers={workers}", f"ray.torch_threads={threads}", f"ray.cpus_per_worker={cpus}",
-           f"ray.use_gpu={str(gpu).lower()}", f"data.train.path={ROOT / train}", f"data.val.path={ROOT / val}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "aop_ray.train",
+        "--config",
+        str(ROOT / CONFIGS[stage]),
+        f"name=scaling-{stage}-{workers}x{threads}",
+        f"train.steps={steps}",
+        f"train.log_every={log_every}",
+        f"train.checkpoint_every={steps}",
+        f"train.eval_every={steps}",
+        "train.eval_instances=1",
+        f"ray.num_workers={workers}",
+        f"ray.torch_threads={threads}",
+        f"ray.cpus_per_worker={cpus}",
+        f"ray.use_gpu={str(gpu).lower()}",
+        f"data.train.path={ROOT / train}",
+        f"data.val.path={ROOT / val}",
+    ]
     if stage == "policy":  # the run's working directory is a scratch one: the config's relative path would miss
         cmd.append(f"aop.denoiser_checkpoint={ROOT / cfg.aop.denoiser_checkpoint}")
     cmd.append("--no-mlflow")
@@ -107,8 +126,12 @@ def main() -> int:
     parser.add_argument("--log-every", type=int, default=10, help="steps per measured window")
     parser.add_argument("--stage", nargs="+", choices=sorted(CONFIGS), default=["denoiser"], help="stages to run")
     parser.add_argument("--gpu", action="store_true", help="one worker on one GPU instead of the CPU layouts")
-    parser.add_argument("--peak-tflops", type=float, default=None,
-                        help="the device's peak for the run's precision (e.g. 989 for H200 bf16 dense): adds MFU")
+    parser.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="the device's peak for the run's precision (e.g. 989 for H200 bf16 dense): adds MFU",
+    )
     args = parser.parse_args()
     layouts = [(1, 1)] if args.gpu else CPU_LAYOUTS
     rows = []
@@ -128,25 +151,50 @@ def main() -> int:
             achieved = rate * flops / 1e12
             mfu = f"{achieved / args.peak_tflops:.1%}" if args.peak_tflops else "-"
             where = "1 GPU" if args.gpu else f"{workers} x {threads} thread(s)"
-            rows.append(f"| {stage} | {where} | {rate:.0f} | {min(rates):.0f}-{max(rates):.0f} | {rate / base:.2f} "
-                        f"| {flops / 1e6:.0f} | {achieved:.3f} | {mfu} |")
+            rows.append(
+                f"| {stage} | {where} | {rate:.0f} | {min(rates):.0f}-{max(rates):.0f} | {rate / base:.2f} "
+                f"| {flops / 1e6:.0f} | {achieved:.3f} | {mfu} |"
+            )
             print(rows[-1], flush=True)
-    table = "\n".join(["| stage | workers | samples/s (median window) | range | vs first layout | MFLOP per sample "
-                       "| achieved TFLOP/s | MFU |", "|---|---|---|---|---|---|---|---|", *rows])
-    shown = " ".join(["python benchmarks/train_scaling.py", "--gpu" if args.gpu else "", "--stage", *args.stage,
-                      "--steps", str(args.steps), "--log-every", str(args.log_every),
-                      *(["--peak-tflops", f"{args.peak_tflops:g}"] if args.peak_tflops else [])]).replace("  ", " ")
+    table = "\n".join(
+        [
+            "| stage | workers | samples/s (median window) | range | vs first layout | MFLOP per sample "
+            "| achieved TFLOP/s | MFU |",
+            "|---|---|---|---|---|---|---|---|",
+            *rows,
+        ]
+    )
+    shown = " ".join(
+        [
+            "python benchmarks/train_scaling.py",
+            "--gpu" if args.gpu else "",
+            "--stage",
+            *args.stage,
+            "--steps",
+            str(args.steps),
+            "--log-every",
+            str(args.log_every),
+            *(["--peak-tflops", f"{args.peak_tflops:g}"] if args.peak_tflops else []),
+        ]
+    ).replace("  ", " ")
     title = "Ray Train throughput: " + ("one GPU" if args.gpu else "1 vs 2 workers, CPU")
-    report = "\n".join([
-        *header(title, shown),
-        "- configs: " + ", ".join(f"{stage} `{CONFIGS[stage]}`" for stage in args.stage)
-        + " (global batch from the config, split over the workers), MLflow off", "",
-        table, "",
-        "samples/s: the global batch times the steps of a logging window over its wall time, as the "
-        "progress line reports it; median over the windows after the first. MFLOP per sample: model FLOPs "
-        "of one training sample counted by torch's FLOP counter on one step of the stage's loss (trained "
-        "network forward + backward, frozen denoiser forward). The policy stage's windows also hold its "
-        "DAgger re-decodings when `refresh_every` falls inside the run.", ""])
+    report = "\n".join(
+        [
+            *header(title, shown),
+            "- configs: "
+            + ", ".join(f"{stage} `{CONFIGS[stage]}`" for stage in args.stage)
+            + " (global batch from the config, split over the workers), MLflow off",
+            "",
+            table,
+            "",
+            "samples/s: the global batch times the steps of a logging window over its wall time, as the "
+            "progress line reports it; median over the windows after the first. MFLOP per sample: model FLOPs "
+            "of one training sample counted by torch's FLOP counter on one step of the stage's loss (trained "
+            "network forward + backward, frozen denoiser forward). The policy stage's windows also hold its "
+            "DAgger re-decodings when `refresh_every` falls inside the run.",
+            "",
+        ]
+    )
     write_report(ROOT / "benchmarks" / ("train_scaling_gpu.md" if args.gpu else "train_scaling.md"), report)
     return 0
 

@@ -23,9 +23,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from gymnasium.vector import SyncVectorEnv
-
 from common import ROOT, header, sh, write_report
+from gymnasium.vector import SyncVectorEnv
 
 sys.path.insert(0, str(ROOT))
 from aop_ray import checkpoints  # noqa: E402
@@ -72,8 +71,11 @@ def bare_forwards_per_second(env: UnmaskVectorEnv, steps: int) -> float:
 def tiny_checkpoint(directory: str) -> str:
     task, cfg = Sudoku(9), ModelConfig(d_model=32, n_layers=1, n_heads=2, ff_mult=2)
     model = Denoiser.for_task(task, cfg)
-    return str(checkpoints.write_checkpoint(Path(directory) / "tiny", checkpoints.denoiser_manifest(task, cfg),
-                                            {"denoiser": model.state_dict()}))
+    return str(
+        checkpoints.write_checkpoint(
+            Path(directory) / "tiny", checkpoints.denoiser_manifest(task, cfg), {"denoiser": model.state_dict()}
+        )
+    )
 
 
 def main() -> None:
@@ -86,36 +88,76 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not (ROOT / DATA).exists():
-        sh([sys.executable, "-m", "aop_ray.data", "generate", "--param", "size=9", "--n", "1000", "--seed", "2",
-            "--option", "clues=30", "--option", "unique=true", "--out", DATA])
+        sh(
+            [
+                sys.executable,
+                "-m",
+                "aop_ray.data",
+                "generate",
+                "--param",
+                "size=9",
+                "--n",
+                "1000",
+                "--seed",
+                "2",
+                "--option",
+                "clues=30",
+                "--option",
+                "unique=true",
+                "--out",
+                DATA,
+            ]
+        )
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        models = {f"`{args.checkpoint}` (0.8M)": str(ROOT / args.checkpoint),
-                  "tiny (1 layer, d32)": tiny_checkpoint(tmp)}
+        models = {
+            f"`{args.checkpoint}` (0.8M)": str(ROOT / args.checkpoint),
+            "tiny (1 layer, d32)": tiny_checkpoint(tmp),
+        }
         for label, checkpoint in models.items():
             kwargs = {"denoiser_checkpoint": checkpoint, "data": str(ROOT / DATA), "device": args.device}
             for n in args.envs:
                 native_env = UnmaskVectorEnv(n, **kwargs)
                 native = steps_per_second(native_env, args.steps, seed=0)
                 bare = bare_forwards_per_second(native_env, args.steps)
-                sync_env = SyncVectorEnv([lambda: UnmaskEnv(**kwargs) for _ in range(n)])
+                sync_env = SyncVectorEnv([lambda kwargs=kwargs: UnmaskEnv(**kwargs) for _ in range(n)])
                 sync = steps_per_second(sync_env, args.steps, seed=0)
                 sync_env.close()
                 rows.append((label, n, native, sync, bare))
-                print(f"{label}, {n} envs: native {native:,.0f} env steps/s, SyncVectorEnv {sync:,.0f}, "
-                      f"ratio {native / sync:.1f}x; bare forwards {bare:,.0f}/s", flush=True)
-    shown = " ".join(["python benchmarks/vector_env.py --envs", *map(str, args.envs), "--steps", str(args.steps),
-                      "--threads", str(args.threads), *(["--device", args.device] if args.device != "cpu" else [])])
-    lines = [*header("Vector env: native batching against SyncVectorEnv of single envs", shown,
-                     f", denoiser on {args.device}"),
-             f"- 9x9 Sudoku puzzles `{DATA}`, random legal actions, "
-             f"{args.steps} timed vector steps after one warm-up, {args.threads} torch threads", "",
-             "`bare forward` is the floor: the same batch through the denoiser alone; `native / bare` near 1 "
-             "means the env adds little beyond the one forward per step.", "",
-             "| denoiser | envs | native env steps/s | SyncVectorEnv env steps/s | ratio native / sync | "
-             "bare forward board-steps/s | native / bare |", "|---|---|---|---|---|---|---|"]
-    lines += [f"| {label} | {n} | {a:,.0f} | {b:,.0f} | **{a / b:.1f}x** | {c:,.0f} | {a / c:.2f} |"
-              for label, n, a, b, c in rows]
+                print(
+                    f"{label}, {n} envs: native {native:,.0f} env steps/s, SyncVectorEnv {sync:,.0f}, "
+                    f"ratio {native / sync:.1f}x; bare forwards {bare:,.0f}/s",
+                    flush=True,
+                )
+    shown = " ".join(
+        [
+            "python benchmarks/vector_env.py --envs",
+            *map(str, args.envs),
+            "--steps",
+            str(args.steps),
+            "--threads",
+            str(args.threads),
+            *(["--device", args.device] if args.device != "cpu" else []),
+        ]
+    )
+    lines = [
+        *header(
+            "Vector env: native batching against SyncVectorEnv of single envs", shown, f", denoiser on {args.device}"
+        ),
+        f"- 9x9 Sudoku puzzles `{DATA}`, random legal actions, "
+        f"{args.steps} timed vector steps after one warm-up, {args.threads} torch threads",
+        "",
+        "`bare forward` is the floor: the same batch through the denoiser alone; `native / bare` near 1 "
+        "means the env adds little beyond the one forward per step.",
+        "",
+        "| denoiser | envs | native env steps/s | SyncVectorEnv env steps/s | ratio native / sync | "
+        "bare forward board-steps/s | native / bare |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines += [
+        f"| {label} | {n} | {a:,.0f} | {b:,.0f} | **{a / b:.1f}x** | {c:,.0f} | {a / c:.2f} |"
+        for label, n, a, b, c in rows
+    ]
     report = ROOT / "benchmarks" / ("vector_env.md" if args.device == "cpu" else f"vector_env_{args.device}.md")
     write_report(report, "\n".join(lines) + "\n")
     print(report.read_text())

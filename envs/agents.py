@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from aop_ray import checkpoints
+from aop_ray.errors import InputError
 from aop_ray.orders import DecodeState, Order, get_order, order_names, random_order, select
-from aop_ray.tasks import InputError
 
 FEATURE_ORDERS = {"confidence": (0, 1.0), "margin": (1, 1.0), "entropy": (2, -1.0)}  # column, sign
 

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from aop_ray.errors import InputError
 from aop_ray.orders import DecodeState, confidence, margin, neg_entropy
-from aop_ray.tasks import InputError, Instances, Task
+from aop_ray.tasks import Instances, Task
 
 FEATURES = ("confidence", "margin", "entropy")  # columns of obs["features"]
 DENSE_REWARDS = ("none", "logp", "correct")
@@ -120,9 +121,11 @@ class UnmaskBatch:
 
     def observe(self, rows: np.ndarray | slice = slice(None)) -> dict[str, np.ndarray]:
         """Fresh arrays (never views of the state), as Gymnasium's checker requires."""
-        return {"tokens": self.tokens[rows].numpy().copy(),
-                "action_mask": self.masked[rows].numpy().astype(np.int8),
-                "features": self.features[rows].numpy().astype(np.float32, copy=True)}
+        return {
+            "tokens": self.tokens[rows].numpy().copy(),
+            "action_mask": self.masked[rows].numpy().astype(np.int8),
+            "features": self.features[rows].numpy().astype(np.float32, copy=True),
+        }
 
     def check(self, rows: np.ndarray, positions: np.ndarray) -> np.ndarray:
         """Which of the actions are legal; raises `IllegalAction` for an illegal one under `illegal: error`."""
@@ -134,12 +137,19 @@ class UnmaskBatch:
         if not legal.all() and self.reward.illegal == "error":
             row, pos = int(rows[~legal][0]), int(positions[~legal][0])
             kind = "a clue" if self.fixed[row, pos] else "already revealed"
-            raise IllegalAction(f"action {pos} (board {row}, instance {self.instances.ids[self.index[row]]}) "
-                                f"is not a masked position: it is {kind}; legal actions are obs['action_mask']")
+            raise IllegalAction(
+                f"action {pos} (board {row}, instance {self.instances.ids[self.index[row]]}) "
+                f"is not a masked position: it is {kind}; legal actions are obs['action_mask']"
+            )
         return legal
 
-    def reveal(self, rows: np.ndarray, positions: np.ndarray, temperature: float = 0.0,
-               generator: torch.Generator | None = None) -> Outcome:
+    def reveal(
+        self,
+        rows: np.ndarray,
+        positions: np.ndarray,
+        temperature: float = 0.0,
+        generator: torch.Generator | None = None,
+    ) -> Outcome:
         """Fill one position per board in `rows` from the current logits.
 
         Illegal actions (under `illegal: penalty`) change nothing and pay the penalty.
@@ -165,5 +175,10 @@ class UnmaskBatch:
         if terminated.any():
             done = rows_t[torch.as_tensor(terminated)]
             solved[terminated] = self.task.verify(self.tokens[done], self.prompt[done], self.fixed[done]).numpy()
-        return Outcome(reward=reward + solved, terminated=terminated,
-                       truncated=~terminated & (self.steps[rows] >= self.max_steps), solved=solved, illegal=~legal)
+        return Outcome(
+            reward=reward + solved,
+            terminated=terminated,
+            truncated=~terminated & (self.steps[rows] >= self.max_steps),
+            solved=solved,
+            illegal=~legal,
+        )

@@ -31,7 +31,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from aop_ray import checkpoints, data
-from aop_ray.tasks import InputError, Task, input_vocab_size
+from aop_ray.errors import InputError
+from aop_ray.tasks import Task, input_vocab_size
 from envs.state import FEATURES, RewardConfig, UnmaskBatch, feature_bounds
 
 PUZZLE_ORDERS = ("random", "sequential")
@@ -40,12 +41,15 @@ PUZZLE_ORDERS = ("random", "sequential")
 def observation_space(task: Task) -> spaces.Dict:
     low, high = feature_bounds(task.vocab_size)
     length = task.seq_len
-    return spaces.Dict({
-        "tokens": spaces.MultiDiscrete(np.full(length, input_vocab_size(task))),
-        "action_mask": spaces.MultiBinary(length),
-        "features": spaces.Box(np.tile(low, (length, 1)), np.tile(high, (length, 1)),
-                               (length, len(FEATURES)), np.float32),
-    })
+    return spaces.Dict(
+        {
+            "tokens": spaces.MultiDiscrete(np.full(length, input_vocab_size(task))),
+            "action_mask": spaces.MultiBinary(length),
+            "features": spaces.Box(
+                np.tile(low, (length, 1)), np.tile(high, (length, 1)), (length, len(FEATURES)), np.float32
+            ),
+        }
+    )
 
 
 def text_frame(text: str) -> np.ndarray:
@@ -64,8 +68,20 @@ def text_frame(text: str) -> np.ndarray:
 class _Episodes:
     """The frozen denoiser, the instances, and which instance the next episode plays."""
 
-    def __init__(self, denoiser_checkpoint: str, data_path: str, n: int, *, dense_reward: str, dense_weight: float,
-                 illegal_action: str, token_temperature: float, puzzles: str, limit: int | None, device: str) -> None:
+    def __init__(
+        self,
+        denoiser_checkpoint: str,
+        data_path: str,
+        n: int,
+        *,
+        dense_reward: str,
+        dense_weight: float,
+        illegal_action: str,
+        token_temperature: float,
+        puzzles: str,
+        limit: int | None,
+        device: str,
+    ) -> None:
         if puzzles not in PUZZLE_ORDERS:
             raise InputError(f"puzzles: must be one of {', '.join(PUZZLE_ORDERS)}, got {puzzles!r}")
         if token_temperature < 0:
@@ -91,7 +107,9 @@ class _Episodes:
         if options and "index" in options:
             index = np.atleast_1d(np.asarray(options["index"], dtype=np.int64))
             if index.shape != (count,) or (index < 0).any() or (index >= total).any():
-                raise InputError(f"reset options['index']: need {count} indices in [0, {total}), got {options['index']}")
+                raise InputError(
+                    f"reset options['index']: need {count} indices in [0, {total}), got {options['index']}"
+                )
             return index
         if self.puzzles == "random":
             return rng.integers(total, size=count)
@@ -112,10 +130,24 @@ class _Episodes:
         return index
 
 
-def _kwargs(dense_reward: str, dense_weight: float, illegal_action: str, token_temperature: float, puzzles: str,
-            limit: int | None, device: str) -> dict[str, Any]:
-    return {"dense_reward": dense_reward, "dense_weight": dense_weight, "illegal_action": illegal_action,
-            "token_temperature": token_temperature, "puzzles": puzzles, "limit": limit, "device": device}
+def _kwargs(
+    dense_reward: str,
+    dense_weight: float,
+    illegal_action: str,
+    token_temperature: float,
+    puzzles: str,
+    limit: int | None,
+    device: str,
+) -> dict[str, Any]:
+    return {
+        "dense_reward": dense_reward,
+        "dense_weight": dense_weight,
+        "illegal_action": illegal_action,
+        "token_temperature": token_temperature,
+        "puzzles": puzzles,
+        "limit": limit,
+        "device": device,
+    }
 
 
 class UnmaskEnv(gym.Env):
@@ -123,14 +155,28 @@ class UnmaskEnv(gym.Env):
 
     metadata = {"render_modes": ["ansi", "human", "rgb_array"], "render_fps": 4}
 
-    def __init__(self, denoiser_checkpoint: str, data: str, *, dense_reward: Literal["none", "logp", "correct"] = "none",
-                 dense_weight: float = 0.1, illegal_action: Literal["penalty", "error"] = "penalty",
-                 token_temperature: float = 0.0, puzzles: Literal["random", "sequential"] = "random",
-                 limit: int | None = None, render_mode: str | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        denoiser_checkpoint: str,
+        data: str,
+        *,
+        dense_reward: Literal["none", "logp", "correct"] = "none",
+        dense_weight: float = 0.1,
+        illegal_action: Literal["penalty", "error"] = "penalty",
+        token_temperature: float = 0.0,
+        puzzles: Literal["random", "sequential"] = "random",
+        limit: int | None = None,
+        render_mode: str | None = None,
+        device: str = "cpu",
+    ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise InputError(f"render_mode: must be one of {self.metadata['render_modes']}, got {render_mode!r}")
-        self.episodes = _Episodes(str(denoiser_checkpoint), str(data), 1, **_kwargs(
-            dense_reward, dense_weight, illegal_action, token_temperature, puzzles, limit, device))
+        self.episodes = _Episodes(
+            str(denoiser_checkpoint),
+            str(data),
+            1,
+            **_kwargs(dense_reward, dense_weight, illegal_action, token_temperature, puzzles, limit, device),
+        )
         self.task = self.episodes.task
         self.render_mode = render_mode
         self.observation_space = observation_space(self.task)
@@ -138,8 +184,9 @@ class UnmaskEnv(gym.Env):
         self._row = np.zeros(1, dtype=np.int64)
         self._over = True
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
-              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
         index = self.episodes.reset(self._row, self.np_random, options)
         self._over = False
@@ -187,15 +234,29 @@ class UnmaskVectorEnv(VectorEnv):
 
     metadata = {"render_modes": ["ansi"], "autoreset_mode": AutoresetMode.NEXT_STEP}
 
-    def __init__(self, num_envs: int, denoiser_checkpoint: str, data: str, *,
-                 dense_reward: Literal["none", "logp", "correct"] = "none", dense_weight: float = 0.1,
-                 illegal_action: Literal["penalty", "error"] = "penalty", token_temperature: float = 0.0,
-                 puzzles: Literal["random", "sequential"] = "random", limit: int | None = None,
-                 render_mode: str | None = None, device: str = "cpu") -> None:
+    def __init__(
+        self,
+        num_envs: int,
+        denoiser_checkpoint: str,
+        data: str,
+        *,
+        dense_reward: Literal["none", "logp", "correct"] = "none",
+        dense_weight: float = 0.1,
+        illegal_action: Literal["penalty", "error"] = "penalty",
+        token_temperature: float = 0.0,
+        puzzles: Literal["random", "sequential"] = "random",
+        limit: int | None = None,
+        render_mode: str | None = None,
+        device: str = "cpu",
+    ) -> None:
         if num_envs < 1:
             raise InputError(f"num_envs: must be >= 1, got {num_envs}")
-        self.episodes = _Episodes(str(denoiser_checkpoint), str(data), num_envs, **_kwargs(
-            dense_reward, dense_weight, illegal_action, token_temperature, puzzles, limit, device))
+        self.episodes = _Episodes(
+            str(denoiser_checkpoint),
+            str(data),
+            num_envs,
+            **_kwargs(dense_reward, dense_weight, illegal_action, token_temperature, puzzles, limit, device),
+        )
         self.task = self.episodes.task
         self.num_envs = num_envs
         self.render_mode = render_mode
@@ -206,15 +267,17 @@ class UnmaskVectorEnv(VectorEnv):
         self._rows = np.arange(num_envs)
         self._autoreset = np.zeros(num_envs, dtype=bool)
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
-              ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
         super().reset(seed=seed)
         index = self.episodes.reset(self._rows, self.np_random, options)
         self._autoreset[:] = False
         return self.episodes.batch.observe(), {"index": index, "_index": np.ones(self.num_envs, dtype=bool)}
 
-    def step(self, actions: np.ndarray) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray,
-                                                  dict[str, Any]]:
+    def step(
+        self, actions: np.ndarray
+    ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray, np.ndarray, dict[str, Any]]:
         actions = np.asarray(actions, dtype=np.int64).reshape(self.num_envs)
         batch = self.episodes.batch
         reward = np.zeros(self.num_envs)

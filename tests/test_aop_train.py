@@ -30,8 +30,16 @@ def metric_history(workdir: Path, run_name: str, key: str) -> list:
 def from_scratch(trained) -> str:
     """A policy-only run with no base heuristic (base_scale 0), shared by the tests below."""
     name = "from-scratch"
-    proc = run_cli("aop_ray.train", "--config", str(POLICY_SMOKE), denoiser_of(trained), f"name={name}",
-                   "policy.base_scale=0", "train.steps=60", cwd=trained)
+    proc = run_cli(
+        "aop_ray.train",
+        "--config",
+        str(POLICY_SMOKE),
+        denoiser_of(trained),
+        f"name={name}",
+        "policy.base_scale=0",
+        "train.steps=60",
+        cwd=trained,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return name
 
@@ -57,9 +65,19 @@ def test_policy_from_scratch_picks_better_cells_than_random(trained, from_scratc
 
 def test_evaluate_runs_the_learned_order_from_a_policy_checkpoint(trained, from_scratch, tmp_path):
     out = tmp_path / "eval"
-    proc = run_cli("aop_ray.evaluate", "--checkpoint", str(trained / "runs" / from_scratch / "final"),
-                   "--data", str(trained / "data" / "sudoku4" / "val"), "--orders", "learned,margin,singles",
-                   "--out", str(out), "--quiet", cwd=trained)
+    proc = run_cli(
+        "aop_ray.evaluate",
+        "--checkpoint",
+        str(trained / "runs" / from_scratch / "final"),
+        "--data",
+        str(trained / "data" / "sudoku4" / "val"),
+        "--orders",
+        "learned,margin,singles",
+        "--out",
+        str(out),
+        "--quiet",
+        cwd=trained,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {row["order"]: row for row in json.loads((out / "results.json").read_text())}
     assert set(rows) == {"learned", "margin", "singles"}
@@ -69,13 +87,15 @@ def test_evaluate_runs_the_learned_order_from_a_policy_checkpoint(trained, from_
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("override,message", [
-    ("aop.denoiser_checkpoint=null", "aop.denoiser_checkpoint: stage 'policy' needs a trained denoiser"),
-    ("policy.features=[probs,sudoku]", "policy.features: unknown feature 'sudoku'"),
-    ("policy.task_features=[naked]", "policy.task_features: task 'sudoku' has no feature 'naked'"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("aop.denoiser_checkpoint=null", "aop.denoiser_checkpoint: stage 'policy' needs a trained denoiser"),
+        ("policy.features=[probs,sudoku]", "policy.features: unknown feature 'sudoku'"),
+        ("policy.task_features=[naked]", "policy.task_features: task 'sudoku' has no feature 'naked'"),
+    ],
+)
 def test_bad_policy_configs_are_refused_before_any_compute(tmp_path, override, message):
-    proc = call_cli("aop_ray.train", "--config", str(POLICY_SMOKE), "aop.denoiser_checkpoint=x", override,
-                    cwd=tmp_path)
+    proc = call_cli("aop_ray.train", "--config", str(POLICY_SMOKE), "aop.denoiser_checkpoint=x", override, cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr and proc.stderr.strip().count("\n") == 0
     assert not (tmp_path / "runs").exists()

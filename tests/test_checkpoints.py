@@ -7,8 +7,8 @@ import torch
 
 from aop_ray import checkpoints
 from aop_ray.config import ModelConfig
+from aop_ray.errors import InputError
 from aop_ray.models.denoiser import Denoiser
-from aop_ray.tasks import InputError
 
 pytestmark = pytest.mark.reliability
 SMALL = ModelConfig(d_model=16, n_layers=1, n_heads=2, ff_mult=2)
@@ -17,8 +17,9 @@ SMALL = ModelConfig(d_model=16, n_layers=1, n_heads=2, ff_mult=2)
 def save(tmp_path, task, name="ckpt"):
     torch.manual_seed(0)
     model = Denoiser(task.vocab_size, task.position_groups(), SMALL)
-    path = checkpoints.write_checkpoint(tmp_path / name, checkpoints.denoiser_manifest(task, SMALL, step=7),
-                                        {"denoiser": model.state_dict()})
+    path = checkpoints.write_checkpoint(
+        tmp_path / name, checkpoints.denoiser_manifest(task, SMALL, step=7), {"denoiser": model.state_dict()}
+    )
     return model, path
 
 
@@ -94,8 +95,7 @@ def test_rewrite_is_atomic_and_replaces(tmp_path, sudoku4):
 
 
 @pytest.mark.parametrize("fail_at", [1, 2])  # the first tensor file, or the second after one was written
-def test_a_write_that_fails_midway_leaves_the_old_checkpoint_and_no_debris(tmp_path, sudoku4, monkeypatch,
-                                                                          fail_at):
+def test_a_write_that_fails_midway_leaves_the_old_checkpoint_and_no_debris(tmp_path, sudoku4, monkeypatch, fail_at):
     """A full disk or a kill during the write: the previous checkpoint stays whole and loadable."""
     model, path = save(tmp_path, sudoku4)
     real_save, calls = torch.save, []
@@ -109,8 +109,9 @@ def test_a_write_that_fails_midway_leaves_the_old_checkpoint_and_no_debris(tmp_p
 
     monkeypatch.setattr(torch, "save", failing_save)
     with pytest.raises(OSError, match="No space left"):
-        checkpoints.write_checkpoint(path, {"kind": "denoiser", "step": 8},
-                                     {"optimizer": {"x": torch.zeros(2)}, "denoiser": model.state_dict()})
+        checkpoints.write_checkpoint(
+            path, {"kind": "denoiser", "step": 8}, {"optimizer": {"x": torch.zeros(2)}, "denoiser": model.state_dict()}
+        )
     monkeypatch.undo()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt"]  # no temporary directory left behind
     assert checkpoints.read_manifest(path)["step"] == 7

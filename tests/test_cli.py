@@ -12,18 +12,31 @@ from conftest import ROOT, call_cli
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("module,config,extra", [
-    ("aop_ray.train", "sudoku4_smoke.yaml", []),
-    ("aop_ray.tune", "smoke.yaml", [f"{key}={ROOT / 'tune_configs' / name}" for key, name in (
-        ("train_config", "sudoku4_policy_smoke.yaml"), ("denoiser_config", "sudoku4_smoke.yaml"))]),
-])
+@pytest.mark.parametrize(
+    "module,config,extra",
+    [
+        ("aop_ray.train", "sudoku4_smoke.yaml", []),
+        (
+            "aop_ray.tune",
+            "smoke.yaml",
+            [
+                f"{key}={ROOT / 'tune_configs' / name}"
+                for key, name in (
+                    ("train_config", "sudoku4_policy_smoke.yaml"),
+                    ("denoiser_config", "sudoku4_smoke.yaml"),
+                )
+            ],
+        ),
+    ],
+)
 def test_unreachable_mlflow_is_refused_before_any_compute(tmp_path, module, config, extra):
     """A bad MLFLOW_TRACKING_URI: one line naming it and --no-mlflow, exit 2, and no data generated, no
     run or sweep directory, no denoiser trained, no Ray started (both configs would do all of that first)."""
     (tmp_path / "afile").write_text("")
     uri = f"sqlite:///{tmp_path}/afile/mlflow.db"  # a store under a regular file cannot be opened
-    proc = call_cli(module, "--config", str(ROOT / "tune_configs" / config), *extra, cwd=tmp_path,
-                    env={"MLFLOW_TRACKING_URI": uri})
+    proc = call_cli(
+        module, "--config", str(ROOT / "tune_configs" / config), *extra, cwd=tmp_path, env={"MLFLOW_TRACKING_URI": uri}
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().startswith(f"error: MLflow tracking URI {uri!r} is unreachable")
     assert "--no-mlflow" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -60,14 +73,21 @@ def test_bad_config_key_is_one_line(tmp_path):
 BENCH_CKPT = Path(__file__).resolve().parents[1] / "benchmarks" / "checkpoints" / "sudoku9"
 
 
-@pytest.mark.parametrize("checkpoint,extra,message", [
-    (BENCH_CKPT, ["--orders", "best"], "--orders: unknown order 'best' (known: random, confidence, margin, "),
-    (BENCH_CKPT, ["--orders", "learned"], "--orders: 'learned' needs a policy checkpoint"),
-    (BENCH_CKPT, ["--orders", "margin", "--reference", "random"], "--reference: 'random' is not one of --orders (margin)"),
-    (None, ["--k", "0"], "--k: must be >= 1"),
-    (None, ["--threshold", "1.5"], "--threshold: a probability in (0, 1], got 1.5"),
-    (None, [], "nowhere: not a checkpoint directory"),
-])
+@pytest.mark.parametrize(
+    "checkpoint,extra,message",
+    [
+        (BENCH_CKPT, ["--orders", "best"], "--orders: unknown order 'best' (known: random, confidence, margin, "),
+        (BENCH_CKPT, ["--orders", "learned"], "--orders: 'learned' needs a policy checkpoint"),
+        (
+            BENCH_CKPT,
+            ["--orders", "margin", "--reference", "random"],
+            "--reference: 'random' is not one of --orders (margin)",
+        ),
+        (None, ["--k", "0"], "--k: must be >= 1"),
+        (None, ["--threshold", "1.5"], "--threshold: a probability in (0, 1], got 1.5"),
+        (None, [], "nowhere: not a checkpoint directory"),
+    ],
+)
 def test_evaluate_bad_arguments(tmp_path, checkpoint, extra, message):
     argv = ["--checkpoint", str(checkpoint or tmp_path / "nowhere"), "--data", str(tmp_path), *extra, "--no-mlflow"]
     proc = call_cli("aop_ray.evaluate", *argv, cwd=tmp_path)
@@ -76,30 +96,45 @@ def test_evaluate_bad_arguments(tmp_path, checkpoint, extra, message):
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("checkpoint,name,text,where", [
-    ("sudoku9", "bad.txt", "0" * 80 + "x\n", 1),
-    ("sat20", "bad.cnf", "c SATLIB-style\np cnf 20 91\n1 -2 3 0\n4 21 -5 0\n", 4),
-    ("pf00014", "bad.fasta", ">a\n" + "A" * 53 + "\n>b\n" + "A" * 50 + "*!?\n", 4),
-])
+@pytest.mark.parametrize(
+    "checkpoint,name,text,where",
+    [
+        ("sudoku9", "bad.txt", "0" * 80 + "x\n", 1),
+        ("sat20", "bad.cnf", "c SATLIB-style\np cnf 20 91\n1 -2 3 0\n4 21 -5 0\n", 4),
+        ("pf00014", "bad.fasta", ">a\n" + "A" * 53 + "\n>b\n" + "A" * 50 + "*!?\n", 4),
+    ],
+)
 def test_malformed_files_are_refused_by_evaluate_naming_file_and_line(tmp_path, checkpoint, name, text, where):
     """Through the CLI, for every task: one line `FILE:LINE: ...`, exit 2, and no --out directory."""
     bad = tmp_path / name
     bad.write_text(text)
-    proc = call_cli("aop_ray.evaluate", "--checkpoint", str(BENCH_CKPT.parent / checkpoint), "--data", str(bad),
-                    "--out", str(tmp_path / "out"), "--no-mlflow", cwd=tmp_path)
+    proc = call_cli(
+        "aop_ray.evaluate",
+        "--checkpoint",
+        str(BENCH_CKPT.parent / checkpoint),
+        "--data",
+        str(bad),
+        "--out",
+        str(tmp_path / "out"),
+        "--no-mlflow",
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert proc.stderr.strip().startswith(f"error: {bad}:{where}: ") and proc.stderr.strip().count("\n") == 0
     assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("argv,message", [
-    (["--config", "x.yaml", "--quick"], "--config runs one stage; --quick and --pipeline run a pipeline"),
-    (["--resume"], "--resume continues one stage: give its --config"),
-    (["--quick", "--pipeline", "p.yaml"], "--quick is a preset pipeline: give --quick or --pipeline, not both"),
-    (["--config", "missing.yaml"], "missing.yaml"),
-    (["--config"], "expected one argument"),
-])
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["--config", "x.yaml", "--quick"], "--config runs one stage; --quick and --pipeline run a pipeline"),
+        (["--resume"], "--resume continues one stage: give its --config"),
+        (["--quick", "--pipeline", "p.yaml"], "--quick is a preset pipeline: give --quick or --pipeline, not both"),
+        (["--config", "missing.yaml"], "missing.yaml"),
+        (["--config"], "expected one argument"),
+    ],
+)
 def test_contradictory_train_arguments_are_one_line(tmp_path, argv, message):
     proc = call_cli("aop_ray.train", *argv, cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr[-2000:]
@@ -116,8 +151,10 @@ def test_data_cli_generate_convert_and_refusals(tmp_path, capsys, sudoku4):
     assert len(data.load_instances(sudoku4, out)) == 5
     assert data.main(["generate", "--param", "size=4", "--n", "5", "--out", str(out)]) == 2
     assert "already exists" in capsys.readouterr().err
-    assert data.main(["generate", "--param", "size=4", "--n", "5", "--option", "clue=3",
-                      "--out", str(tmp_path / "x")]) == 2
+    assert (
+        data.main(["generate", "--param", "size=4", "--n", "5", "--option", "clue=3", "--out", str(tmp_path / "x")])
+        == 2
+    )
     assert "unexpected keyword argument 'clue'" in capsys.readouterr().err
     text = tmp_path / "p.txt"
     text.write_text("1000040000400001\n")

@@ -49,22 +49,40 @@ def cluster(tmp_path_factory):
     env.pop("RAY_ADDRESS", None)
     env.pop("MLFLOW_TRACKING_URI", None)
     checkout = tmp / "checkout"
-    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, text=True,
-                           check=True).stdout.split("\0")
+    files = subprocess.run(
+        ["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True, text=True, check=True
+    ).stdout.split("\0")
     for name in filter(None, files):
         if (ROOT / name).is_file():
             (checkout / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, checkout / name)
     gcs, dashboard = _free_port(), _free_port()
     try:
-        head = _ray("start", "--head", "--node-ip-address=127.0.0.1", f"--port={gcs}", "--num-cpus=2",
-                    "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
-                    f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-                    "--disable-usage-stats", env=env)
+        head = _ray(
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={gcs}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--ray-client-server-port={_free_port()}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            "--disable-usage-stats",
+            env=env,
+        )
         assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-2000:]
-        node = _ray("start", f"--address=127.0.0.1:{gcs}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                    f"--temp-dir={tmp / 'node2'}", f"--dashboard-agent-listen-port={_free_port()}",
-                    "--disable-usage-stats", env=env)
+        node = _ray(
+            "start",
+            f"--address=127.0.0.1:{gcs}",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=2",
+            f"--temp-dir={tmp / 'node2'}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            "--disable-usage-stats",
+            env=env,
+        )
         assert node.returncode == 0, node.stdout[-2000:] + node.stderr[-2000:]
         yield {"env": env, "address": f"http://127.0.0.1:{dashboard}", "checkout": checkout, "tmp": tmp}
     finally:
@@ -74,9 +92,21 @@ def cluster(tmp_path_factory):
 def _submit(cluster: dict, env_vars: dict[str, str], *args: str) -> tuple[int, str]:
     """`ray job submit --working-dir <copy of the checkout> --runtime-env-json ... -- python -m aop_ray.train ...`,
     as the README gives it; returns the exit code and the console the user sees."""
-    job = _ray("job", "submit", f"--address={cluster['address']}", f"--working-dir={cluster['checkout']}",
-               "--runtime-env-json", json.dumps({"env_vars": env_vars}), "--",
-               sys.executable, "-m", "aop_ray.train", *args, env=cluster["env"], timeout=900)
+    job = _ray(
+        "job",
+        "submit",
+        f"--address={cluster['address']}",
+        f"--working-dir={cluster['checkout']}",
+        "--runtime-env-json",
+        json.dumps({"env_vars": env_vars}),
+        "--",
+        sys.executable,
+        "-m",
+        "aop_ray.train",
+        *args,
+        env=cluster["env"],
+        timeout=900,
+    )
     return job.returncode, job.stdout + job.stderr
 
 
@@ -92,8 +122,13 @@ def test_main_job_runs_on_two_nodes_and_leaves_its_outputs_where_pointed(cluster
     out = cluster["tmp"] / "shared"
     uri = f"sqlite:///{out / 'mlflow.db'}"
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    code, console = _submit(cluster, {"MLFLOW_TRACKING_URI": uri, "AOP_RAY_SOURCE_COMMIT": commit.strip()},
-                            "--quick", f"ray.storage_path={out / 'runs'}", "ray.placement_strategy=STRICT_SPREAD")
+    code, console = _submit(
+        cluster,
+        {"MLFLOW_TRACKING_URI": uri, "AOP_RAY_SOURCE_COMMIT": commit.strip()},
+        "--quick",
+        f"ray.storage_path={out / 'runs'}",
+        "ray.placement_strategy=STRICT_SPREAD",
+    )
     assert code == 0 and "succeeded" in console.lower(), console[-5000:]
     assert "2 worker(s) on 2 node(s)" in console, console[-5000:]
     assert console.count("step 20/20 ") == 1  # one progress line per report, from rank 0 only

@@ -4,8 +4,8 @@ import pytest
 import yaml
 
 from aop_ray.config import Config, TrainConfig, load_config
-from aop_ray.tasks import InputError
-from aop_ray.train import lr_at
+from aop_ray.errors import InputError
+from aop_ray.training.loop import lr_at
 
 BASE = """
 name: t
@@ -28,23 +28,30 @@ def test_defaults_and_overrides(tmp_path):
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("extra,message", [
-    ("train: {lrr: 1}", "train.lrr: unknown key"),
-    ("train: {lr: fast}", "train.lr: expected float, got str 'fast'"),
-    ("train: {steps: 1.5}", "train.steps: expected int"),
-    ("train: {steps: -3}", "train.steps: must be > 0, got -3"),
-    ("model: {d_model: 30, n_heads: 4}", "model.n_heads: 4 does not divide model.d_model 30"),
-    ("train: {loss_weighting: sum}", "train.loss_weighting: must be one of elbo, mean"),
-    ("ray: {num_workers: true}", "ray.num_workers: expected int, got bool"),
-    ("bogus: 1", "bogus: unknown key"),
-    ("aop: {pairwise_k: 0}", "aop.pairwise_k: must be > 0, got 0"),
-    ("train: {stage: joint}\naop: {denoiser_checkpoint: d, objective: pairwise}",
-     "aop.objective: pairwise uses the costs only as labels"),
-    ("train: {stage: joint}\naop: {denoiser_checkpoint: d, objective: correctness, target: error}",
-     "aop.objective: correctness uses the costs only as labels"),
-    ("aop: {objective: correctness, target: ce}", "aop.target: objective correctness fits the probability"),
-    ("policy: {encoder: token_axis}", "policy.features: encoder token_axis reads exactly"),
-])
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        ("train: {lrr: 1}", "train.lrr: unknown key"),
+        ("train: {lr: fast}", "train.lr: expected float, got str 'fast'"),
+        ("train: {steps: 1.5}", "train.steps: expected int"),
+        ("train: {steps: -3}", "train.steps: must be > 0, got -3"),
+        ("model: {d_model: 30, n_heads: 4}", "model.n_heads: 4 does not divide model.d_model 30"),
+        ("train: {loss_weighting: sum}", "train.loss_weighting: must be one of elbo, mean"),
+        ("ray: {num_workers: true}", "ray.num_workers: expected int, got bool"),
+        ("bogus: 1", "bogus: unknown key"),
+        ("aop: {pairwise_k: 0}", "aop.pairwise_k: must be > 0, got 0"),
+        (
+            "train: {stage: joint}\naop: {denoiser_checkpoint: d, objective: pairwise}",
+            "aop.objective: pairwise uses the costs only as labels",
+        ),
+        (
+            "train: {stage: joint}\naop: {denoiser_checkpoint: d, objective: correctness, target: error}",
+            "aop.objective: correctness uses the costs only as labels",
+        ),
+        ("aop: {objective: correctness, target: ce}", "aop.target: objective correctness fits the probability"),
+        ("policy: {encoder: token_axis}", "policy.features: encoder token_axis reads exactly"),
+    ],
+)
 def test_bad_values_name_the_key(tmp_path, extra, message):
     with pytest.raises(InputError, match=message) as err:
         load_config(write(tmp_path, BASE + extra + "\n"))
@@ -56,8 +63,9 @@ def test_grpo_is_refused_for_a_task_without_a_verifier(tmp_path):
     """A protein 'verifies' every completion, so GRPO's reward would be constant: refused, with the key."""
     text = BASE.replace("task: {name: sudoku, size: 4}", "task: {name: protein, length: 12, family: toy}")
     text += "train: {stage: grpo}\naop: {denoiser_checkpoint: d}\n"
-    with pytest.raises(InputError, match="train.stage: grpo rewards a rollout by the task's verifier, and task "
-                                         "'protein' has none"):
+    with pytest.raises(
+        InputError, match="train.stage: grpo rewards a rollout by the task's verifier, and task 'protein' has none"
+    ):
         load_config(write(tmp_path, text))
     load_config(write(tmp_path, text.replace("stage: grpo", "stage: policy")))  # the AOP stage is fine
 
@@ -90,8 +98,9 @@ def test_bad_override(tmp_path):
         load_config(write(tmp_path, BASE), ["train.lr=[1]"])
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[1] / "tune_configs").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).resolve().parents[1] / "tune_configs").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_every_shipped_config_loads(path):
     """Stage configs load as `Config`, pipelines as `PipelineConfig`, sweeps as `SweepConfig`, each with
     every config it names."""
@@ -112,8 +121,9 @@ def test_every_shipped_config_loads(path):
         load_config(pipeline.denoiser_config, pipeline.denoiser_overrides)
         assert load_config(pipeline.policy_config, pipeline.policy_overrides).train.stage == "policy"
         return
-    needs_denoiser = data["train"].get("stage", "denoiser") != "denoiser" and \
-        not data.get("aop", {}).get("denoiser_checkpoint")
+    needs_denoiser = data["train"].get("stage", "denoiser") != "denoiser" and not data.get("aop", {}).get(
+        "denoiser_checkpoint"
+    )
     cfg = load_config(path, ["aop.denoiser_checkpoint=x"] if needs_denoiser else [])
     assert cfg.name == data["name"]
 

@@ -26,8 +26,9 @@ def member(tmp_path, task, name, policy_seed, denoiser_seed=0, cfg=CFG):
     with torch.no_grad():
         policy.head[-1].weight.normal_()
     manifest = checkpoints.policy_manifest(task, SMALL, cfg, "policy", "somewhere", step=10 + policy_seed)
-    return checkpoints.write_checkpoint(tmp_path / name, manifest, {"denoiser": denoiser.state_dict(),
-                                                                     "policy": policy.state_dict()})
+    return checkpoints.write_checkpoint(
+        tmp_path / name, manifest, {"denoiser": denoiser.state_dict(), "policy": policy.state_dict()}
+    )
 
 
 def decode_state(task, seed):
@@ -61,14 +62,17 @@ def test_ensemble_checkpoint_scores_the_mean_of_its_members(tmp_path, sudoku4):
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("case, message", [
-    ("other_denoiser", "m1: trained on another denoiser than .*m0 \\(tensor '.*' differs\\)"),
-    ("other_config", "m1 \\(against .*m0\\): checkpoint is for policy .*field 'base_order': 'entropy' != 'margin'"),
-    ("one", "needs at least two policy checkpoints, got 1"),
-    ("twice", "a checkpoint is given twice"),
-    ("denoiser", "m1: checkpoint kind is 'denoiser', expected 'policy'"),
-    ("nested", "ens0: is itself an ensemble; give its members instead"),
-])
+@pytest.mark.parametrize(
+    "case, message",
+    [
+        ("other_denoiser", "m1: trained on another denoiser than .*m0 \\(tensor '.*' differs\\)"),
+        ("other_config", "m1 \\(against .*m0\\): checkpoint is for policy .*field 'base_order': 'entropy' != 'margin'"),
+        ("one", "needs at least two policy checkpoints, got 1"),
+        ("twice", "a checkpoint is given twice"),
+        ("denoiser", "m1: checkpoint kind is 'denoiser', expected 'policy'"),
+        ("nested", "ens0: is itself an ensemble; give its members instead"),
+    ],
+)
 def test_ensemble_refuses_members_that_do_not_belong_together(tmp_path, sudoku4, capsys, case, message):
     first = member(tmp_path, sudoku4, "m0", policy_seed=0)
     if case == "other_denoiser":
@@ -81,8 +85,14 @@ def test_ensemble_refuses_members_that_do_not_belong_together(tmp_path, sudoku4,
     elif case == "twice":
         paths = [first, tmp_path / "." / "m0"]
     elif case == "denoiser":
-        paths = [first, checkpoints.write_checkpoint(tmp_path / "m1", checkpoints.denoiser_manifest(sudoku4, SMALL),
-                                                     {"denoiser": checkpoints.load_tensors(first, "denoiser")})]
+        paths = [
+            first,
+            checkpoints.write_checkpoint(
+                tmp_path / "m1",
+                checkpoints.denoiser_manifest(sudoku4, SMALL),
+                {"denoiser": checkpoints.load_tensors(first, "denoiser")},
+            ),
+        ]
     else:
         ensemble.build([first, member(tmp_path, sudoku4, "m1", policy_seed=1)], tmp_path / "ens0")
         paths = [tmp_path / "ens0", first]

@@ -13,9 +13,10 @@ from gymnasium.utils.env_checker import check_env
 import envs  # noqa: F401 - registers aop/Unmask-v0
 from aop_ray import checkpoints, data, evaluate
 from aop_ray.config import ModelConfig, PolicyConfig
+from aop_ray.errors import InputError
 from aop_ray.models.denoiser import Denoiser
 from aop_ray.models.policy import Policy
-from aop_ray.tasks import InputError, Sudoku
+from aop_ray.tasks import Sudoku
 from envs.agents import OrderAgent
 from envs.state import IllegalAction
 from envs.unmask import UnmaskEnv, UnmaskVectorEnv
@@ -31,8 +32,9 @@ def world(tmp_path_factory) -> tuple[Path, Path]:
     task = Sudoku(4)
     torch.manual_seed(0)
     model = Denoiser(task.vocab_size, task.position_groups(), SMALL)
-    ckpt = checkpoints.write_checkpoint(root / "denoiser", checkpoints.denoiser_manifest(task, SMALL, step=0),
-                                        {"denoiser": model.state_dict()})
+    ckpt = checkpoints.write_checkpoint(
+        root / "denoiser", checkpoints.denoiser_manifest(task, SMALL, step=0), {"denoiser": model.state_dict()}
+    )
     data.write_shards(task.generate(12, seed=7, clues=6), task, root / "puzzles")
     return ckpt, root / "puzzles"
 
@@ -73,8 +75,11 @@ def test_episode_fills_the_board_keeps_the_clues_and_pays_the_verifier(world):
     assert steps == 10 and (obs["tokens"] < 4).all() and np.array_equal(obs["tokens"][clues], start[clues])
     target = env.unwrapped.episodes.batch.target[0].numpy()
     correct = int((obs["tokens"] == target)[~clues].sum())
-    solved = Sudoku(4).verify(torch.as_tensor(obs["tokens"][None]), torch.as_tensor(start[None]),
-                              torch.as_tensor(clues[None])).item()
+    solved = (
+        Sudoku(4)
+        .verify(torch.as_tensor(obs["tokens"][None]), torch.as_tensor(start[None]), torch.as_tensor(clues[None]))
+        .item()
+    )
     assert info["solved"] == solved
     assert total == pytest.approx(float(solved) + 0.25 * correct)
     with pytest.raises(gym.error.ResetNeeded):
@@ -141,8 +146,13 @@ def test_vector_env_matches_single_envs_step_for_step(world):
 
 def test_make_vec_builds_the_native_vector_env_and_batched_spaces_hold_its_observations(world):
     ckpt, puzzles = world
-    vec = gym.make_vec("aop/Unmask-v0", num_envs=3, vectorization_mode="vector_entry_point",
-                       denoiser_checkpoint=str(ckpt), data=str(puzzles))
+    vec = gym.make_vec(
+        "aop/Unmask-v0",
+        num_envs=3,
+        vectorization_mode="vector_entry_point",
+        denoiser_checkpoint=str(ckpt),
+        data=str(puzzles),
+    )
     assert isinstance(vec.unwrapped, UnmaskVectorEnv) and vec.num_envs == 3
     obs, _ = vec.reset(seed=0)
     assert vec.observation_space.contains(obs) and vec.action_space.shape == (3,)
@@ -174,9 +184,11 @@ def _policy_checkpoint(denoiser_dir: Path, out: Path) -> Path:
     policy = Policy(task, model_cfg.d_model, cfg)
     with torch.no_grad():
         policy.head[-1].weight.normal_(std=3.0)
-    return checkpoints.write_checkpoint(out, checkpoints.policy_manifest(task, model_cfg, cfg, "policy",
-                                                                         str(denoiser_dir), step=1),
-                                        {"denoiser": denoiser.state_dict(), "policy": policy.state_dict()})
+    return checkpoints.write_checkpoint(
+        out,
+        checkpoints.policy_manifest(task, model_cfg, cfg, "policy", str(denoiser_dir), step=1),
+        {"denoiser": denoiser.state_dict(), "policy": policy.state_dict()},
+    )
 
 
 def test_agent_returns_equal_evaluate_solve_rates(trained, tmp_path):
@@ -185,9 +197,17 @@ def test_agent_returns_equal_evaluate_solve_rates(trained, tmp_path):
     task = Sudoku(4)
     data.write_shards(task.generate(40, seed=11, clues=5), task, tmp_path / "puzzles")  # one clue count: the
     # boards finish together, so evaluate's batch and the vector env's stay the same rows at every step
-    rows = evaluate.run_evaluation(evaluate.Evaluation(
-        checkpoint=str(policy), data=str(tmp_path / "puzzles"), orders=",".join(ORDERS), seed=5, planner_nll=False,
-        mlflow=False, progress=False))
+    rows = evaluate.run_evaluation(
+        evaluate.Evaluation(
+            checkpoint=str(policy),
+            data=str(tmp_path / "puzzles"),
+            orders=",".join(ORDERS),
+            seed=5,
+            planner_nll=False,
+            mlflow=False,
+            progress=False,
+        )
+    )
     expected = {row["order"]: round(row["solve_rate"] * 40) for row in rows}
     measured = {}
     for name in ORDERS:
@@ -211,10 +231,12 @@ def test_maskable_ppo_trains_on_the_env_with_no_glue(world):
     from stable_baselines3.common.env_util import make_vec_env
 
     ckpt, puzzles = world
-    vec = make_vec_env("aop/Unmask-v0", n_envs=2, seed=0,
-                       env_kwargs={"denoiser_checkpoint": str(ckpt), "data": str(puzzles)})
-    model = sb3_contrib.MaskablePPO("MultiInputPolicy", vec, n_steps=32, batch_size=32, n_epochs=2, seed=0,
-                                    device="cpu")
+    vec = make_vec_env(
+        "aop/Unmask-v0", n_envs=2, seed=0, env_kwargs={"denoiser_checkpoint": str(ckpt), "data": str(puzzles)}
+    )
+    model = sb3_contrib.MaskablePPO(
+        "MultiInputPolicy", vec, n_steps=32, batch_size=32, n_epochs=2, seed=0, device="cpu"
+    )
     before = [p.detach().clone() for p in model.policy.parameters()]
     model.learn(total_timesteps=128)
     assert model.num_timesteps == 128

@@ -16,11 +16,11 @@ import time
 from pathlib import Path
 
 import pytest
+from test_aop_train import metric_history
 
 from aop_ray import checkpoints
 
 from conftest import SMOKE, cli_env, run_cli
-from test_aop_train import metric_history
 
 pytestmark = pytest.mark.reliability
 STEPS = 250  # the smoke config's
@@ -63,8 +63,14 @@ def _registered(run_dir: Path) -> list[dict]:
 
 
 def _start(workdir: Path, *args: str) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "aop_ray.train", "--config", str(SMOKE), *args], cwd=workdir,
-                            env=cli_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "aop_ray.train", "--config", str(SMOKE), *args],
+        cwd=workdir,
+        env=cli_env(workdir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
 
 
 def _wait_for_checkpoints(proc: subprocess.Popen, run_dir: Path, n: int) -> list[dict]:
@@ -123,16 +129,20 @@ def test_a_run_survives_a_killed_driver_a_corrupted_checkpoint_and_a_killed_work
 
     again = run_cli("aop_ray.train", "--config", str(SMOKE), *args, cwd=trained, timeout=120)
     assert again.returncode == 2 and "already exists; pass --resume" in again.stderr
-    changed = run_cli("aop_ray.train", "--config", str(SMOKE), *args, "train.lr=0.01", "--resume", cwd=trained,
-                      timeout=120)
+    changed = run_cli(
+        "aop_ray.train", "--config", str(SMOKE), *args, "train.lr=0.01", "--resume", cwd=trained, timeout=120
+    )
     assert changed.returncode == 2 and changed.stderr.strip().count("\n") == 0
     assert "--resume: train.lr is 0.01 but the run was started with 0.003" in changed.stderr
 
     proc = _start(trained, *args, "--resume")
     try:
         deadline = time.monotonic() + 300
-        while (max(c["metrics"]["step"] for c in _registered(run_dir)) <= newest["metrics"]["step"]
-               and proc.poll() is None and time.monotonic() < deadline):
+        while (
+            max(c["metrics"]["step"] for c in _registered(run_dir)) <= newest["metrics"]["step"]
+            and proc.poll() is None
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.1)
         killed_at = max(c["metrics"]["step"] for c in _registered(run_dir))
         workers = _descendants_titled(proc.pid, b"ray::RayTrainWorker")

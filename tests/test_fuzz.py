@@ -16,8 +16,9 @@ from hypothesis import strategies as st
 import envs  # noqa: F401 - registers aop/Unmask-v0
 from aop_ray import checkpoints, data
 from aop_ray.config import ModelConfig
+from aop_ray.errors import InputError
 from aop_ray.models.denoiser import Denoiser
-from aop_ray.tasks import InputError, Sudoku
+from aop_ray.tasks import Sudoku
 
 pytestmark = pytest.mark.reliability
 SOLUTION = "1234341221434321"
@@ -37,8 +38,10 @@ def near_valid_lines(draw: st.DrawFn) -> str:
 
 
 @fuzz
-@given(lines=st.lists(st.one_of(st.just(""), near_valid_lines(), st.text(max_size=20)), min_size=1, max_size=6),
-       suffix=st.sampled_from([".txt", ".csv"]))
+@given(
+    lines=st.lists(st.one_of(st.just(""), near_valid_lines(), st.text(max_size=20)), min_size=1, max_size=6),
+    suffix=st.sampled_from([".txt", ".csv"]),
+)
 @example(lines=["\x1e0"], suffix=".txt")  # str.splitlines ends a line at \x1e; an editor does not (found in CI)
 def test_sudoku_reader_parses_or_names_file_and_line(tmp_path, lines, suffix):
     """Any text either parses into boards whose clues agree with their solutions, or is one InputError that
@@ -52,7 +55,7 @@ def test_sudoku_reader_parses_or_names_file_and_line(tmp_path, lines, suffix):
     except InputError as err:
         message = str(err)
         assert message.startswith(f"{path}") and len(message.splitlines()) == 1
-        where = message[len(str(path)):].split(":")
+        where = message[len(str(path)) :].split(":")
         if len(where) > 2 and where[1].isdigit():
             assert 1 <= int(where[1]) <= n_lines
         return
@@ -68,8 +71,9 @@ def world(tmp_path_factory):
     task, small = Sudoku(4), ModelConfig(d_model=16, n_layers=1, n_heads=2, ff_mult=2)
     torch.manual_seed(0)
     model = Denoiser(task.vocab_size, task.position_groups(), small)
-    ckpt = checkpoints.write_checkpoint(root / "denoiser", checkpoints.denoiser_manifest(task, small, step=0),
-                                        {"denoiser": model.state_dict()})
+    ckpt = checkpoints.write_checkpoint(
+        root / "denoiser", checkpoints.denoiser_manifest(task, small, step=0), {"denoiser": model.state_dict()}
+    )
     data.write_shards(task.generate(8, seed=3, clues=[4, 12]), task, root / "puzzles")
     return gym.make("aop/Unmask-v0", denoiser_checkpoint=str(ckpt), data=str(root / "puzzles"))
 

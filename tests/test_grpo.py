@@ -4,24 +4,25 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
-
-from conftest import ROOT, run_cli
 from test_aop_train import denoiser_of, metric_history
+from torch import nn
 
 from aop_ray import checkpoints
 from aop_ray.config import GrpoConfig, ModelConfig
+from aop_ray.errors import InputError
 from aop_ray.grpo import group_advantages, grpo_step, sample_steps
 from aop_ray.models.denoiser import Denoiser
 from aop_ray.sampling import teacher_forced_state, unmask
-from aop_ray.tasks import InputError, Sudoku
+from aop_ray.tasks import Sudoku
+
+from conftest import ROOT, run_cli
 
 
 def test_group_advantages_standardise_within_groups_and_vanish_where_a_group_agrees():
     reward = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 1.0])
     adv = group_advantages(reward, 4)
     # group 1: mean 0.25, std sqrt(0.1875)
-    s = 0.1875 ** 0.5
+    s = 0.1875**0.5
     assert torch.allclose(adv[:4], torch.tensor([0.75 / s, -0.25 / s, -0.25 / s, -0.25 / s]))
     assert (adv[4:] == 0).all()
 
@@ -107,8 +108,14 @@ def test_grpo_config_refuses_groups_of_one():
 def test_grpo_stage_trains_on_ray_and_writes_a_policy_checkpoint(trained):
     """`stage: grpo` through `python -m aop_ray.train`: 2 workers, a checkpoint, reward and KL curves."""
     name = "grpo-smoke"
-    proc = run_cli("aop_ray.train", "--config", str(ROOT / "tune_configs" / "sudoku4_grpo_smoke.yaml"),
-                   denoiser_of(trained), f"name={name}", cwd=trained)
+    proc = run_cli(
+        "aop_ray.train",
+        "--config",
+        str(ROOT / "tune_configs" / "sudoku4_grpo_smoke.yaml"),
+        denoiser_of(trained),
+        f"name={name}",
+        cwd=trained,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     manifest = checkpoints.read_manifest(trained / "runs" / name / "final")
     assert manifest["stage"] == "grpo" and manifest["step"] == 20 and manifest["grpo"]["group_size"] == 4

@@ -9,8 +9,8 @@ import pytest
 
 from aop_ray import locations
 from aop_ray.config import PipelineConfig, load_config
-from aop_ray.tasks import InputError
-from aop_ray.train import Progress, format_duration, worker_rows
+from aop_ray.errors import InputError
+from aop_ray.training.loop import Progress, format_duration, worker_rows
 
 from conftest import ROOT, call_cli
 
@@ -28,8 +28,11 @@ def test_outputs_inside_the_copy_are_refused_naming_the_setting(monkeypatch):
     monkeypatch.chdir("/")
     locations.check_durable("ray.storage_path", "/shared/runs")
     locations.check_durable("ray.storage_path", "s3://bucket/runs")
-    with pytest.raises(InputError, match=r"^ray.storage_path: '/tmp/ray/.*' is inside Ray's temporary copy.*"
-                                         r"set ray.storage_path to an absolute path"):
+    with pytest.raises(
+        InputError,
+        match=r"^ray.storage_path: '/tmp/ray/.*' is inside Ray's temporary copy.*"
+        r"set ray.storage_path to an absolute path",
+    ):
         locations.check_durable("ray.storage_path", f"{COPY}/runs")
     locations.check_tracking_uri("http://mlflow.internal:5000")
     locations.check_tracking_uri("sqlite:////shared/mlflow.db")
@@ -71,17 +74,24 @@ def test_progress_line_has_step_total_and_eta():
 
 
 def test_the_pipeline_applies_its_ray_keys_to_every_stage():
-    pipeline = load_config(ROOT / "tune_configs" / "quick.yaml", ["ray.storage_path=/shared/runs",
-                                                                   "ray.placement_strategy=STRICT_SPREAD"],
-                           cls=PipelineConfig)
+    pipeline = load_config(
+        ROOT / "tune_configs" / "quick.yaml",
+        ["ray.storage_path=/shared/runs", "ray.placement_strategy=STRICT_SPREAD"],
+        cls=PipelineConfig,
+    )
     stage = pipeline.stage(load_config(ROOT / "tune_configs" / "sudoku9_policy.yaml"))
     assert (stage.ray.storage_path, stage.ray.placement_strategy, stage.ray.num_workers) == (
-        "/shared/runs", "STRICT_SPREAD", 2)
+        "/shared/runs",
+        "STRICT_SPREAD",
+        2,
+    )
 
 
 def test_the_pipeline_refuses_a_bad_ray_key_in_one_line(tmp_path):
-    for override, message in (("ray.storage_pth=/x", "ray.storage_pth: unknown key"),
-                              ("ray.num_workers=0", "ray.num_workers: must be > 0"),
-                              ("ray.placement_strategy=WIDE", "ray.placement_strategy: must be one of")):
+    for override, message in (
+        ("ray.storage_pth=/x", "ray.storage_pth: unknown key"),
+        ("ray.num_workers=0", "ray.num_workers: must be > 0"),
+        ("ray.placement_strategy=WIDE", "ray.placement_strategy: must be one of"),
+    ):
         proc = call_cli("aop_ray.train", "--quick", override, cwd=ROOT)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

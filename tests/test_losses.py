@@ -52,7 +52,7 @@ def test_aop_loss_gives_unmasked_positions_zero_probability_and_exact_value():
     cost = torch.tensor([[1.0, 2.0, 100.0, 4.0]])
     pi = masked_log_softmax(scores, masked).exp()
     assert pi[0, 2] == 0 and torch.isclose(pi.sum(), torch.tensor(1.0))
-    weights = torch.tensor([1.0, math.e, math.e ** 3])
+    weights = torch.tensor([1.0, math.e, math.e**3])
     weights = weights / weights.sum()
     expected = (weights * torch.tensor([1.0, 2.0, 4.0])).sum()
     loss, stats = aop_loss(scores, masked, cost)

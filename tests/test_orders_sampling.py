@@ -33,8 +33,12 @@ class FixedBelief(nn.Module):
 
 @pytest.mark.reliability
 @settings(max_examples=60, deadline=None)
-@given(seed=st.integers(0, 10_000), k=st.integers(1, 4), order=st.sampled_from(sorted(HEURISTICS)),
-       temperature=st.sampled_from([0.0, 1.0]))
+@given(
+    seed=st.integers(0, 10_000),
+    k=st.integers(1, 4),
+    order=st.sampled_from(sorted(HEURISTICS)),
+    temperature=st.sampled_from([0.0, 1.0]),
+)
 def test_select_only_ever_picks_masked_positions(seed, k, order, temperature):
     g = torch.Generator().manual_seed(seed)
     batch, length, vocab = 5, 12, 4
@@ -158,7 +162,10 @@ def test_learned_order_needs_a_policy_and_unknown_orders_fail():
         get_order("learned")
     with pytest.raises(ValueError, match="unknown order 'best'"):
         get_order("best")
-    scores = lambda state: -torch.arange(state.masked.shape[1], dtype=torch.float).expand_as(state.masked)
+
+    def scores(state):
+        return -torch.arange(state.masked.shape[1], dtype=torch.float).expand_as(state.masked)
+
     assert get_order("learned", policy=scores) is scores
 
 

@@ -5,10 +5,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.reliability
-
 from aop_ray import data
-from aop_ray.tasks import InputError
+from aop_ray.errors import InputError
+
+pytestmark = pytest.mark.reliability
 
 SOLUTION = "123434122143432" + "1"
 PUZZLE = "1000040000400001"
@@ -40,26 +40,29 @@ def test_csv_formats(tmp_path, sudoku4, header):
 
 
 def test_euler_grid_format(tmp_path, sudoku4):
-    rows = [PUZZLE[i:i + 4] for i in range(0, 16, 4)]
+    rows = [PUZZLE[i : i + 4] for i in range(0, 16, 4)]
     text = "Grid 01\n" + "\n".join(rows) + "\nGrid 02\n" + "\n".join(rows) + "\n"
     inst = sudoku4.read(write(tmp_path, "euler.txt", text))
     assert len(inst) == 2
     assert inst.ids == ["euler:2", "euler:7"]
 
 
-@pytest.mark.parametrize("name,text,line,message", [
-    ("short.txt", f"{PUZZLE}\n{PUZZLE[:-1]}\n", 2, "expected 16 cells"),
-    ("badchar.txt", f"{PUZZLE[:-1]}x\n", 1, "bad character 'x'"),
-    ("toobig.txt", f"{PUZZLE[:-1]}5\n", 1, "bad character '5'"),
-    ("dup.txt", "1100000000000000\n", 1, "contradictory clues: digit 1 twice in row 1"),
-    ("dupbox.txt", "1000010000000000\n", 1, "contradictory clues: digit 1 twice in box 1"),
-    ("unsolvable.txt", "1230000400000000\n", 1, "no solution"),
-    ("badsol.csv", f"puzzle,solution\n{PUZZLE},1324{SOLUTION[4:]}\n", 2, "not a valid completion"),
-    ("fields.csv", f"puzzle,solution\n{PUZZLE},{SOLUTION},extra\n", 2, "expected 2 CSV fields"),
-    ("nocol.csv", f"a,b\n{PUZZLE},{SOLUTION}\n", 1, "'puzzle' or 'quizzes'"),
-    ("euler.txt", "Grid 01\n1000\n0400\n", 1, "grid has 2 rows"),
-    ("euler2.txt", "Grid 01\n1000\n0400\n004\n0001\n", 4, "expected 4 cells in a grid row"),
-])
+@pytest.mark.parametrize(
+    "name,text,line,message",
+    [
+        ("short.txt", f"{PUZZLE}\n{PUZZLE[:-1]}\n", 2, "expected 16 cells"),
+        ("badchar.txt", f"{PUZZLE[:-1]}x\n", 1, "bad character 'x'"),
+        ("toobig.txt", f"{PUZZLE[:-1]}5\n", 1, "bad character '5'"),
+        ("dup.txt", "1100000000000000\n", 1, "contradictory clues: digit 1 twice in row 1"),
+        ("dupbox.txt", "1000010000000000\n", 1, "contradictory clues: digit 1 twice in box 1"),
+        ("unsolvable.txt", "1230000400000000\n", 1, "no solution"),
+        ("badsol.csv", f"puzzle,solution\n{PUZZLE},1324{SOLUTION[4:]}\n", 2, "not a valid completion"),
+        ("fields.csv", f"puzzle,solution\n{PUZZLE},{SOLUTION},extra\n", 2, "expected 2 CSV fields"),
+        ("nocol.csv", f"a,b\n{PUZZLE},{SOLUTION}\n", 1, "'puzzle' or 'quizzes'"),
+        ("euler.txt", "Grid 01\n1000\n0400\n", 1, "grid has 2 rows"),
+        ("euler2.txt", "Grid 01\n1000\n0400\n004\n0001\n", 4, "expected 4 cells in a grid row"),
+    ],
+)
 def test_malformed_input_names_file_and_line(tmp_path, sudoku4, name, text, line, message):
     path = write(tmp_path, name, text)
     with pytest.raises(InputError, match=message) as err:

@@ -22,7 +22,7 @@ def test_pipeline_trains_the_policy_on_a_denoiser_checkpoint_and_evaluates_every
 name: tiny
 denoiser_config: {SMOKE}
 denoiser_checkpoint: {denoiser}
-policy_config: {ROOT / 'tune_configs' / 'sudoku4_policy_smoke.yaml'}
+policy_config: {ROOT / "tune_configs" / "sudoku4_policy_smoke.yaml"}
 policy_overrides: [train.steps=20, train.eval_instances=1]
 evaluate:
   data: {{path: data/sudoku4/test, generate: {{n: 32, seed: 9, options: {{clues: 6, unique: true}}}}}}
@@ -69,8 +69,9 @@ evaluate:
 
 def test_pipeline_refuses_a_bad_key_before_any_compute(tmp_path):
     pipeline = tmp_path / "p.yaml"
-    pipeline.write_text(f"denoiser_config: {SMOKE}\npolicy_config: {SMOKE}\nevaluate: {{data: {{path: x}}}}\n"
-                        "policy_overides: []\n")
+    pipeline.write_text(
+        f"denoiser_config: {SMOKE}\npolicy_config: {SMOKE}\nevaluate: {{data: {{path: x}}}}\npolicy_overides: []\n"
+    )
     proc = call_cli("aop_ray.train", "--pipeline", str(pipeline), cwd=tmp_path)
     assert proc.returncode == 2 and "policy_overides: unknown key" in proc.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.yaml"]

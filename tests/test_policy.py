@@ -10,12 +10,12 @@ from hypothesis import strategies as st
 from aop_ray import checkpoints
 from aop_ray.aop import Trajectories, aop_step, chosen_costs
 from aop_ray.config import TOKEN_AXIS_FEATURES, AopConfig, ModelConfig, PolicyConfig
-from aop_ray.models.denoiser import Denoiser
+from aop_ray.errors import InputError
 from aop_ray.losses import correctness_loss, pairwise_rank_loss
+from aop_ray.models.denoiser import Denoiser
 from aop_ray.models.policy import Policy, TokenAxisPolicy, make_policy
 from aop_ray.orders import DecodeState, get_order, margin, select
 from aop_ray.sampling import teacher_forced_state, unmask
-from aop_ray.tasks import InputError
 from aop_ray.tasks.sat import Sat
 
 SMALL = ModelConfig(d_model=16, n_layers=1, n_heads=2, ff_mult=2)
@@ -32,10 +32,19 @@ def random_state(task, seed, batch=6, hidden_dim=16):
     return DecodeState(tokens=tokens, masked=masked, logits=logits, hidden=hidden, step=0, generator=g), target
 
 
-@pytest.mark.parametrize("cfg", [PolicyConfig(d_model=16, n_heads=2),
-                                 PolicyConfig(d_model=16, n_heads=2, n_layers=0, features=["stats"]),
-                                 PolicyConfig(d_model=16, n_heads=2, features=["probs", "stats", "hidden"],
-                                              task_features=["naked_single", "hidden_single"])])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        PolicyConfig(d_model=16, n_heads=2),
+        PolicyConfig(d_model=16, n_heads=2, n_layers=0, features=["stats"]),
+        PolicyConfig(
+            d_model=16,
+            n_heads=2,
+            features=["probs", "stats", "hidden"],
+            task_features=["naked_single", "hidden_single"],
+        ),
+    ],
+)
 def test_untrained_policy_is_its_base_heuristic(sudoku9, cfg):
     torch.manual_seed(0)
     policy = Policy(sudoku9, 16, cfg)
@@ -69,8 +78,9 @@ def test_token_axis_policy_is_invariant_under_the_tasks_symmetries(sudoku9):
     index, digits = sudoku9.symmetry(len(state.tokens), torch.Generator().manual_seed(3))
     table = torch.cat([digits, torch.full_like(digits[:, :1], 9)], dim=1)  # the mask token maps to itself
     tokens = table.gather(1, state.tokens.gather(1, index))
-    logits = state.logits.gather(1, index[..., None].expand(-1, -1, 9)).gather(2, digits.argsort(1)[:, None, :]
-                                                                               .expand(-1, 81, -1))
+    logits = state.logits.gather(1, index[..., None].expand(-1, -1, 9)).gather(
+        2, digits.argsort(1)[:, None, :].expand(-1, 81, -1)
+    )
     moved = DecodeState(tokens=tokens, masked=tokens == 9, logits=logits, hidden=None, step=0)
     with torch.no_grad():
         scores, moved_scores = policy(state), policy(moved)
@@ -215,8 +225,9 @@ def save_policy(tmp_path, task, model_cfg, name="pol", cfg=None):
     with torch.no_grad():
         policy.head[-1].weight.normal_()
     manifest = checkpoints.policy_manifest(task, model_cfg, cfg, "policy", "somewhere", step=3)
-    path = checkpoints.write_checkpoint(tmp_path / name, manifest, {"denoiser": denoiser.state_dict(),
-                                                                     "policy": policy.state_dict()})
+    path = checkpoints.write_checkpoint(
+        tmp_path / name, manifest, {"denoiser": denoiser.state_dict(), "policy": policy.state_dict()}
+    )
     return denoiser, policy, path
 
 

@@ -17,11 +17,24 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from aop_ray.errors import InputError
 from aop_ray.hmm import build_hmm, hmm_bits, load_hmm
 from aop_ray.potts import Potts, _symmetric, fit_plm, sample_potts
-from aop_ray.protein import (ALPHABET, GAP, Alignment, cluster, cluster_split, decode, diversity, encode, identity,
-                             novelty, pairwise_identity, read_alignment, sequence_weights)
-from aop_ray.tasks.base import InputError
+from aop_ray.protein import (
+    ALPHABET,
+    GAP,
+    Alignment,
+    cluster,
+    cluster_split,
+    decode,
+    diversity,
+    encode,
+    identity,
+    novelty,
+    pairwise_identity,
+    read_alignment,
+    sequence_weights,
+)
 
 torch.set_num_threads(1)
 
@@ -52,15 +65,7 @@ def family(rng: np.random.Generator, n: int, length: int, mutate: float, consens
 
 
 def test_a2m_drops_inserts_and_maps_unknown_to_gap(tmp_path):
-    text = (">seq1 first one\n"
-            "ACdE-\n"
-            "FG\n"
-            "\n"
-            ">seq2\r\n"
-            "AC.EX\r\n"
-            "FGk\r\n"
-            ">seq3\n"
-            "-C.BWxFY\n")
+    text = ">seq1 first one\nACdE-\nFG\n\n>seq2\r\nAC.EX\r\nFGk\r\n>seq3\n-C.BWxFY\n"
     aln = read_alignment(write(tmp_path, text))
     assert aln.names == ["seq1 first one", "seq2", "seq3"]
     assert aln.lines == [1, 5, 8]
@@ -79,17 +84,20 @@ def test_plain_fasta_dots_are_gaps_and_gzip_is_read(tmp_path):
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("text, line, words", [
-    ("", 1, "no sequence records"),
-    ("\n\n  \n", 1, "no sequence records"),
-    ("ACD\n>x\nACD\n", 1, "before the first '>'"),
-    (">a\nACD\n>b\nAC1D\n", 4, "bad character '1' in sequence"),
-    (">a\nACD\n>b\nAC*\n", 4, "bad character '*'"),
-    (">a\nACD\n>b\n>c\nACD\n", 3, "record 'b' has no sequence"),
-    (">a\nACD\n>b\nAC\n", 3, "record 'b' has 2 match columns, but the first record (line 1) has 3"),
-    (">a\nacd\n>b\nefg\n", 1, "no match columns"),
-    (b">a\nAC\n\xff\n", 3, "not UTF-8"),
-])
+@pytest.mark.parametrize(
+    "text, line, words",
+    [
+        ("", 1, "no sequence records"),
+        ("\n\n  \n", 1, "no sequence records"),
+        ("ACD\n>x\nACD\n", 1, "before the first '>'"),
+        (">a\nACD\n>b\nAC1D\n", 4, "bad character '1' in sequence"),
+        (">a\nACD\n>b\nAC*\n", 4, "bad character '*'"),
+        (">a\nACD\n>b\n>c\nACD\n", 3, "record 'b' has no sequence"),
+        (">a\nACD\n>b\nAC\n", 3, "record 'b' has 2 match columns, but the first record (line 1) has 3"),
+        (">a\nacd\n>b\nefg\n", 1, "no match columns"),
+        (b">a\nAC\n\xff\n", 3, "not UTF-8"),
+    ],
+)
 def test_reader_errors_name_file_and_line(tmp_path, text, line, words):
     path = write(tmp_path, text)
     with pytest.raises(InputError) as err:
@@ -108,7 +116,11 @@ def test_reader_errors_for_unreadable_files(tmp_path):
 
 @pytest.mark.reliability
 @fuzz
-@given(st.text(alphabet=st.sampled_from(list(">ACDWXacx.-*1 \n\r\t\x0b\u2028é")) | st.characters(codec="utf-8"), max_size=80))
+@given(
+    st.text(
+        alphabet=st.sampled_from(list(">ACDWXacx.-*1 \n\r\t\x0b\u2028é")) | st.characters(codec="utf-8"), max_size=80
+    )
+)
 def test_reader_fuzz_parses_or_raises_input_error(tmp_path, text):
     path = write(tmp_path, text)
     try:
@@ -135,8 +147,10 @@ def test_reader_fuzz_bytes(tmp_path, data):
 @given(st.integers(1, 5), st.integers(1, 30), st.integers(1, 12), st.integers(0, 2**32 - 1))
 def test_fasta_round_trip_with_any_wrapping(tmp_path, n, length, width, seed):
     seqs = np.random.default_rng(seed).integers(0, len(ALPHABET), (n, length))
-    text = "".join(f">s{i}\n" + "\n".join(decode(r)[k:k + width] for k in range(0, length, width)) + "\n"
-                   for i, r in enumerate(seqs))
+    text = "".join(
+        f">s{i}\n" + "\n".join(decode(r)[k : k + width] for k in range(0, length, width)) + "\n"
+        for i, r in enumerate(seqs)
+    )
     np.testing.assert_array_equal(read_alignment(write(tmp_path, text)).seqs, seqs)
 
 
@@ -196,8 +210,13 @@ def test_cluster_recovers_well_separated_families():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 60), st.integers(1, 8), st.integers(0, 3), st.sampled_from([0.5, 0.7, 0.8, 1.0]),
-       st.integers(0, 2**32 - 1))
+@given(
+    st.integers(1, 60),
+    st.integers(1, 8),
+    st.integers(0, 3),
+    st.sampled_from([0.5, 0.7, 0.8, 1.0]),
+    st.integers(0, 2**32 - 1),
+)
 def test_cluster_properties(n, length, symbols, threshold, seed):
     """Members are close to their centre; centres are pairwise apart; a small block changes nothing."""
     seqs = np.random.default_rng(seed).integers(0, symbols + 1, (n, length))

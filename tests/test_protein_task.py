@@ -18,10 +18,11 @@ from gymnasium.utils.env_checker import check_env
 import envs  # noqa: F401 - registers aop/Unmask-v0
 from aop_ray import checkpoints
 from aop_ray.config import ModelConfig
+from aop_ray.errors import InputError
 from aop_ray.models.denoiser import Denoiser
 from aop_ray.oracle import FamilyOracle
 from aop_ray.protein import decode
-from aop_ray.tasks import InputError, Protein
+from aop_ray.tasks import Protein
 
 from conftest import run_cli
 
@@ -38,15 +39,40 @@ def family(tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("protein")
     seqs = TASK.generate(300, seed=0).target
     fasta = write_fasta(root / "toy.fasta", seqs)
-    proc = run_cli("aop_ray.oracle", "--alignment", str(fasta), "--family", "toy", "--out", str(root / "toy"),
-                   "--identity", "0.7", "--heldout", "0.3", "--plm-steps", "30", cwd=root, timeout=300)
+    proc = run_cli(
+        "aop_ray.oracle",
+        "--alignment",
+        str(fasta),
+        "--family",
+        "toy",
+        "--out",
+        str(root / "toy"),
+        "--identity",
+        "0.7",
+        "--heldout",
+        "0.3",
+        "--plm-steps",
+        "30",
+        cwd=root,
+        timeout=300,
+    )
     torch.manual_seed(0)
     cfg = ModelConfig(d_model=16, n_layers=1, n_heads=2, ff_mult=2)
-    ckpt = checkpoints.write_checkpoint(root / "denoiser", checkpoints.denoiser_manifest(TASK, cfg, step=0),
-                                        {"denoiser": Denoiser.for_task(TASK, cfg).state_dict()})
+    ckpt = checkpoints.write_checkpoint(
+        root / "denoiser",
+        checkpoints.denoiser_manifest(TASK, cfg, step=0),
+        {"denoiser": Denoiser.for_task(TASK, cfg).state_dict()},
+    )
     test = write_fasta(root / "test.fasta", TASK.generate(16, seed=9).target)
-    return {"root": root, "fasta": fasta, "seqs": seqs, "oracle_proc": proc, "out": root / "toy", "ckpt": ckpt,
-            "test": test}
+    return {
+        "root": root,
+        "fasta": fasta,
+        "seqs": seqs,
+        "oracle_proc": proc,
+        "out": root / "toy",
+        "ckpt": ckpt,
+        "test": test,
+    }
 
 
 def test_reads_the_family_and_refuses_another_length(tmp_path):
@@ -91,23 +117,47 @@ def test_oracle_split_and_scores(family):
 def test_evaluate_with_oracle_compares_orders_at_a_temperature(family, tmp_path):
     assert family["oracle_proc"].returncode == 0
     out = tmp_path / "out"
-    args = ["--checkpoint", str(family["ckpt"]), "--data", str(family["test"]), "--orders", "random,margin",
-            "--temperature", "1.0", "--oracle", str(family["out"] / "oracle"), "--out", str(out), "--no-mlflow",
-            "--quiet"]
+    args = [
+        "--checkpoint",
+        str(family["ckpt"]),
+        "--data",
+        str(family["test"]),
+        "--orders",
+        "random,margin",
+        "--temperature",
+        "1.0",
+        "--oracle",
+        str(family["out"] / "oracle"),
+        "--out",
+        str(out),
+        "--no-mlflow",
+        "--quiet",
+    ]
     proc = run_cli("aop_ray.evaluate", *args, cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = json.loads((out / "results.json").read_text())
     assert [r["order"] for r in rows] == ["random", "margin"]
     for r in rows:
         assert r["n"] == 16 and 0 <= r["novelty"] <= 1 and 0 <= r["below_p5"] <= 1 and r["solve_rate"] == 1.0
-    sudoku = run_cli("aop_ray.evaluate", "--checkpoint", str(family["ckpt"]), "--data", str(family["test"]),
-                     "--oracle", str(tmp_path), "--no-mlflow", cwd=tmp_path, timeout=120)
+    sudoku = run_cli(
+        "aop_ray.evaluate",
+        "--checkpoint",
+        str(family["ckpt"]),
+        "--data",
+        str(family["test"]),
+        "--oracle",
+        str(tmp_path),
+        "--no-mlflow",
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert sudoku.returncode == 2 and "not a family oracle" in sudoku.stderr
 
 
 def test_env_on_a_protein_family_passes_check_env(family):
-    env = gym.make("aop/Unmask-v0", denoiser_checkpoint=str(family["ckpt"]), data=str(family["test"]),
-                   render_mode="ansi")
+    env = gym.make(
+        "aop/Unmask-v0", denoiser_checkpoint=str(family["ckpt"]), data=str(family["test"]), render_mode="ansi"
+    )
     check_env(env.unwrapped)
     obs, _ = env.reset(seed=0)
     assert obs["action_mask"].all() and env.render() == "_" * 12
@@ -119,17 +169,19 @@ def test_tune_sweep_on_a_protein_family(family, tmp_path):
     config.write_text(f"""name: protein-smoke
 orders: [random, entropy]
 seeds: [0]
-denoiser_checkpoint: {family['ckpt']}
+denoiser_checkpoint: {family["ckpt"]}
 evaluate:
-  data: {{path: {family['test']}}}
+  data: {{path: {family["test"]}}}
   temperature: 1.0
-  oracle: {family['out'] / 'oracle'}
+  oracle: {family["out"] / "oracle"}
 resources: {{max_concurrent_trials: 1, eval_cpus: 0.5}}
-storage_path: {tmp_path / 'tune'}
+storage_path: {tmp_path / "tune"}
 mlflow: {{experiment: aop-ray-protein-smoke}}
 """)
     proc = run_cli("aop_ray.tune", "--config", str(config), cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    rows = [json.loads(p.read_text())[0] for p in (tmp_path / "tune" / "protein-smoke").glob("evaluations/*/results.json")]
+    rows = [
+        json.loads(p.read_text())[0] for p in (tmp_path / "tune" / "protein-smoke").glob("evaluations/*/results.json")
+    ]
     assert sorted(r["order"] for r in rows) == ["entropy", "random"]
     assert all("potts_energy" in r and "novelty" in r for r in rows)

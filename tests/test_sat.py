@@ -11,8 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from aop_ray.data import generate, load_instances
+from aop_ray.errors import InputError
 from aop_ray.orders import DecodeState, get_order, order_names, select
-from aop_ray.tasks import InputError, Sat
+from aop_ray.tasks import Sat
 
 SATLIB = Path(__file__).resolve().parents[2] / "shared" / "data" / "satlib" / "uf20-91"
 
@@ -67,19 +68,22 @@ def test_unsatisfiable_formula_is_kept_with_unknown_reference(tmp_path):
 
 
 @pytest.mark.reliability
-@pytest.mark.parametrize("text, where, message", [
-    ("p cnf 4 4\n1 2 5 0\n", ":2:", "literal 5 out of range"),
-    ("p cnf 4 4\n1 2 3 0\n1 2 3 0\n1 2 3 0\n", ":1:", "declares 4 clauses, the file has 3"),
-    ("p cnf 4 4\n1 2 3 0\n" * 1 + "1 2 3 0\n" * 4, ":1:", "declares 4 clauses, the file has 5"),
-    ("c no header\n1 2 3 0\n", ":2:", "before the 'p cnf"),
-    ("c only comments\n", "f.cnf:", "missing 'p cnf"),
-    ("p cnf 4 4\n1 2 3 0\n0\n", ":3:", "empty clause"),
-    ("p cnf 4 4\n1 2 x 0\n", ":2:", "expected an integer literal, got 'x'"),
-    ("p cnf 4 4\n1 2 0\n1 2 3 0\n1 2 3 0\n1 2 3 0\n", ":2:", "clause has 2 literals"),
-    ("p cnf 5 4\n", ":1:", "task.n_vars=4"),
-    ("p cnf 4 4\n1 2 3 0\n1 2 3 0\n1 2 3 0\n1 2 3", ":5:", "not terminated by 0"),
-    ("p cnf 4\n", ":1:", "expected 'p cnf VARIABLES CLAUSES'"),
-])
+@pytest.mark.parametrize(
+    "text, where, message",
+    [
+        ("p cnf 4 4\n1 2 5 0\n", ":2:", "literal 5 out of range"),
+        ("p cnf 4 4\n1 2 3 0\n1 2 3 0\n1 2 3 0\n", ":1:", "declares 4 clauses, the file has 3"),
+        ("p cnf 4 4\n1 2 3 0\n" * 1 + "1 2 3 0\n" * 4, ":1:", "declares 4 clauses, the file has 5"),
+        ("c no header\n1 2 3 0\n", ":2:", "before the 'p cnf"),
+        ("c only comments\n", "f.cnf:", "missing 'p cnf"),
+        ("p cnf 4 4\n1 2 3 0\n0\n", ":3:", "empty clause"),
+        ("p cnf 4 4\n1 2 x 0\n", ":2:", "expected an integer literal, got 'x'"),
+        ("p cnf 4 4\n1 2 0\n1 2 3 0\n1 2 3 0\n1 2 3 0\n", ":2:", "clause has 2 literals"),
+        ("p cnf 5 4\n", ":1:", "task.n_vars=4"),
+        ("p cnf 4 4\n1 2 3 0\n1 2 3 0\n1 2 3 0\n1 2 3", ":5:", "not terminated by 0"),
+        ("p cnf 4\n", ":1:", "expected 'p cnf VARIABLES CLAUSES'"),
+    ],
+)
 def test_bad_cnf_names_file_and_line(sat4, tmp_path, text, where, message):
     path = tmp_path / "f.cnf"
     path.write_text(text)
@@ -90,8 +94,28 @@ def test_bad_cnf_names_file_and_line(sat4, tmp_path, text, where, message):
 
 @pytest.mark.reliability
 @settings(max_examples=150, deadline=None)
-@given(st.lists(st.sampled_from(["c x", "p cnf 4 4", "p cnf 4 3", "1 2 3 0", "-4 1 2 0", "1 -2", "3 0", "0", "%",
-                                 "5 1 2 0", "a", "", "1 2 3 4 0"]), max_size=10))
+@given(
+    st.lists(
+        st.sampled_from(
+            [
+                "c x",
+                "p cnf 4 4",
+                "p cnf 4 3",
+                "1 2 3 0",
+                "-4 1 2 0",
+                "1 -2",
+                "3 0",
+                "0",
+                "%",
+                "5 1 2 0",
+                "a",
+                "",
+                "1 2 3 4 0",
+            ]
+        ),
+        max_size=10,
+    )
+)
 def test_any_cnf_text_parses_or_fails_with_a_located_input_error(tmp_path_factory, lines):
     path = tmp_path_factory.mktemp("fuzz") / "f.cnf"
     path.write_text("\n".join(lines))
@@ -110,10 +134,10 @@ def test_generation_is_satisfiable_solver_labelled_and_chunk_invariant():
     parts = generate(task, 12, seed=3, processes=2)
     assert np.array_equal(whole.tokens, parts.tokens) and np.array_equal(whole.target, parts.target)
     for row in range(12):
-        code = whole.tokens[row, :task.n_literals] - 3
+        code = whole.tokens[row, : task.n_literals] - 3
         clauses = ((code // 2 + 1) * np.where(code % 2 == 0, 1, -1)).reshape(-1, 3)
         assert all(len(set(np.abs(c))) == 3 for c in clauses)  # 3 distinct variables per clause
-        assert satisfied_by(clauses.tolist(), whole.target[row, task.n_literals:].tolist())
+        assert satisfied_by(clauses.tolist(), whole.target[row, task.n_literals :].tolist())
     other = task.generate(12, seed=4)
     assert not np.array_equal(other.tokens, whole.tokens)
 
@@ -202,7 +226,7 @@ def test_augmentation_preserves_every_verdict_and_the_prompt_structure():
     tokens, fixed, target = (torch.as_tensor(a) for a in (inst.tokens, inst.fixed, inst.target))
     g = torch.Generator().manual_seed(1)
     random_values = torch.randint(0, 2, (16, 8), generator=g)
-    guesses = torch.cat([tokens[:, :task.n_literals], random_values], dim=1)
+    guesses = torch.cat([tokens[:, : task.n_literals], random_values], dim=1)
     partial = guesses.clone()
     partial[:, -3:] = 2  # some masked values must stay masked
     a_tokens, a_fixed, a_guess = task.augment(tokens, fixed, guesses, torch.Generator().manual_seed(5))
@@ -211,12 +235,14 @@ def test_augmentation_preserves_every_verdict_and_the_prompt_structure():
     assert task.verify(a_target, a_tokens, a_fixed).all()
     assert torch.equal(task.verify(a_guess, a_tokens, a_fixed), task.verify(guesses, tokens, fixed))
     step_of = torch.where(fixed, -1, torch.arange(task.seq_len) - task.n_literals)
-    assert torch.equal(task.metrics(a_guess, a_tokens, a_fixed, step_of)["clause_sat"],
-                       task.metrics(guesses, tokens, fixed, step_of)["clause_sat"])
-    assert torch.equal(a_fixed, fixed) and ((a_partial[:, task.n_literals:] == 2).sum(1) == 3).all()
+    assert torch.equal(
+        task.metrics(a_guess, a_tokens, a_fixed, step_of)["clause_sat"],
+        task.metrics(guesses, tokens, fixed, step_of)["clause_sat"],
+    )
+    assert torch.equal(a_fixed, fixed) and ((a_partial[:, task.n_literals :] == 2).sum(1) == 3).all()
     assert not torch.equal(a_tokens, tokens)
     # each formula keeps its literal count per variable, up to the relabelling
-    counts = lambda x: torch.sort(torch.bincount((x[:task.n_literals] - 3) // 2, minlength=8)).values  # noqa: E731
+    counts = lambda x: torch.sort(torch.bincount((x[: task.n_literals] - 3) // 2, minlength=8)).values  # noqa: E731
     assert all(torch.equal(counts(a), counts(b)) for a, b in zip(a_tokens, tokens))
 
 
@@ -257,9 +283,17 @@ def test_aop_and_grpo_steps_train_a_structured_policy_on_sat():
     torch.manual_seed(0)
     model_cfg = ModelConfig(d_model=16, n_layers=1, n_heads=2, ff_mult=2)
     denoiser = Denoiser.for_task(task, model_cfg).eval()
-    policy = Policy(task, model_cfg.d_model, PolicyConfig(d_model=16, n_layers=1, n_heads=2,
-                                                          features=["probs", "stats", "group_probs"],
-                                                          task_features=["unit", "open_clauses", "argmax_safe"]))
+    policy = Policy(
+        task,
+        model_cfg.d_model,
+        PolicyConfig(
+            d_model=16,
+            n_layers=1,
+            n_heads=2,
+            features=["probs", "stats", "group_probs"],
+            task_features=["unit", "open_clauses", "argmax_safe"],
+        ),
+    )
     inst = task.generate(8, seed=1)
     x0, fixed = torch.as_tensor(inst.target), torch.as_tensor(inst.fixed)
     g = torch.Generator().manual_seed(0)
@@ -269,8 +303,16 @@ def test_aop_and_grpo_steps_train_a_structured_policy_on_sat():
     assert torch.isfinite(loss) and policy.head[-1].weight.grad.abs().sum() > 0
     assert policy.blocks[0].token_bias.grad is not None  # the formula-graph bias is trained too
     policy.zero_grad()
-    loss, stats = grpo_step(denoiser, policy, policy, torch.where(fixed, x0, 2), fixed, task,
-                            GrpoConfig(group_size=4, states_per_rollout=2), g)
+    loss, stats = grpo_step(
+        denoiser,
+        policy,
+        policy,
+        torch.where(fixed, x0, 2),
+        fixed,
+        task,
+        GrpoConfig(group_size=4, states_per_rollout=2),
+        g,
+    )
     loss.backward()
     assert torch.isfinite(loss) and 0.0 <= float(stats["reward"]) <= 1.0
     assert policy.head[-1].weight.grad is not None

@@ -18,6 +18,7 @@ from gymnasium.utils.env_checker import check_env
 import envs  # noqa: F401 - registers aop/Unmask-v0
 from aop_ray.tasks import Sat
 from envs.agents import OrderAgent
+
 from conftest import ROOT, run_cli
 
 TASK = Sat(n_vars=6, n_clauses=24)
@@ -28,7 +29,7 @@ def write_cnf_dir(out: Path, n: int, seed: int) -> Path:
     out.mkdir(parents=True)
     inst = TASK.generate(n, seed=seed)
     for row, name in enumerate(inst.ids):
-        code = inst.tokens[row, :TASK.n_literals] - 3
+        code = inst.tokens[row, : TASK.n_literals] - 3
         lits = ((code // 2 + 1) * np.where(code % 2 == 0, 1, -1)).reshape(-1, 3)
         body = "".join(f"{a} {b}\n {c} 0\n" for a, b, c in lits)
         (out / f"{name}.cnf").write_text(f"c generated for a test\np cnf {TASK.n_vars} {TASK.n_clauses}\n{body}%\n0\n")
@@ -38,12 +39,24 @@ def write_cnf_dir(out: Path, n: int, seed: int) -> Path:
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> dict:
     workdir = tmp_path_factory.mktemp("sat")
-    configs = [f"{key}={ROOT / 'tune_configs' / name}" for key, name in (
-        ("train_config", "sat_policy_smoke.yaml"), ("denoiser_config", "sat_smoke.yaml"))]
-    proc = run_cli("aop_ray.tune", "--config", str(ROOT / "tune_configs" / "sat_smoke_sweep.yaml"), *configs,
-                   cwd=workdir, timeout=900)
-    return {"workdir": workdir, "proc": proc, "dir": workdir / "runs" / "tune" / "sat-smoke",
-            "denoiser": workdir / "runs" / "sat-smoke" / "final"}
+    configs = [
+        f"{key}={ROOT / 'tune_configs' / name}"
+        for key, name in (("train_config", "sat_policy_smoke.yaml"), ("denoiser_config", "sat_smoke.yaml"))
+    ]
+    proc = run_cli(
+        "aop_ray.tune",
+        "--config",
+        str(ROOT / "tune_configs" / "sat_smoke_sweep.yaml"),
+        *configs,
+        cwd=workdir,
+        timeout=900,
+    )
+    return {
+        "workdir": workdir,
+        "proc": proc,
+        "dir": workdir / "runs" / "tune" / "sat-smoke",
+        "denoiser": workdir / "runs" / "sat-smoke" / "final",
+    }
 
 
 def test_sat_sweep_trains_and_compares_unit_margin_and_learned(sweep):
@@ -66,9 +79,21 @@ def test_evaluate_cli_reads_a_cnf_directory(sweep, tmp_path):
     assert sweep["proc"].returncode == 0
     cnf = write_cnf_dir(tmp_path / "cnf", 8, seed=9)
     out = tmp_path / "out"
-    proc = run_cli("aop_ray.evaluate", "--checkpoint", str(sweep["denoiser"]), "--data", str(cnf),
-                   "--orders", "random,margin,unit", "--out", str(out), "--no-mlflow", "--quiet", cwd=tmp_path,
-                   timeout=300)
+    proc = run_cli(
+        "aop_ray.evaluate",
+        "--checkpoint",
+        str(sweep["denoiser"]),
+        "--data",
+        str(cnf),
+        "--orders",
+        "random,margin,unit",
+        "--out",
+        str(out),
+        "--no-mlflow",
+        "--quiet",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "clause_sat" in proc.stdout.splitlines()[0]
     rows = json.loads((out / "results.json").read_text())
@@ -77,8 +102,19 @@ def test_evaluate_cli_reads_a_cnf_directory(sweep, tmp_path):
     assert (out / "heatmap_unit.png").read_bytes()[:4] == b"\x89PNG"
     (cnf / "broken.cnf").write_text("p cnf 6 24\n1 2 9 0\n")
     bad_out = tmp_path / "bad"
-    proc = run_cli("aop_ray.evaluate", "--checkpoint", str(sweep["denoiser"]), "--data", str(cnf),
-                   "--out", str(bad_out), "--no-mlflow", "--quiet", cwd=tmp_path, timeout=300)
+    proc = run_cli(
+        "aop_ray.evaluate",
+        "--checkpoint",
+        str(sweep["denoiser"]),
+        "--data",
+        str(cnf),
+        "--out",
+        str(bad_out),
+        "--no-mlflow",
+        "--quiet",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode != 0 and not bad_out.exists()
     assert proc.stderr.strip().splitlines()[-1].startswith(f"error: {cnf / 'broken.cnf'}:2: literal 9 out of range")
 
@@ -90,7 +126,7 @@ def test_env_on_sat_passes_check_env_and_pays_the_verifier(sweep, tmp_path):
     check_env(env.unwrapped)
     agent = OrderAgent("unit", str(sweep["denoiser"]), seed=0)
     obs, _ = env.reset(seed=1)
-    assert obs["action_mask"][:TASK.n_literals].sum() == 0 and obs["action_mask"][TASK.n_literals:].all()
+    assert obs["action_mask"][: TASK.n_literals].sum() == 0 and obs["action_mask"][TASK.n_literals :].all()
     total, done, steps = 0.0, False, 0
     while not done:
         obs, reward, done, truncated, info = env.step(agent.act(obs))
@@ -99,7 +135,7 @@ def test_env_on_sat_passes_check_env_and_pays_the_verifier(sweep, tmp_path):
     assert steps == TASK.n_vars and not truncated
     tokens = torch.as_tensor(obs["tokens"])[None]
     prompt = tokens.clone()
-    prompt[:, TASK.n_literals:] = 2
+    prompt[:, TASK.n_literals :] = 2
     fixed = torch.arange(TASK.seq_len)[None] < TASK.n_literals
     assert total == float(TASK.verify(tokens, prompt, fixed)[0])
     assert "clauses satisfied" in env.render()

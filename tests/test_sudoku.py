@@ -5,7 +5,8 @@ import pytest
 import torch
 
 from aop_ray import data
-from aop_ray.tasks import InputError, Sudoku
+from aop_ray.errors import InputError
+from aop_ray.tasks import Sudoku
 
 
 def as_tensors(inst):

@@ -19,6 +19,7 @@ from aop_ray.tasks import Sudoku
 
 from conftest import ROOT, SMOKE, call_cli, cli_env, run_cli
 
+
 def test_two_worker_run_checkpoints_and_logs(trained):
     run_dir = trained / "runs" / "sudoku4-smoke"
     final = run_dir / "final"
@@ -60,9 +61,23 @@ def test_an_evaluation_is_a_parent_run_with_one_child_run_per_order(trained, tmp
     task = Sudoku(4)
     data.write_shards(task.generate(12, seed=5, clues=6), task, tmp_path / "puzzles")
     env = cli_env(tmp_path)
-    proc = call_cli("aop_ray.evaluate", "--checkpoint", str(trained / "runs" / "sudoku4-smoke" / "final"),
-                    "--data", str(tmp_path / "puzzles"), "--orders", "random,confidence,margin", "--reference",
-                    "margin", "--no-planner-nll", "--quiet", "--run-name", "three", cwd=tmp_path, env=env)
+    proc = call_cli(
+        "aop_ray.evaluate",
+        "--checkpoint",
+        str(trained / "runs" / "sudoku4-smoke" / "final"),
+        "--data",
+        str(tmp_path / "puzzles"),
+        "--orders",
+        "random,confidence,margin",
+        "--reference",
+        "margin",
+        "--no-planner-nll",
+        "--quiet",
+        "--run-name",
+        "three",
+        cwd=tmp_path,
+        env=env,
+    )
     assert proc.returncode == 0, proc.stderr
     assert "* best solve rate; 'vs margin': instances only this order solves / only margin solves" in proc.stdout
     client = MlflowClient(env["MLFLOW_TRACKING_URI"])
@@ -91,10 +106,24 @@ def test_evaluate_cli_end_to_end(trained, tmp_path):
     lines = ["".join("." if t == 4 else str(t + 1) for t in row) for row in puzzles.tokens]
     (tmp_path / "puzzles.txt").write_text("\n".join(lines) + "\n")
     ckpt = trained / "runs" / "sudoku4-smoke" / "final"
-    proc = run_cli("aop_ray.evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "puzzles.txt"),
-                   "--orders", "random,margin", "--limit", "20", "--out", str(tmp_path / "out"), "--quiet",
-                   "--reference", "margin",
-                   cwd=tmp_path, timeout=300)
+    proc = run_cli(
+        "aop_ray.evaluate",
+        "--checkpoint",
+        str(ckpt),
+        "--data",
+        str(tmp_path / "puzzles.txt"),
+        "--orders",
+        "random,margin",
+        "--limit",
+        "20",
+        "--out",
+        str(tmp_path / "out"),
+        "--quiet",
+        "--reference",
+        "margin",
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "solve_rate" in proc.stdout and "margin" in proc.stdout
     rows = json.loads((tmp_path / "out" / "results.json").read_text())
@@ -105,10 +134,18 @@ def test_evaluate_cli_end_to_end(trained, tmp_path):
         assert row["forwards_per_instance"] == 10  # 16 cells - 6 clues, one per forward
     # the paired columns agree with the two solve rates: only-random minus only-margin is their difference
     assert rows[1]["reference"] == "margin" and rows[1]["mcnemar_p"] is None
-    assert round(20 * (rows[0]["solve_rate"] - rows[1]["solve_rate"])) == rows[0]["only_solved"] - rows[0]["only_reference"]
+    assert (
+        round(20 * (rows[0]["solve_rate"] - rows[1]["solve_rate"]))
+        == rows[0]["only_solved"] - rows[0]["only_reference"]
+    )
     assert 0 < rows[0]["mcnemar_p"] <= 1 and "vs margin" in proc.stdout
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
-        "heatmap_margin.png", "heatmap_random.png", "results.csv", "results.json", "solved.csv"]
+        "heatmap_margin.png",
+        "heatmap_random.png",
+        "results.csv",
+        "results.json",
+        "solved.csv",
+    ]
     # solved.csv holds the per-instance outcomes behind the rows: its columns average to the solve rates,
     # and pairing the file with itself through python -m aop_ray.paired reproduces the McNemar counts
     lines = (tmp_path / "out" / "solved.csv").read_text().splitlines()
@@ -121,8 +158,13 @@ def test_evaluate_cli_end_to_end(trained, tmp_path):
     # the CLI's numbers are the library's numbers on the same puzzles
     model, _, _ = checkpoints.load_denoiser(ckpt)
     inst = data.load_instances(task, tmp_path / "puzzles.txt").take(slice(0, 20))
-    decoded = decode_dataset(model, task, *(torch.as_tensor(a) for a in (inst.tokens, inst.fixed, inst.target)),
-                             get_order("margin"), planner_nll=False)
+    decoded = decode_dataset(
+        model,
+        task,
+        *(torch.as_tensor(a) for a in (inst.tokens, inst.fixed, inst.target)),
+        get_order("margin"),
+        planner_nll=False,
+    )
     np.testing.assert_allclose(rows[1]["solve_rate"], decoded.solved.float().mean().item())
     np.testing.assert_allclose(rows[1]["cell_accuracy"], decoded.cell_accuracy.mean().item(), rtol=1e-6)
     # the smoke model has learned something: margin beats random on cell accuracy
@@ -133,8 +175,17 @@ def test_evaluate_cli_end_to_end(trained, tmp_path):
 def test_evaluate_refuses_data_for_another_board(trained, tmp_path):
     (tmp_path / "nine.txt").write_text("0" * 81 + "\n")
     ckpt = trained / "runs" / "sudoku4-smoke" / "final"
-    proc = call_cli("aop_ray.evaluate", "--checkpoint", str(ckpt), "--data", str(tmp_path / "nine.txt"),
-                    "--no-mlflow", "--out", str(tmp_path / "out"), cwd=tmp_path)
+    proc = call_cli(
+        "aop_ray.evaluate",
+        "--checkpoint",
+        str(ckpt),
+        "--data",
+        str(tmp_path / "nine.txt"),
+        "--no-mlflow",
+        "--out",
+        str(tmp_path / "out"),
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {tmp_path / 'nine.txt'}:1: expected 16 cells for a 4x4 Sudoku, got 81"
     assert not (tmp_path / "out").exists()

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from aop_ray.config import SweepConfig, load_config
+from aop_ray.errors import InputError
 from aop_ray.report import summarize
-from aop_ray.tasks import InputError
 from aop_ray.tune import group_label
 
 from conftest import ROOT, call_cli, cli_env, run_cli
@@ -38,8 +38,10 @@ def test_sweep_config_refusals_name_the_key(tmp_path):
         (["seedz=[1]"], "seedz: unknown key"),
         (["seeds=[1,1]"], "seeds: needs at least one seed and no repeats"),
         (["resources.eval_cpus=-1"], "resources.eval_cpus: must be > 0"),
-        ((["orders=[learned]"], {"train.lr": {"loguniform": [0.1, 0.01]}}),
-         "search.train.lr.loguniform: expected [low, high]"),
+        (
+            (["orders=[learned]"], {"train.lr": {"loguniform": [0.1, 0.01]}}),
+            "search.train.lr.loguniform: expected [low, high]",
+        ),
         ((["orders=[learned]"], {"train.lr": {"grid": [0.1], "choice": [0.1]}}), "search.train.lr: give exactly one"),
         (([], {"train.lr": {"grid": [0.1]}}), "search: hyper-parameters apply to learned trials only"),
         ((["orders=[learned]"], {"train.lr": {"grid": [0.1], "gird": [1]}}), "search.train.lr.gird: unknown key"),
@@ -86,15 +88,21 @@ def test_concurrency_fits_the_cluster():
 
 def test_group_label_names_searched_values():
     assert group_label("margin", {}) == "margin"
-    assert group_label("learned", {"train.lr": 0.000312345, "aop.states": "uniform"}) == \
-        "learned states:uniform lr:0.000312"
+    assert (
+        group_label("learned", {"train.lr": 0.000312345, "aop.states": "uniform"})
+        == "learned states:uniform lr:0.000312"
+    )
 
 
 def test_summarize_mean_std_over_seeds_exactly():
-    records = [{"order": "margin", "group": "margin", "seed": s, "n": 100, "solve_rate": 0.5, "cell_accuracy": 0.9}
-               for s in (0, 1)]
-    records += [{"order": "learned", "group": "learned", "seed": s, "n": 100, "solve_rate": v, "cell_accuracy": 0.8}
-                for s, v in ((1, 0.6), (0, 0.4), (2, 0.5))]
+    records = [
+        {"order": "margin", "group": "margin", "seed": s, "n": 100, "solve_rate": 0.5, "cell_accuracy": 0.9}
+        for s in (0, 1)
+    ]
+    records += [
+        {"order": "learned", "group": "learned", "seed": s, "n": 100, "solve_rate": v, "cell_accuracy": 0.8}
+        for s, v in ((1, 0.6), (0, 0.4), (2, 0.5))
+    ]
     records += [{"order": "random", "group": "random", "seed": 0, "n": 100, "solve_rate": 0.1}]
     rows = summarize(records)
     assert [r["group"] for r in rows] == ["random", "margin", "learned"]  # heuristics first, learned last
@@ -110,16 +118,25 @@ def test_summarize_mean_std_over_seeds_exactly():
 
 @pytest.mark.reliability
 def test_tune_cli_refusals_are_one_line(tmp_path):
-    for argv, message in [([], "give --config FILE to start a sweep or --resume PATH"),
-                          (["--resume", str(tmp_path)], "aop_sweep.json not found"),
-                          (["--config", str(SMOKE_SWEEP), "ordrs=[margin]"], "ordrs: unknown key"),
-                          (["--config", str(SMOKE_SWEEP), "orders=[best]", f"denoiser_checkpoint={tmp_path}",
-                            "denoiser_config=null"], "denoiser_checkpoint: no checkpoint at")]:
+    for argv, message in [
+        ([], "give --config FILE to start a sweep or --resume PATH"),
+        (["--resume", str(tmp_path)], "aop_sweep.json not found"),
+        (["--config", str(SMOKE_SWEEP), "ordrs=[margin]"], "ordrs: unknown key"),
+        (
+            ["--config", str(SMOKE_SWEEP), "orders=[best]", f"denoiser_checkpoint={tmp_path}", "denoiser_config=null"],
+            "denoiser_checkpoint: no checkpoint at",
+        ),
+    ]:
         proc = call_cli("aop_ray.tune", *argv, cwd=tmp_path)
         assert proc.returncode == 2, proc.stdout + proc.stderr
         assert message in proc.stderr and proc.stderr.strip().count("\n") == 0, proc.stderr
-    proc = call_cli("aop_ray.report", "--experiment", "nothing-here", cwd=tmp_path,
-                    env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"})
+    proc = call_cli(
+        "aop_ray.report",
+        "--experiment",
+        "nothing-here",
+        cwd=tmp_path,
+        env={"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}"},
+    )
     assert proc.returncode == 2 and "no experiment 'nothing-here'" in proc.stderr
 
 
@@ -137,25 +154,40 @@ def sweep(trained) -> dict:
     """The smoke sweep, interrupted (SIGINT) once a learned trial is training, then resumed to the end."""
     workdir = trained  # it holds the 4x4 smoke denoiser at runs/sudoku4-smoke/final
     sweep_dir = workdir / "runs" / "tune" / "smoke"
-    configs = [f"{key}={ROOT / 'tune_configs' / name}" for key, name in (
-        ("train_config", "sudoku4_policy_smoke.yaml"), ("denoiser_config", "sudoku4_smoke.yaml"))]
+    configs = [
+        f"{key}={ROOT / 'tune_configs' / name}"
+        for key, name in (("train_config", "sudoku4_policy_smoke.yaml"), ("denoiser_config", "sudoku4_smoke.yaml"))
+    ]
     # One trial at a time: a heuristic trial has finished by the time the learned trial trains.
     configs.append("resources.max_concurrent_trials=1")
-    proc = subprocess.Popen([sys.executable, "-m", "aop_ray.tune", "--config", str(SMOKE_SWEEP), *configs], cwd=workdir,
-                            env=cli_env(workdir), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "aop_ray.tune", "--config", str(SMOKE_SWEEP), *configs],
+        cwd=workdir,
+        env=cli_env(workdir),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     deadline = time.time() + 300
     while not list(sweep_dir.glob("train/*/aop_run.json")) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     first_out = proc.communicate(timeout=300)[0]
     state = json.loads(sorted(sweep_dir.glob("experiment_state-*.json"))[-1].read_text())
-    terminated = [t["trial_id"] for t in (json.loads(entry[0]) for entry in state["trial_data"])
-                  if t["status"] == "TERMINATED"]  # what Tune itself recorded as finished at the interrupt
-    before = {trial_id: (sweep_dir / "evaluations" / trial_id / "results.json").stat().st_mtime_ns
-              for trial_id in terminated}
+    terminated = [
+        t["trial_id"] for t in (json.loads(entry[0]) for entry in state["trial_data"]) if t["status"] == "TERMINATED"
+    ]  # what Tune itself recorded as finished at the interrupt
+    before = {
+        trial_id: (sweep_dir / "evaluations" / trial_id / "results.json").stat().st_mtime_ns for trial_id in terminated
+    }
     resumed = run_cli("aop_ray.tune", "--resume", str(sweep_dir), cwd=workdir, timeout=600)
-    return {"workdir": workdir, "dir": sweep_dir, "first": (proc.returncode, first_out), "before": before,
-            "resumed": resumed}
+    return {
+        "workdir": workdir,
+        "dir": sweep_dir,
+        "first": (proc.returncode, first_out),
+        "before": before,
+        "resumed": resumed,
+    }
 
 
 @pytest.mark.reliability
@@ -180,10 +212,15 @@ def test_every_trial_is_one_finished_mlflow_run_with_artifacts(sweep):
     trials = [r for r in runs if r.data.tags.get("aop_ray.role") == "trial"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert sorted(r.data.tags["aop_ray.trial_id"] for r in trials) == sorted(
-        p.name for p in sweep["dir"].glob("evaluations/*"))  # one run per trial: no duplicates after the resume
+        p.name for p in sweep["dir"].glob("evaluations/*")
+    )  # one run per trial: no duplicates after the resume
     assert {r.info.status for r in trials} == {"FINISHED"}
     assert sorted((r.data.tags["aop_ray.order"], r.data.params["seed"]) for r in trials) == [
-        ("learned", "0"), ("learned", "1"), ("margin", "0"), ("margin", "1")]
+        ("learned", "0"),
+        ("learned", "1"),
+        ("margin", "0"),
+        ("margin", "1"),
+    ]
     client = MlflowClient(f"sqlite:///{sweep['workdir'] / 'mlflow.db'}")
     for run in trials:
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
@@ -205,8 +242,9 @@ def test_report_rebuilds_the_table_from_mlflow(sweep, tmp_path):
         by_order.setdefault(last["order"], []).append(last["solve_rate"])
     assert sorted(by_order) == ["learned", "margin"] and all(len(v) == 2 for v in by_order.values())
     out = tmp_path / "report"
-    proc = run_cli("aop_ray.report", "--experiment", "aop-ray-smoke", "--out", str(out), cwd=sweep["workdir"],
-                   timeout=120)
+    proc = run_cli(
+        "aop_ray.report", "--experiment", "aop-ray-smoke", "--out", str(out), cwd=sweep["workdir"], timeout=120
+    )
     assert proc.returncode == 0, proc.stderr
     assert "| margin | 2 |" in proc.stdout and "| learned | 2 |" in proc.stdout
     rows = {r["group"]: r for r in csv.DictReader((out / "summary.csv").open())}
@@ -227,9 +265,23 @@ def test_mlflow_ui_serves_one_run_per_trial_and_the_pngs(sweep):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri",
-                               f"sqlite:///{sweep['workdir'] / 'mlflow.db'}", "--host", "127.0.0.1", "--port",
-                               str(port)], cwd=sweep["workdir"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "ui",
+            "--backend-store-uri",
+            f"sqlite:///{sweep['workdir'] / 'mlflow.db'}",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        cwd=sweep["workdir"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     base = f"http://127.0.0.1:{port}"
 
     def get(endpoint: str, **query: str) -> bytes:
@@ -247,10 +299,12 @@ def test_mlflow_ui_serves_one_run_per_trial_and_the_pngs(sweep):
                 time.sleep(1)
         assert b"<html" in get("/").lower()
         exp = json.loads(get("/api/2.0/mlflow/experiments/get-by-name", experiment_name="aop-ray-smoke"))
-        request = urllib.request.Request(f"{base}/api/2.0/mlflow/runs/search", method="POST",
-                                         data=json.dumps({"experiment_ids": [exp["experiment"]["experiment_id"]],
-                                                          "max_results": 100}).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            f"{base}/api/2.0/mlflow/runs/search",
+            method="POST",
+            data=json.dumps({"experiment_ids": [exp["experiment"]["experiment_id"]], "max_results": 100}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         with urllib.request.urlopen(request, timeout=30) as response:
             runs = json.loads(response.read())["runs"]
         trials = [r for r in runs if {"key": "aop_ray.role", "value": "trial"} in r["data"]["tags"]]

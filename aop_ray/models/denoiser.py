@@ -18,10 +18,24 @@ from aop_ray.tasks import Task, TokenStructure
 class Denoiser(StructuredTransformer):
     """p_theta(x0_i | x_t) for every position i, as logits over the task's tokens."""
 
-    def __init__(self, vocab_size: int, position_groups: dict[str, torch.Tensor], cfg: ModelConfig,
-                 prompt_vocab_size: int = 0, structure: TokenStructure | None = None) -> None:
-        super().__init__(position_groups, cfg.d_model, cfg.n_layers, cfg.n_heads, cfg.ff_mult, cfg.dropout,
-                         cfg.relation_bias, structure)
+    def __init__(
+        self,
+        vocab_size: int,
+        position_groups: dict[str, torch.Tensor],
+        cfg: ModelConfig,
+        prompt_vocab_size: int = 0,
+        structure: TokenStructure | None = None,
+    ) -> None:
+        super().__init__(
+            position_groups,
+            cfg.d_model,
+            cfg.n_layers,
+            cfg.n_heads,
+            cfg.ff_mult,
+            cfg.dropout,
+            cfg.relation_bias,
+            structure,
+        )
         self.vocab_size = vocab_size
         self.tok = nn.Embedding(vocab_size + 1 + prompt_vocab_size, cfg.d_model)  # + mask + prompt-only tokens
         self.head = nn.Linear(cfg.d_model, vocab_size)
@@ -31,8 +45,9 @@ class Denoiser(StructuredTransformer):
     def for_task(cls, task: Task, cfg: ModelConfig) -> Denoiser:
         return cls(task.vocab_size, task.position_groups(), cfg, task.prompt_vocab_size, task.token_structure())
 
-    def forward(self, tokens: torch.Tensor, return_hidden: bool = False
-                ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, tokens: torch.Tensor, return_hidden: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, L, V); with `return_hidden`, also the final hidden states (B, L, D)."""
         hidden = self.encode(self.tok(tokens), tokens)
         logits = self.head(hidden)

@@ -42,17 +42,19 @@ import torch
 from torch import nn
 
 from aop_ray.config import PolicyConfig
+from aop_ray.errors import InputError
 from aop_ray.models.transformer import StructuredTransformer, register_groups, registered_groups
 from aop_ray.orders import HEURISTICS, DecodeState, Order
-from aop_ray.tasks import InputError, Task
+from aop_ray.tasks import Task
 
 
 def group_pooled(belief: torch.Tensor, groups: list[torch.Tensor]) -> torch.Tensor:
     """(B, L, G*V): per group, the summed `belief` (B, L, V) of the position's group peers, itself excluded."""
     parts = []
     for ids in groups:
-        totals = torch.zeros(belief.shape[0], int(ids.max()) + 1, belief.shape[-1], dtype=belief.dtype,
-                             device=belief.device)
+        totals = torch.zeros(
+            belief.shape[0], int(ids.max()) + 1, belief.shape[-1], dtype=belief.dtype, device=belief.device
+        )
         totals.index_add_(1, ids, belief)
         parts.append(totals[:, ids] - belief)
     return torch.cat(parts, dim=-1)
@@ -72,9 +74,14 @@ def revealed_one_hot(tokens: torch.Tensor, masked: torch.Tensor, vocab_size: int
     return revealed * ~masked[..., None]
 
 
-def generic_features(probs: torch.Tensor, hidden: torch.Tensor | None, masked: torch.Tensor,
-                     names: list[str], tokens: torch.Tensor | None = None,
-                     groups: list[torch.Tensor] | None = None) -> torch.Tensor:
+def generic_features(
+    probs: torch.Tensor,
+    hidden: torch.Tensor | None,
+    masked: torch.Tensor,
+    names: list[str],
+    tokens: torch.Tensor | None = None,
+    groups: list[torch.Tensor] | None = None,
+) -> torch.Tensor:
     """(B, L, F) the named generic features of a decoding state."""
     parts = []
     if "probs" in names:
@@ -110,8 +117,13 @@ def over_base(log_scale: nn.Parameter | None, base: Order, state: DecodeState, r
 
 
 def feature_dim(cfg: PolicyConfig, vocab_size: int, hidden_dim: int, n_groups: int) -> int:
-    sizes = {"probs": vocab_size, "stats": 5, "hidden": hidden_dim, "group_probs": n_groups * vocab_size,
-             "group_tokens": n_groups * vocab_size}
+    sizes = {
+        "probs": vocab_size,
+        "stats": 5,
+        "hidden": hidden_dim,
+        "group_probs": n_groups * vocab_size,
+        "group_tokens": n_groups * vocab_size,
+    }
     return sum(sizes[name] for name in cfg.features) + len(cfg.task_features)
 
 
@@ -119,8 +131,16 @@ class Policy(StructuredTransformer):
     """An `Order`: `policy(state)` scores every position; the sampler takes the best masked one."""
 
     def __init__(self, task: Task, hidden_dim: int, cfg: PolicyConfig) -> None:
-        super().__init__(task.position_groups(), cfg.d_model, cfg.n_layers, cfg.n_heads, ff_mult=2,
-                         dropout=0.0, relation_bias=cfg.relation_bias, structure=task.token_structure())
+        super().__init__(
+            task.position_groups(),
+            cfg.d_model,
+            cfg.n_layers,
+            cfg.n_heads,
+            ff_mult=2,
+            dropout=0.0,
+            relation_bias=cfg.relation_bias,
+            structure=task.token_structure(),
+        )
         self.task = task
         self.cfg = cfg
         self.needs_hidden = "hidden" in cfg.features
@@ -132,8 +152,9 @@ class Policy(StructuredTransformer):
         self.base = HEURISTICS[cfg.base_order]
 
     def features(self, state: DecodeState) -> torch.Tensor:
-        feats = generic_features(state.probs, state.hidden, state.masked, self.cfg.features, state.tokens,
-                                 registered_groups(self))
+        feats = generic_features(
+            state.probs, state.hidden, state.masked, self.cfg.features, state.tokens, registered_groups(self)
+        )
         if self.cfg.task_features:
             extra = self.task.policy_features(state.tokens, state.probs, self.cfg.task_features)
             feats = torch.cat([feats, extra.to(feats.dtype)], dim=-1)
@@ -160,8 +181,10 @@ class TokenAxisPolicy(nn.Module):
     def __init__(self, task: Task, hidden_dim: int, cfg: PolicyConfig) -> None:
         super().__init__()
         if task.token_structure() is not None:
-            raise InputError(f"policy.encoder: token_axis pools over fixed position groups; the {task.name} task's "
-                             "structure differs per instance, use encoder transformer")
+            raise InputError(
+                f"policy.encoder: token_axis pools over fixed position groups; the {task.name} task's "
+                "structure differs per instance, use encoder transformer"
+            )
         self.task = task
         self.cfg = cfg
         self.needs_hidden = False
@@ -191,13 +214,31 @@ class TokenAxisPolicy(nn.Module):
         stats = position_stats(probs, masked)
         per_token = lambda value: value[..., None, None].expand(-1, -1, vocab, 1)  # noqa: E731
         belief = revealed + probs * masked[..., None]  # as in group_probs: revealed peers count as one-hot
-        pairs = torch.cat([(probs * masked[..., None])[..., None], revealed[..., None], per_token(masked.float()),
-                           self.peer_mean(revealed[..., None]), self.peer_mean(belief[..., None]),
-                           per_token(stats[..., 1]), per_token(stats[..., 4])], dim=-1)
+        pairs = torch.cat(
+            [
+                (probs * masked[..., None])[..., None],
+                revealed[..., None],
+                per_token(masked.float()),
+                self.peer_mean(revealed[..., None]),
+                self.peer_mean(belief[..., None]),
+                per_token(stats[..., 1]),
+                per_token(stats[..., 4]),
+            ],
+            dim=-1,
+        )
         h = self.embed(pairs)
         for layer in self.rounds:
-            h = h + layer(torch.cat([h, self.peer_mean(h), h.mean(2, keepdim=True).expand_as(h),
-                                     h.max(2, keepdim=True).values.expand_as(h)], dim=-1))
+            h = h + layer(
+                torch.cat(
+                    [
+                        h,
+                        self.peer_mean(h),
+                        h.mean(2, keepdim=True).expand_as(h),
+                        h.max(2, keepdim=True).values.expand_as(h),
+                    ],
+                    dim=-1,
+                )
+            )
         readout = [h.mean(2), h.max(2).values, stats]
         if self.cfg.task_features:
             readout.append(self.task.policy_features(state.tokens, probs, self.cfg.task_features).float())

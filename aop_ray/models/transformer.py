@@ -48,8 +48,9 @@ def register_groups(module: nn.Module, position_groups: dict[str, Any]) -> list[
     """Register each structure group's ids as the buffer `group_<name>` (moved with the module); the sorted names."""
     names = sorted(position_groups)
     for name in names:
-        module.register_buffer(f"group_{name}", torch.as_tensor(position_groups[name], dtype=torch.long),
-                               persistent=False)
+        module.register_buffer(
+            f"group_{name}", torch.as_tensor(position_groups[name], dtype=torch.long), persistent=False
+        )
     return names
 
 
@@ -65,24 +66,30 @@ class Block(nn.Module):
     the structural relation of each query/key pair (initialised to zero).
     """
 
-    def __init__(self, d_model: int, n_heads: int, ff_mult: int, dropout: float, n_relations: int = 0,
-                 n_token_relations: int = 0) -> None:
+    def __init__(
+        self, d_model: int, n_heads: int, ff_mult: int, dropout: float, n_relations: int = 0, n_token_relations: int = 0
+    ) -> None:
         super().__init__()
         self.n_heads = n_heads
         self.dropout = dropout
         self.relation_bias = nn.Parameter(torch.zeros(n_heads, n_relations)) if n_relations else None
         # token relations 1.. (0 is "unrelated": no bias); see LINKED_BIAS_INIT
-        self.token_bias = (nn.Parameter(torch.full((n_token_relations - 1, n_heads), LINKED_BIAS_INIT))
-                           if n_relations and n_token_relations > 1 else None)
+        self.token_bias = (
+            nn.Parameter(torch.full((n_token_relations - 1, n_heads), LINKED_BIAS_INIT))
+            if n_relations and n_token_relations > 1
+            else None
+        )
         self.ln1 = nn.LayerNorm(d_model)
         self.qkv = nn.Linear(d_model, 3 * d_model)
         self.proj = nn.Linear(d_model, d_model)
         self.ln2 = nn.LayerNorm(d_model)
-        self.ff = nn.Sequential(nn.Linear(d_model, ff_mult * d_model), nn.GELU(),
-                                nn.Linear(ff_mult * d_model, d_model), nn.Dropout(dropout))
+        self.ff = nn.Sequential(
+            nn.Linear(d_model, ff_mult * d_model), nn.GELU(), nn.Linear(ff_mult * d_model, d_model), nn.Dropout(dropout)
+        )
 
-    def forward(self, x: torch.Tensor, relations: torch.Tensor | None = None,
-                linked: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, relations: torch.Tensor | None = None, linked: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """`linked`: the token relations, as (B, L, L) ids when no gradient reaches `token_bias` (a
         gather), else as (B, L, L, R-1) one-hot 1.. (a matmul: gathers of a (B, H, L, L) bias from a
         tiny table backpropagate through slow scatter-adds). Both give the same bias values."""
@@ -96,11 +103,15 @@ class Block(nn.Module):
             else:
                 token_bias = linked @ self.token_bias.to(linked.dtype)
             bias = bias + token_bias.permute(0, 3, 1, 2).to(x.dtype)
-        att = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-                                             attn_mask=bias, dropout_p=self.dropout if self.training else 0.0)
+        att = F.scaled_dot_product_attention(
+            q.transpose(1, 2),
+            k.transpose(1, 2),
+            v.transpose(1, 2),
+            attn_mask=bias,
+            dropout_p=self.dropout if self.training else 0.0,
+        )
         x = x + self.proj(att.transpose(1, 2).reshape(b, length, d))
         return x + self.ff(self.ln2(x))
-
 
 
 class StructuredTransformer(nn.Module):
@@ -110,8 +121,17 @@ class StructuredTransformer(nn.Module):
     here are part of the checkpoint format (state-dict keys).
     """
 
-    def __init__(self, position_groups: dict[str, torch.Tensor], d_model: int, n_layers: int, n_heads: int,
-                 ff_mult: int, dropout: float, relation_bias: bool, structure: TokenStructure | None = None) -> None:
+    def __init__(
+        self,
+        position_groups: dict[str, torch.Tensor],
+        d_model: int,
+        n_layers: int,
+        n_heads: int,
+        ff_mult: int,
+        dropout: float,
+        relation_bias: bool,
+        structure: TokenStructure | None = None,
+    ) -> None:
         super().__init__()
         self.structure = structure
         self.group_names = register_groups(self, position_groups)
@@ -119,8 +139,17 @@ class StructuredTransformer(nn.Module):
             setattr(self, f"emb_{name}", nn.Embedding(int(ids.max()) + 1, d_model))
         relations, n_relations = relation_ids(position_groups)
         self.register_buffer("relations", relations, persistent=False)
-        self.blocks = nn.ModuleList(Block(d_model, n_heads, ff_mult, dropout, n_relations if relation_bias else 0,
-                                          structure.n_relations if structure else 0) for _ in range(n_layers))
+        self.blocks = nn.ModuleList(
+            Block(
+                d_model,
+                n_heads,
+                ff_mult,
+                dropout,
+                n_relations if relation_bias else 0,
+                structure.n_relations if structure else 0,
+            )
+            for _ in range(n_layers)
+        )
         self.emb_state = nn.Embedding(structure.n_states, d_model) if structure else None
         self.ln_f = nn.LayerNorm(d_model)
 
@@ -141,8 +170,9 @@ class StructuredTransformer(nn.Module):
         if self.structure is not None:
             x = x + self.emb_state(self.structure.states(tokens))
             linked = self.structure.relations(tokens)
-            if torch.is_grad_enabled() and any(b.token_bias is not None and b.token_bias.requires_grad
-                                               for b in self.blocks):
+            if torch.is_grad_enabled() and any(
+                b.token_bias is not None and b.token_bias.requires_grad for b in self.blocks
+            ):
                 linked = F.one_hot(linked, self.structure.n_relations)[..., 1:].to(x.dtype)
         for block in self.blocks:
             x = block(x, self.relations, linked)

@@ -1,10 +1,21 @@
 """Task registry: the YAML `task.name` picks the class, its other keys are the fields."""
 
-from aop_ray.tasks.base import InputError, Instances, Task, TokenStructure, input_vocab_size, task_params
+from aop_ray.tasks.base import Instances, Task, TokenStructure, input_vocab_size, mask_id, task_params
 from aop_ray.tasks.protein import Protein
 from aop_ray.tasks.sat import Sat
 from aop_ray.tasks.sudoku import Sudoku
 
 TASKS: dict[str, type] = {Sudoku.name: Sudoku, Sat.name: Sat, Protein.name: Protein}
 
-__all__ = ["TASKS", "InputError", "Instances", "Task", "TokenStructure", "Protein", "Sat", "Sudoku", "input_vocab_size", "task_params"]
+__all__ = [
+    "TASKS",
+    "Instances",
+    "Task",
+    "TokenStructure",
+    "Protein",
+    "Sat",
+    "Sudoku",
+    "input_vocab_size",
+    "mask_id",
+    "task_params",
+]

@@ -21,25 +21,11 @@ import numpy as np
 import torch
 
 
-class InputError(ValueError):
-    """Bad user input (a file, a config key, a CLI argument).
-
-    The message always names where the problem is (file and line, or key), so
-    command-line entry points print it as one line and exit non-zero.
-    """
-
-
 def text_lines(text: str) -> list[str]:
     """The lines of text read in text mode (newlines already `\n`), numbered as an editor numbers them:
     unlike `str.splitlines`, a form feed, `\x1c`-`\x1e` or `\x85` inside a line does not end it."""
     lines = text.split("\n")
     return lines[:-1] if lines and lines[-1] == "" else lines
-
-
-def located(path: str | Path, line: int | None, message: str) -> InputError:
-    """An `InputError` whose message starts with `file:line:`."""
-    where = f"{path}:{line}" if line is not None else f"{path}"
-    return InputError(f"{where}: {message}")
 
 
 @dataclasses.dataclass
@@ -157,18 +143,25 @@ class Task(Protocol):
         """(B,) bool: the completed sequences are correct and keep the prompt."""
         ...
 
-    def metrics(self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor, step_of: torch.Tensor
-                ) -> dict[str, torch.Tensor]:
+    def metrics(
+        self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor, step_of: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Task-specific (B,) scores of decoded sequences beyond solved/not (SAT: clauses satisfied,
         and how often the order took a unit-forced variable, replayed from `step_of`); NaN = not defined."""
         ...
 
-    def augment(self, tokens: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def augment(
+        self, tokens: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """A random symmetry of the task applied to a batch (identity if none)."""
         ...
 
     def render(self, tokens: np.ndarray) -> str: ...
+
+
+def mask_id(task: Task) -> int:
+    """The mask token's id: the first id after the output tokens (named, so callers say what they pass)."""
+    return task.vocab_size
 
 
 def input_vocab_size(task: Task) -> int:

@@ -23,8 +23,9 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from aop_ray.errors import InputError, located
 from aop_ray.protein import ALPHABET, Alignment, decode, read_alignment
-from aop_ray.tasks.base import InputError, Instances, located
+from aop_ray.tasks.base import Instances
 
 MASK = len(ALPHABET)
 
@@ -66,8 +67,9 @@ class Protein:
 
     def _instances(self, seqs: np.ndarray, ids: list[str], metas: list[dict[str, Any]]) -> Instances:
         seqs = np.asarray(seqs, dtype=np.int64)
-        return Instances(tokens=np.full_like(seqs, MASK), fixed=np.zeros(seqs.shape, dtype=bool), target=seqs,
-                         ids=ids, meta=metas)
+        return Instances(
+            tokens=np.full_like(seqs, MASK), fixed=np.zeros(seqs.shape, dtype=bool), target=seqs, ids=ids, meta=metas
+        )
 
     def read(self, path: Path) -> Instances:
         """An aligned FASTA or A2M file of this family (see `aop_ray.protein.read_alignment`)."""
@@ -76,8 +78,12 @@ class Protein:
     def from_alignment(self, alignment: Alignment, path: Path) -> Instances:
         """The rows of an alignment already read from `path` (named in errors and metadata)."""
         if alignment.seqs.shape[1] != self.length:
-            raise located(path, alignment.lines[0], f"alignment has {alignment.seqs.shape[1]} match columns; "
-                                                    f"this protein task holds task.length={self.length}")
+            raise located(
+                path,
+                alignment.lines[0],
+                f"alignment has {alignment.seqs.shape[1]} match columns; "
+                f"this protein task holds task.length={self.length}",
+            )
         metas = [{"source": Path(path).name, "line": line} for line in alignment.lines]
         return self._instances(alignment.seqs, alignment.names, metas)
 
@@ -103,8 +109,9 @@ class Protein:
         from aop_ray.potts import sample_potts
 
         h, J = self.synthetic_family()
-        seqs = [sample_potts(h, J, 1, sweeps, seed=zlib.crc32(f"{seed}/{j}".encode()))[0]
-                for j in range(start, start + n)]
+        seqs = [
+            sample_potts(h, J, 1, sweeps, seed=zlib.crc32(f"{seed}/{j}".encode()))[0] for j in range(start, start + n)
+        ]
         ids = [f"{self.family}{self.length}-{seed}-{j}" for j in range(start, start + n)]
         return self._instances(np.array(seqs).reshape(n, self.length), ids, [{"seed": seed}] * n)
 
@@ -112,15 +119,17 @@ class Protein:
         """Complete (no mask left): there is no notion of a correct protein here; see the oracle."""
         return (tokens < MASK).all(1)
 
-    def metrics(self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor, step_of: torch.Tensor
-                ) -> dict[str, torch.Tensor]:
+    def metrics(
+        self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor, step_of: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         return {}  # the family oracle scores proteins (evaluate --oracle)
 
-    def augment(self, tokens: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def augment(
+        self, tokens: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return tokens, fixed, target  # alignment columns have no symmetry
 
     def render(self, tokens: np.ndarray) -> str:
         tokens = np.asarray(tokens)
         text = "".join("_" if t == MASK else decode(np.array([t])) for t in tokens.tolist())
-        return "\n".join(text[i:i + 60] for i in range(0, len(text), 60))
+        return "\n".join(text[i : i + 60] for i in range(0, len(text), 60))

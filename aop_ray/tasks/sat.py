@@ -31,15 +31,15 @@ from typing import Any, Callable, ClassVar
 import numpy as np
 import torch
 
-from aop_ray.tasks.base import InputError, Instances, TokenStructure, located, text_lines
+from aop_ray.errors import InputError, located
+from aop_ray.tasks.base import Instances, TokenStructure, text_lines
 
 WIDTH = 3  # literals per clause
 FALSE, TRUE, MASK = 0, 1, 2
 FIRST_LITERAL = 3
 
 
-def satisfying_assignment(clauses: list[list[int]], n_vars: int, rng: random.Random | None = None
-                          ) -> list[int] | None:
+def satisfying_assignment(clauses: list[list[int]], n_vars: int, rng: random.Random | None = None) -> list[int] | None:
     """Values (0/1) of variables 1..n satisfying every clause, or None if unsatisfiable.
 
     With `rng`, the solver starts from random phases, so the solution found is
@@ -99,9 +99,11 @@ class Sat:
     def position_groups(self) -> dict[str, np.ndarray]:
         """clause / slot of each literal, var of each value position; a spare id marks the other kind."""
         lit = np.arange(self.n_literals)
-        return {"clause": np.concatenate([lit // WIDTH, np.full(self.n_vars, self.n_clauses)]),
-                "slot": np.concatenate([lit % WIDTH, np.full(self.n_vars, WIDTH)]),
-                "var": np.concatenate([np.full(self.n_literals, self.n_vars), np.arange(self.n_vars)])}
+        return {
+            "clause": np.concatenate([lit // WIDTH, np.full(self.n_vars, self.n_clauses)]),
+            "slot": np.concatenate([lit % WIDTH, np.full(self.n_vars, WIDTH)]),
+            "var": np.concatenate([np.full(self.n_literals, self.n_vars), np.arange(self.n_vars)]),
+        }
 
     def token_structure(self) -> TokenStructure:
         return TokenStructure(self.token_relations, 5, self.token_states, 16)
@@ -121,7 +123,7 @@ class Sat:
         satisfied = true.any(-1, keepdim=True)
         clause = torch.where(satisfied, 4, (~assigned).sum(-1, keepdim=True)).expand_as(literal)
         state = (1 + 5 * literal + clause).flatten(1)
-        return torch.cat([state, torch.zeros_like(tokens[:, self.n_literals:])], dim=1)
+        return torch.cat([state, torch.zeros_like(tokens[:, self.n_literals :])], dim=1)
 
     def token_relations(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L, L) the formula's graph as relation ids, for the models' attention bias.
@@ -133,7 +135,7 @@ class Sat:
         which value position a literal token refers to.
         """
         batch = tokens.shape[0]
-        code = tokens[:, :self.n_literals] - FIRST_LITERAL
+        code = tokens[:, : self.n_literals] - FIRST_LITERAL
         values = torch.arange(self.n_vars, device=tokens.device).expand(batch, -1)
         var = torch.cat([code // 2, values], dim=1)
         sign = torch.cat([code % 2, torch.full_like(values, 2)], dim=1)  # 2: a value position
@@ -143,12 +145,17 @@ class Sat:
         kind = torch.where(both, 2 + (sign[:, :, None] != sign[:, None, :]).long(), 1)
         clause = torch.arange(self.n_literals, device=tokens.device) // WIDTH
         mates = torch.zeros(self.seq_len, self.seq_len, dtype=torch.bool, device=tokens.device)
-        mates[:self.n_literals, :self.n_literals] = clause[:, None] == clause[None, :]
+        mates[: self.n_literals, : self.n_literals] = clause[:, None] == clause[None, :]
         return torch.where(linked, kind, torch.where(mates, 4, 0))
 
     # ----------------------------------------------------------- tokenisation
-    def _instances(self, clauses: list[list[list[int]]], values: list[list[int] | None], ids: list[str],
-                   metas: list[dict[str, Any]]) -> Instances:
+    def _instances(
+        self,
+        clauses: list[list[list[int]]],
+        values: list[list[int] | None],
+        ids: list[str],
+        metas: list[dict[str, Any]],
+    ) -> Instances:
         lits = np.array(clauses, dtype=np.int64).reshape(len(ids), self.n_literals)
         prompt = FIRST_LITERAL + 2 * (np.abs(lits) - 1) + (lits < 0)
         tokens = np.concatenate([prompt, np.full((len(ids), self.n_vars), MASK)], axis=1)
@@ -161,31 +168,35 @@ class Sat:
 
     def literals(self, prompt: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, m, 3) 0-based variable and (B, m, 3) polarity (True = positive) of every literal."""
-        code = prompt[:, :self.n_literals].reshape(-1, self.n_clauses, WIDTH) - FIRST_LITERAL
+        code = prompt[:, : self.n_literals].reshape(-1, self.n_clauses, WIDTH) - FIRST_LITERAL
         return code // 2, code % 2 == 0
 
     def literal_state(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """Per literal (B, m, 3): its variable, polarity, whether it is assigned, and whether it is true."""
         var, positive = self.literals(tokens)
-        value = torch.gather(tokens[:, self.n_literals:], 1, var.flatten(1)).view_as(var)
+        value = torch.gather(tokens[:, self.n_literals :], 1, var.flatten(1)).view_as(var)
         assigned = value <= TRUE
         return var, positive, assigned, assigned & ((value == TRUE) == positive)
 
     def render(self, tokens: np.ndarray) -> str:
         tokens = np.asarray(tokens)
-        values = tokens[self.n_literals:]
+        values = tokens[self.n_literals :]
         cells = [f"x{v + 1}={'FT.'[min(int(t), MASK)]}" for v, t in enumerate(values)]
-        lines = [" ".join(cells[i:i + 10]) for i in range(0, len(cells), 10)]
+        lines = [" ".join(cells[i : i + 10]) for i in range(0, len(cells), 10)]
         _, _, _, true = self.literal_state(torch.as_tensor(tokens)[None])
-        lines.append(f"{int(true.any(-1).sum())}/{self.n_clauses} clauses satisfied, "
-                     f"{int((values == MASK).sum())} of {self.n_vars} variables unassigned")
+        lines.append(
+            f"{int(true.any(-1).sum())}/{self.n_clauses} clauses satisfied, "
+            f"{int((values == MASK).sum())} of {self.n_vars} variables unassigned"
+        )
         return "\n".join(lines)
 
     # ---------------------------------------------------------------- generation
     def random_formula(self, rng: random.Random) -> list[list[int]]:
         """Uniform random 3-SAT: 3 distinct variables per clause, each negated with probability 1/2."""
-        return [[v if rng.random() < 0.5 else -v for v in rng.sample(range(1, self.n_vars + 1), WIDTH)]
-                for _ in range(self.n_clauses)]
+        return [
+            [v if rng.random() < 0.5 else -v for v in rng.sample(range(1, self.n_vars + 1), WIDTH)]
+            for _ in range(self.n_clauses)
+        ]
 
     def generate(self, n: int, seed: int, start: int = 0) -> Instances:
         """Satisfiable formulas `start..start+n-1`, each labelled with a PySAT solution.
@@ -249,8 +260,9 @@ class Sat:
                     current = []
                     continue
                 if abs(lit) > header[1]:
-                    raise located(path, line_no, f"literal {lit} out of range: the header declares "
-                                                 f"{header[1]} variables")
+                    raise located(
+                        path, line_no, f"literal {lit} out of range: the header declares {header[1]} variables"
+                    )
                 if not current:
                     current_line = line_no
                 current.append(lit)
@@ -262,15 +274,15 @@ class Sat:
             raise located(path, header[0], f"the header declares {header[2]} clauses, the file has {len(clauses)}")
         for line_no, clause in clauses:
             if len(clause) != WIDTH:
-                raise located(path, line_no, f"clause has {len(clause)} literals; the sat task holds "
-                                             f"{WIDTH}-literal clauses")
+                raise located(
+                    path, line_no, f"clause has {len(clause)} literals; the sat task holds {WIDTH}-literal clauses"
+                )
         formula = [clause for _, clause in clauses]
         value = satisfying_assignment(formula, self.n_vars)
         meta = {"source": path.name, "satisfiable": value is not None}
         return self._instances([formula], [value], [path.stem], [meta])
 
-    def _header(self, path: Path, line_no: int, line: str, seen: tuple[int, int, int] | None
-                ) -> tuple[int, int, int]:
+    def _header(self, path: Path, line_no: int, line: str, seen: tuple[int, int, int] | None) -> tuple[int, int, int]:
         if seen is not None:
             raise located(path, line_no, f"second 'p' header (the first is on line {seen[0]})")
         parts = line.split()
@@ -278,25 +290,30 @@ class Sat:
             raise located(path, line_no, f"expected 'p cnf VARIABLES CLAUSES', got {line!r}")
         variables, count = int(parts[2]), int(parts[3])
         if (variables, count) != (self.n_vars, self.n_clauses):
-            raise located(path, line_no, f"formula has {variables} variables and {count} clauses; this sat task "
-                                         f"holds task.n_vars={self.n_vars}, task.n_clauses={self.n_clauses}")
+            raise located(
+                path,
+                line_no,
+                f"formula has {variables} variables and {count} clauses; this sat task "
+                f"holds task.n_vars={self.n_vars}, task.n_clauses={self.n_clauses}",
+            )
         return line_no, variables, count
 
     # ----------------------------------------------------------- verification
     def clauses_satisfied(self, tokens: torch.Tensor, prompt: torch.Tensor) -> torch.Tensor:
         """(B, m) bool: the clause has a true literal under the assignment in `tokens`."""
-        values = tokens[:, self.n_literals:]
-        _, _, _, true = self.literal_state(torch.cat([prompt[:, :self.n_literals], values], dim=1))
+        values = tokens[:, self.n_literals :]
+        _, _, _, true = self.literal_state(torch.cat([prompt[:, : self.n_literals], values], dim=1))
         return true.any(-1)
 
     def verify(self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
         """(B,) bool: every variable assigned, every clause satisfied, the clauses unchanged."""
-        assigned = (tokens[:, self.n_literals:] <= TRUE).all(1)
+        assigned = (tokens[:, self.n_literals :] <= TRUE).all(1)
         keeps_prompt = ((tokens == prompt) | ~fixed).all(dim=1)
         return assigned & self.clauses_satisfied(tokens, prompt).all(1) & keeps_prompt
 
-    def metrics(self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor, step_of: torch.Tensor
-                ) -> dict[str, torch.Tensor]:
+    def metrics(
+        self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor, step_of: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         """Per formula: `clause_sat`, the fraction of clauses satisfied, and `unit_first`.
 
         `unit_first` replays the decoding (the order's own reveals, from `step_of`):
@@ -305,7 +322,7 @@ class Sat:
         1 by construction; a learned order near 1 has rediscovered unit
         propagation. NaN for a formula where no step had a forced variable.
         """
-        values = step_of[:, self.n_literals:]
+        values = step_of[:, self.n_literals :]
         hits = torch.zeros(tokens.shape[0], device=tokens.device)
         chances = torch.zeros_like(hits)
         for step in range(int(values.max()) + 1 if values.numel() else 0):
@@ -315,8 +332,10 @@ class Sat:
             chance = forced.any(1) & chosen.any(1)
             chances += chance
             hits += chance & (chosen & forced).any(1)
-        return {"clause_sat": self.clauses_satisfied(tokens, prompt).float().mean(1),
-                "unit_first": torch.where(chances > 0, hits / chances.clamp(min=1), torch.nan)}
+        return {
+            "clause_sat": self.clauses_satisfied(tokens, prompt).float().mean(1),
+            "unit_first": torch.where(chances > 0, hits / chances.clamp(min=1), torch.nan),
+        }
 
     # ------------------------------------------------- rule features and order
     feature_names: ClassVar[tuple[str, ...]] = ("unit", "open_clauses", "argmax_safe")
@@ -353,7 +372,7 @@ class Sat:
     def policy_features(self, tokens: torch.Tensor, probs: torch.Tensor, names: list[str]) -> torch.Tensor:
         """(B, L, len(names)) named propagation features (see `feature_names`), 0 on literal positions."""
         forced, open_count, forced_value = self.propagation_state(tokens)
-        argmax = probs[:, self.n_literals:].argmax(-1)
+        argmax = probs[:, self.n_literals :].argmax(-1)
         mean_occurrence = self.n_literals / self.n_vars
         table = {
             "unit": forced.float(),
@@ -362,8 +381,9 @@ class Sat:
         }
         unknown = [name for name in names if name not in table]
         if unknown:
-            raise InputError(f"policy.task_features: unknown sat feature {unknown[0]!r} "
-                             f"(known: {', '.join(self.feature_names)})")
+            raise InputError(
+                f"policy.task_features: unknown sat feature {unknown[0]!r} (known: {', '.join(self.feature_names)})"
+            )
         return torch.stack([self._per_position(table[name]) for name in names], dim=-1)
 
     def rule_orders(self) -> dict[str, Callable[[Any], torch.Tensor]]:
@@ -377,8 +397,9 @@ class Sat:
         return {"unit": unit}
 
     # ---------------------------------------------------------- augmentation
-    def augment(self, tokens: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def augment(
+        self, tokens: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Relabel variables, flip polarities, shuffle clauses and literals: satisfiability is unchanged."""
         batch, n, m, nl = tokens.shape[0], self.n_vars, self.n_clauses, self.n_literals
 
@@ -398,8 +419,9 @@ class Sat:
             old_var = code // 2
             new_code = 2 * torch.gather(new_of_old, 1, old_var) + (code % 2 ^ torch.gather(flip, 1, old_var))
             lits = torch.where(lits >= FIRST_LITERAL, FIRST_LITERAL + new_code, lits)
-            values = torch.where((values == FALSE) | (values == TRUE), values ^ torch.gather(flip, 1, old_of_new),
-                                 values)
+            values = torch.where(
+                (values == FALSE) | (values == TRUE), values ^ torch.gather(flip, 1, old_of_new), values
+            )
             return torch.cat([lits, values], dim=1)
 
         return relabel(tokens), torch.gather(fixed, 1, index), relabel(target)

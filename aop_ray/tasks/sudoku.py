@@ -23,7 +23,8 @@ from typing import Any, Callable, ClassVar, Iterator
 import numpy as np
 import torch
 
-from aop_ray.tasks.base import InputError, Instances, located, text_lines
+from aop_ray.errors import InputError, located
+from aop_ray.tasks.base import Instances, text_lines
 
 BOX_SHAPES: dict[int, tuple[int, int]] = {4: (2, 2), 6: (2, 3), 9: (3, 3)}
 _BLANKS = "0."
@@ -138,8 +139,7 @@ class Sudoku:
     def units(self) -> np.ndarray:
         """(3n, n) cell indices of every row, column and box."""
         groups = self.position_groups()
-        return np.stack([np.flatnonzero(groups[kind] == u) for kind in ("row", "col", "box")
-                         for u in range(self.size)])
+        return np.stack([np.flatnonzero(groups[kind] == u) for kind in ("row", "col", "box") for u in range(self.size)])
 
     def cell_units(self) -> np.ndarray:
         """(L, 3) the row, column and box unit index (into `units()`) of every cell."""
@@ -183,8 +183,9 @@ class Sudoku:
                 puzzle[i] = solution[i]
         return puzzle if remaining == clues else None
 
-    def generate(self, n: int, seed: int, start: int = 0, clues: int | list[int] = 30,
-                 unique: bool = False) -> Instances:
+    def generate(
+        self, n: int, seed: int, start: int = 0, clues: int | list[int] = 30, unique: bool = False
+    ) -> Instances:
         """Puzzles `start..start+n-1` with solutions; `clues` is a count or an inclusive [low, high].
 
         Reproducible: puzzle `j` depends only on (`seed`, `j`), so chunks can be
@@ -209,12 +210,12 @@ class Sudoku:
         return self._instances(puzzles, solutions, ids, metas)
 
     # ----------------------------------------------------------- tokenisation
-    def _instances(self, puzzles: list[list[int]], solutions: list[list[int]], ids: list[str],
-                   metas: list[dict[str, Any]]) -> Instances:
+    def _instances(
+        self, puzzles: list[list[int]], solutions: list[list[int]], ids: list[str], metas: list[dict[str, Any]]
+    ) -> Instances:
         p = np.array(puzzles, dtype=np.int64).reshape(len(ids), self.seq_len)
         s = np.array(solutions, dtype=np.int64).reshape(len(ids), self.seq_len)
-        return Instances(tokens=np.where(p > 0, p - 1, self.size), fixed=p > 0, target=s - 1,
-                         ids=ids, meta=metas)
+        return Instances(tokens=np.where(p > 0, p - 1, self.size), fixed=p > 0, target=s - 1, ids=ids, meta=metas)
 
     def render(self, tokens: np.ndarray) -> str:
         n, (br, bc) = self.size, self.box_shape
@@ -223,8 +224,8 @@ class Sudoku:
         for r in range(n):
             if r and r % br == 0:
                 lines.append("-+-".join("-" * (2 * bc - 1) for _ in range(n // bc)))
-            cells = chars[r * n:(r + 1) * n]
-            lines.append(" | ".join(" ".join(cells[c:c + bc]) for c in range(0, n, bc)))
+            cells = chars[r * n : (r + 1) * n]
+            lines.append(" | ".join(" ".join(cells[c : c + bc]) for c in range(0, n, bc)))
         return "\n".join(lines)
 
     # ---------------------------------------------------------------- parsing
@@ -301,24 +302,27 @@ class Sudoku:
             if not lines[i].strip().lower().startswith("grid"):
                 raise located(path, i + 1, f"expected a 'Grid NN' header, got {lines[i].strip()!r}")
             start = i + 1
-            rows = lines[start:start + self.size]
+            rows = lines[start : start + self.size]
             if len(rows) < self.size:
                 raise located(path, i + 1, f"grid has {len(rows)} rows, expected {self.size}")
             for k, row in enumerate(rows):
                 if len(row.strip()) != self.size:
-                    raise located(path, start + k + 1,
-                                  f"expected {self.size} cells in a grid row, got {len(row.strip())}")
+                    raise located(
+                        path, start + k + 1, f"expected {self.size} cells in a grid row, got {len(row.strip())}"
+                    )
             yield start + 1, "".join(r.strip() for r in rows), None
             i = start + self.size
 
     def _parse_cells(self, path: Path, line_no: int, cells: str) -> list[int]:
         if len(cells) != self.seq_len:
-            raise located(path, line_no, f"expected {self.seq_len} cells for a {self.size}x{self.size} "
-                                         f"Sudoku, got {len(cells)}")
+            raise located(
+                path, line_no, f"expected {self.seq_len} cells for a {self.size}x{self.size} Sudoku, got {len(cells)}"
+            )
         bad = re.sub(f"[{re.escape(_BLANKS)}1-{self.size}]", "", cells)
         if bad:
-            raise located(path, line_no, f"bad character {bad[0]!r} (allowed: digits 1-{self.size}, "
-                                         f"'0' or '.' for blanks)")
+            raise located(
+                path, line_no, f"bad character {bad[0]!r} (allowed: digits 1-{self.size}, '0' or '.' for blanks)"
+            )
         return [0 if ch in _BLANKS else int(ch) for ch in cells]
 
     def _check_consistent(self, path: Path, line_no: int, grid: list[int]) -> None:
@@ -327,8 +331,9 @@ class Sudoku:
             if len(values) != len(set(values)):
                 dup = next(v for v in values if values.count(v) > 1)
                 kind = ("row", "column", "box")[kind_index // self.size]
-                raise located(path, line_no, f"contradictory clues: digit {dup} twice in "
-                                             f"{kind} {kind_index % self.size + 1}")
+                raise located(
+                    path, line_no, f"contradictory clues: digit {dup} twice in {kind} {kind_index % self.size + 1}"
+                )
 
     def _is_solution(self, solution: list[int], puzzle: list[int]) -> bool:
         t = torch.tensor(solution).view(1, -1) - 1
@@ -349,8 +354,9 @@ class Sudoku:
         keeps_clues = ((tokens == prompt) | ~fixed).all(dim=1)
         return valid & keeps_clues
 
-    def metrics(self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor, step_of: torch.Tensor
-                ) -> dict[str, torch.Tensor]:
+    def metrics(
+        self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor, step_of: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         return {}  # solved and cell accuracy say it all
 
     # ------------------------------------------------- rule features and order
@@ -386,8 +392,9 @@ class Sudoku:
         }
         unknown = [name for name in names if name not in table]
         if unknown:
-            raise InputError(f"policy.task_features: unknown Sudoku feature {unknown[0]!r} "
-                             f"(known: {', '.join(self.feature_names)})")
+            raise InputError(
+                f"policy.task_features: unknown Sudoku feature {unknown[0]!r} (known: {', '.join(self.feature_names)})"
+            )
         return torch.stack([table[name] for name in names], dim=-1)
 
     def rule_orders(self) -> dict[str, Callable[[Any], torch.Tensor]]:
@@ -421,8 +428,9 @@ class Sudoku:
         digits = torch.argsort(torch.rand(batch, n, generator=generator), dim=1)
         return index.reshape(batch, n * n), digits
 
-    def augment(self, tokens: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor,
-                generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def augment(
+        self, tokens: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         index, digits = self.symmetry(tokens.shape[0], generator)
         index, digits = index.to(tokens.device), digits.to(tokens.device)
         mask_id = torch.full_like(digits[:, :1], self.size)
