@@ -64,7 +64,7 @@ class Trajectories:
             fixed,
             target,
             torch.cat([r.step_of for r in rollouts]),
-            torch.cat([-r.logp_target for r in rollouts]),
+            torch.cat([-r.logp_target for r in rollouts if r.logp_target is not None]),
         )
 
     @staticmethod

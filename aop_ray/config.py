@@ -82,7 +82,7 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
     if hint is Any:
         return value
     if dataclasses.is_dataclass(hint):
-        return parse_dataclass(hint, value, key)
+        return parse_dataclass(typing.cast(type, hint), value, key)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if hint is float and isinstance(value, str):
@@ -425,7 +425,7 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, cls: type = None) -> Any:
+def load_config(path: str | Path, overrides: list[str] | None = None, cls: type | None = None) -> Any:
     """Read a YAML config, apply overrides, validate everything (a `Config` unless `cls` says otherwise)."""
     path = Path(path)
     try:
@@ -517,7 +517,7 @@ class Domain:
 
     def probe_values(self) -> list[Any]:
         """Values that stand for the domain when a training config is validated with it."""
-        return list(self.grid or self.choice or self.uniform or self.loguniform or self.randint)
+        return list(self.grid or self.choice or self.uniform or self.loguniform or self.randint or [])
 
 
 @dataclasses.dataclass

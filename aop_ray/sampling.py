@@ -104,6 +104,7 @@ def unmask(
         rows = active[picked]
         chosen_logp = logits[picked, cols].log_softmax(-1)  # (n, V), one row per revealed position
         if teacher_force:
+            assert target is not None  # unmask() refuses teacher forcing without a target
             new = target[rows, cols]
         elif temperature > 0:
             probs = (chosen_logp / temperature).softmax(-1)
@@ -113,7 +114,7 @@ def unmask(
         tokens[rows, cols] = new
         step_of[rows, cols] = steps
         logp_token[rows, cols] = chosen_logp.gather(1, new[:, None]).squeeze(1)
-        if logp_target is not None:
+        if logp_target is not None and target is not None:  # logp_target exists exactly when target does
             ref = target[rows, cols].clamp(min=0)
             logp_target[rows, cols] = chosen_logp.gather(1, ref[:, None]).squeeze(1)
         steps += 1

@@ -7,6 +7,8 @@ noise level (MDLM/MD4 use a time-independent denoiser too). The trunk
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
@@ -21,7 +23,7 @@ class Denoiser(StructuredTransformer):
     def __init__(
         self,
         vocab_size: int,
-        position_groups: dict[str, torch.Tensor],
+        position_groups: dict[str, Any],
         cfg: ModelConfig,
         prompt_vocab_size: int = 0,
         structure: TokenStructure | None = None,

@@ -37,6 +37,7 @@ deviate. A too-soft start wastes the budget on sharpening (DESIGN.md).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -93,11 +94,13 @@ def generic_features(
             raise ValueError("feature 'hidden' needs the denoiser's hidden state")
         parts.append(hidden.detach().float())
     if "group_probs" in names or "group_tokens" in names:
+        if tokens is None or groups is None:
+            raise ValueError("features 'group_probs' and 'group_tokens' need the tokens and the position groups")
         revealed = revealed_one_hot(tokens, masked, probs.shape[-1], probs.dtype)
-    if "group_probs" in names:
-        parts.append(group_pooled(revealed + probs * masked[..., None], groups))
-    if "group_tokens" in names:
-        parts.append(group_pooled(revealed, groups))
+        if "group_probs" in names:
+            parts.append(group_pooled(revealed + probs * masked[..., None], groups))
+        if "group_tokens" in names:
+            parts.append(group_pooled(revealed, groups))
     return torch.cat(parts, dim=-1)
 
 
@@ -127,6 +130,13 @@ def feature_dim(cfg: PolicyConfig, vocab_size: int, hidden_dim: int, n_groups: i
     return sum(sizes[name] for name in cfg.features) + len(cfg.task_features)
 
 
+def last_linear(head: nn.Sequential) -> nn.Linear:
+    """The output layer of an MLP head (to start its residual at zero)."""
+    layer = head[-1]
+    assert isinstance(layer, nn.Linear)
+    return layer
+
+
 class Policy(StructuredTransformer):
     """An `Order`: `policy(state)` scores every position; the sampler takes the best masked one."""
 
@@ -142,12 +152,13 @@ class Policy(StructuredTransformer):
             structure=task.token_structure(),
         )
         self.task = task
+        self.task_hooks: Any = task  # tasks that declare feature_names implement policy_features
         self.cfg = cfg
         self.needs_hidden = "hidden" in cfg.features
         self.inp = nn.Linear(feature_dim(cfg, task.vocab_size, hidden_dim, len(self.group_names)), cfg.d_model)
         self.head = nn.Sequential(nn.Linear(cfg.d_model, cfg.d_model), nn.GELU(), nn.Linear(cfg.d_model, 1))
         self.apply(self._init)
-        nn.init.zeros_(self.head[-1].weight)  # residual starts at exactly zero
+        nn.init.zeros_(last_linear(self.head).weight)  # residual starts at exactly zero
         self.log_scale = base_log_scale(cfg)
         self.base = HEURISTICS[cfg.base_order]
 
@@ -156,7 +167,7 @@ class Policy(StructuredTransformer):
             state.probs, state.hidden, state.masked, self.cfg.features, state.tokens, registered_groups(self)
         )
         if self.cfg.task_features:
-            extra = self.task.policy_features(state.tokens, state.probs, self.cfg.task_features)
+            extra = self.task_hooks.policy_features(state.tokens, state.probs, self.cfg.task_features)
             feats = torch.cat([feats, extra.to(feats.dtype)], dim=-1)
         return feats
 
@@ -186,6 +197,7 @@ class TokenAxisPolicy(nn.Module):
                 "structure differs per instance, use encoder transformer"
             )
         self.task = task
+        self.task_hooks: Any = task  # tasks that declare feature_names implement policy_features
         self.cfg = cfg
         self.needs_hidden = False
         self.group_names = register_groups(self, task.position_groups())
@@ -195,8 +207,8 @@ class TokenAxisPolicy(nn.Module):
         self.embed = mlp(3 + 2 * n_groups + 2, width, 2 * width)
         self.rounds = nn.ModuleList(mlp((3 + n_groups) * width, width, 2 * width) for _ in range(cfg.n_layers))
         self.head = mlp(2 * width + 5 + len(cfg.task_features), 1, 2 * width)
-        nn.init.zeros_(self.head[-1].weight)  # residual starts at exactly zero
-        nn.init.zeros_(self.head[-1].bias)
+        nn.init.zeros_(last_linear(self.head).weight)  # residual starts at exactly zero
+        nn.init.zeros_(last_linear(self.head).bias)
         self.log_scale = base_log_scale(cfg)
         self.base = HEURISTICS[cfg.base_order]
 
@@ -205,7 +217,8 @@ class TokenAxisPolicy(nn.Module):
         b, length, vocab, width = x.shape
         pooled = group_pooled(x.reshape(b, length, vocab * width), registered_groups(self))
         pooled = pooled.reshape(b, length, len(self.group_names), vocab, width).transpose(2, 3)
-        return (pooled / self.peers).reshape(b, length, vocab, -1)
+        peers = self.get_buffer("peers")
+        return (pooled / peers).reshape(b, length, vocab, -1)
 
     def forward(self, state: DecodeState) -> torch.Tensor:
         probs, masked = state.probs.float(), state.masked
@@ -241,7 +254,7 @@ class TokenAxisPolicy(nn.Module):
             )
         readout = [h.mean(2), h.max(2).values, stats]
         if self.cfg.task_features:
-            readout.append(self.task.policy_features(state.tokens, probs, self.cfg.task_features).float())
+            readout.append(self.task_hooks.policy_features(state.tokens, probs, self.cfg.task_features).float())
         residual = self.head(torch.cat(readout, dim=-1)).squeeze(-1)
         return over_base(self.log_scale, self.base, state, residual)
 

@@ -30,7 +30,7 @@ from aop_ray.tasks import TokenStructure
 LINKED_BIAS_INIT = 3.0  # e^3 = 20x the attention weight of an unlinked pair at the start
 
 
-def relation_ids(position_groups: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
+def relation_ids(position_groups: dict[str, Any]) -> tuple[torch.Tensor, int]:
     """(L, L) id of which structure groups two positions share, and the number of ids.
 
     For Sudoku (row, col, box) there are 8 relations: none, same row, same
@@ -56,7 +56,8 @@ def register_groups(module: nn.Module, position_groups: dict[str, Any]) -> list[
 
 def registered_groups(module: nn.Module) -> list[torch.Tensor]:
     """The ids `register_groups` stored, in its order."""
-    return [getattr(module, f"group_{name}") for name in module.group_names]
+    names: list[str] = vars(module)["group_names"]  # a plain attribute, not a submodule or buffer
+    return [module.get_buffer(f"group_{name}") for name in names]
 
 
 class Block(nn.Module):
@@ -123,7 +124,7 @@ class StructuredTransformer(nn.Module):
 
     def __init__(
         self,
-        position_groups: dict[str, torch.Tensor],
+        position_groups: dict[str, Any],
         d_model: int,
         n_layers: int,
         n_heads: int,
@@ -167,7 +168,7 @@ class StructuredTransformer(nn.Module):
         """(B, L, D) input embeddings of (B, L) `tokens` -> (B, L, D) final hidden states."""
         x = x + self.position_embedding()
         linked = None
-        if self.structure is not None:
+        if self.structure is not None and self.emb_state is not None:
             x = x + self.emb_state(self.structure.states(tokens))
             linked = self.structure.relations(tokens)
             if torch.is_grad_enabled() and any(

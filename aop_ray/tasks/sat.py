@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import random
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Sequence
 
 import numpy as np
 import torch
@@ -152,7 +152,7 @@ class Sat:
     def _instances(
         self,
         clauses: list[list[list[int]]],
-        values: list[list[int] | None],
+        values: Sequence[list[int] | None],
         ids: list[str],
         metas: list[dict[str, Any]],
     ) -> Instances:
