@@ -12,7 +12,7 @@ import dataclasses
 import types
 import typing
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 import yaml
 
@@ -323,6 +323,8 @@ class MlflowConfig:
 
 @dataclasses.dataclass
 class Config:
+    INPUT_REFS: ClassVar[tuple[str, ...]] = ("aop.denoiser_checkpoint",)
+
     task: dict[str, Any]
     data: DataConfig
     model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
@@ -425,8 +427,38 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
+# The checkout (or installed tree) that holds tune_configs/ and benchmarks/checkpoints/.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def find_input(ref: str) -> str:
+    """A committed input (a checkpoint, an oracle) named by a relative path: found from the working directory
+    when it is there, else from the project, so shipped configs work from any directory."""
+    path = Path(ref).expanduser()
+    if path.is_absolute() or path.exists() or "://" in ref or not (PROJECT_ROOT / path).exists():
+        return ref
+    return str(PROJECT_ROOT / path)
+
+
+def _resolve_refs(data: dict[str, Any], keys: tuple[str, ...], resolve: Any) -> None:
+    """Rewrite the relative paths at dotted `keys` of a raw config with `resolve`."""
+    for key in keys:
+        *parents, leaf = key.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        value = node.get(leaf) if isinstance(node, dict) else None
+        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute() and "://" not in value:
+            node[leaf] = resolve(value)
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None, cls: type | None = None) -> Any:
-    """Read a YAML config, apply overrides, validate everything (a `Config` unless `cls` says otherwise)."""
+    """Read a YAML config, apply overrides, validate everything (a `Config` unless `cls` says otherwise).
+
+    A config's references to other configs (`CONFIG_REFS`) are relative to the file that names them;
+    overrides are relative to the working directory. Committed inputs (`INPUT_REFS`: checkpoints,
+    oracles) are found from the working directory, else from the project (`find_input`).
+    """
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
@@ -437,10 +469,15 @@ def load_config(path: str | Path, overrides: list[str] | None = None, cls: type 
         line = f":{mark.line + 1}" if mark is not None else ""
         raise InputError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
     data = data or {}
+    cls = cls or Config
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")
+    _resolve_refs(data, getattr(cls, "CONFIG_REFS", ()), lambda ref: str(path.parent.absolute() / ref))
     for override in overrides or []:
         apply_override(data, override)
+    _resolve_refs(data, getattr(cls, "INPUT_REFS", ()), find_input)
     try:
-        return parse_dataclass(cls or Config, data, "")
+        return parse_dataclass(cls, data, "")
     except InputError as err:
         raise InputError(f"{path}: {err}") from None
 
@@ -464,6 +501,9 @@ class PipelineConfig:
     Each training stage is an ordinary training config plus overrides, so everything a stage
     can do standalone (`--config`) it can do here, and the stage configs stay the single source.
     """
+
+    CONFIG_REFS: ClassVar[tuple[str, ...]] = ("policy_config", "denoiser_config")
+    INPUT_REFS: ClassVar[tuple[str, ...]] = ("denoiser_checkpoint",)
 
     evaluate: EvaluateConfig
     policy_config: str
@@ -584,6 +624,9 @@ class SweepConfig:
     train a policy with `train_config` (+ `train_overrides` + the trial's `search` values +
     its seed) on that denoiser, through a Ray Train `TorchTrainer` launched inside the trial.
     """
+
+    CONFIG_REFS: ClassVar[tuple[str, ...]] = ("denoiser_config", "train_config")
+    INPUT_REFS: ClassVar[tuple[str, ...]] = ("denoiser_checkpoint", "evaluate.oracle")
 
     name: str
     orders: list[str]

@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from aop_ray import checkpoints, data
 from aop_ray.cli import run_main, say
-from aop_ray.config import check_threshold
+from aop_ray.config import check_threshold, find_input
 from aop_ray.errors import InputError
 from aop_ray.locations import check_durable, check_tracking_uri
 from aop_ray.models.policy import PolicyEnsemble, PolicyNet
@@ -342,8 +342,9 @@ def run_evaluation(ev: Evaluation) -> list[dict[str, Any]]:
     uri = resolve_uri() if ev.mlflow else None
     check_tracking_uri(uri)
     device = torch.device(ev.device)
-    denoiser, task, manifest = checkpoints.load_denoiser(ev.checkpoint, map_location=device)
-    policy_path = ev.policy or (ev.checkpoint if manifest["kind"] == "policy" else None)
+    checkpoint = find_input(ev.checkpoint)  # a committed checkpoint is found from any directory
+    denoiser, task, manifest = checkpoints.load_denoiser(checkpoint, map_location=device)
+    policy_path = find_input(ev.policy) if ev.policy else (checkpoint if manifest["kind"] == "policy" else None)
     policy = checkpoints.load_policy(policy_path, task, manifest["model"], device) if policy_path else None
     orders = parse_orders(ev.orders, task, policy)
     if ev.reference is not None and ev.reference not in orders:
@@ -353,7 +354,7 @@ def run_evaluation(ev: Evaluation) -> list[dict[str, Any]]:
     if ev.limit is not None:
         instances = instances.take(slice(0, ev.limit))
     params = {
-        "checkpoint": str(Path(ev.checkpoint).resolve()),
+        "checkpoint": str(Path(checkpoint).resolve()),
         "policy": str(Path(policy_path).resolve()) if policy_path else None,
         "policy_description": policy_description(policy) if policy else None,
         "data": str(Path(ev.data).resolve()),

@@ -11,13 +11,13 @@ import sys
 from typing import Any
 
 from aop_ray.cli import run_main
-from aop_ray.config import load_config
+from aop_ray.config import PROJECT_ROOT, load_config
 from aop_ray.errors import InputError
 from aop_ray.pipeline import load_pipeline, run_pipeline
 from aop_ray.training.driver import run
 
-MAIN_PIPELINE = "tune_configs/main.yaml"
-QUICK_PIPELINE = "tune_configs/quick.yaml"
+MAIN_PIPELINE = PROJECT_ROOT / "tune_configs" / "main.yaml"
+QUICK_PIPELINE = PROJECT_ROOT / "tune_configs" / "quick.yaml"
 
 
 def build_parser() -> argparse.ArgumentParser:

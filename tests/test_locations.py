@@ -95,3 +95,28 @@ def test_the_pipeline_refuses_a_bad_ray_key_in_one_line(tmp_path):
     ):
         proc = call_cli("aop_ray.train", "--quick", override, cwd=ROOT)
         assert proc.returncode == 2 and message in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr
+
+
+def test_config_references_resolve_against_the_file_and_committed_inputs_from_the_project(tmp_path, monkeypatch):
+    """Commands work from any directory: a sweep's training configs sit beside it, a committed checkpoint is found
+    from the project, an override stays relative to the working directory."""
+    from aop_ray.config import SweepConfig
+
+    monkeypatch.chdir(tmp_path)
+    spec = load_config(ROOT / "tune_configs" / "sudoku9_orders.yaml", cls=SweepConfig)
+    assert spec.train_config == str(ROOT / "tune_configs" / "sudoku9_policy.yaml")
+    assert spec.denoiser_checkpoint == str(ROOT / "benchmarks" / "checkpoints" / "sudoku9")
+    spec = load_config(ROOT / "tune_configs" / "sudoku9_orders.yaml", ["denoiser_checkpoint=mine"], cls=SweepConfig)
+    assert spec.denoiser_checkpoint == "mine"  # not in the working directory nor the project: left as given
+    (tmp_path / "benchmarks" / "checkpoints" / "sudoku9").mkdir(parents=True)
+    spec = load_config(ROOT / "tune_configs" / "sudoku9_orders.yaml", cls=SweepConfig)
+    assert spec.denoiser_checkpoint == "benchmarks/checkpoints/sudoku9"  # the working directory's comes first
+
+
+def test_quick_pipeline_loads_from_another_directory(tmp_path, monkeypatch):
+    from aop_ray.train import QUICK_PIPELINE
+
+    monkeypatch.chdir(tmp_path)
+    pipeline = load_config(QUICK_PIPELINE, cls=PipelineConfig)
+    assert Path(pipeline.policy_config) == ROOT / "tune_configs" / "sudoku9_policy.yaml"
+    assert load_config(pipeline.policy_config).aop.denoiser_checkpoint == str(ROOT / "benchmarks/checkpoints/sudoku9")

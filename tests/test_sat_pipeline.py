@@ -38,18 +38,11 @@ def write_cnf_dir(out: Path, n: int, seed: int) -> Path:
 
 @pytest.fixture(scope="module")
 def sweep(tmp_path_factory) -> dict:
+    # From an empty directory: the sweep finds its training configs beside its own file, trains its denoiser,
+    # and writes everything under the working directory.
     workdir = tmp_path_factory.mktemp("sat")
-    configs = [
-        f"{key}={ROOT / 'tune_configs' / name}"
-        for key, name in (("train_config", "sat_policy_smoke.yaml"), ("denoiser_config", "sat_smoke.yaml"))
-    ]
     proc = run_cli(
-        "aop_ray.tune",
-        "--config",
-        str(ROOT / "tune_configs" / "sat_smoke_sweep.yaml"),
-        *configs,
-        cwd=workdir,
-        timeout=900,
+        "aop_ray.tune", "--config", str(ROOT / "tune_configs" / "sat_smoke_sweep.yaml"), cwd=workdir, timeout=900
     )
     return {
         "workdir": workdir,

@@ -154,12 +154,9 @@ def sweep(trained) -> dict:
     """The smoke sweep, interrupted (SIGINT) once a learned trial is training, then resumed to the end."""
     workdir = trained  # it holds the 4x4 smoke denoiser at runs/sudoku4-smoke/final
     sweep_dir = workdir / "runs" / "tune" / "smoke"
-    configs = [
-        f"{key}={ROOT / 'tune_configs' / name}"
-        for key, name in (("train_config", "sudoku4_policy_smoke.yaml"), ("denoiser_config", "sudoku4_smoke.yaml"))
-    ]
-    # One trial at a time: a heuristic trial has finished by the time the learned trial trains.
-    configs.append("resources.max_concurrent_trials=1")
+    # The config's references to its training configs resolve against the config file, not the working
+    # directory. One trial at a time: a heuristic trial has finished by the time the learned trial trains.
+    configs = ["resources.max_concurrent_trials=1"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "aop_ray.tune", "--config", str(SMOKE_SWEEP), *configs],
         cwd=workdir,
