@@ -269,7 +269,7 @@ class PolicyEnsemble(nn.Module):
     base order errs, so its solve rate moves by several points from one training
     seed to the next. Each member scores `scale * base + residual`; their mean keeps
     the base and averages the residuals, which averages that seed noise out
-    (benchmarks/sudoku9_ensemble.md). Built from trained checkpoints by
+    (docs/results/sudoku9_ensemble.md). Built from trained checkpoints by
     `python -m aop_ray.ensemble`; it is not trained as one.
     """
 
