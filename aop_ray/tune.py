@@ -19,7 +19,6 @@ that `python -m aop_ray.report` rebuilds from MLflow alone.
 from __future__ import annotations
 
 import argparse
-import copy
 import dataclasses
 import functools
 import json
@@ -42,6 +41,35 @@ SWEEP_STATE = "aop_sweep.json"  # in the sweep directory: the resolved config an
 INTERRUPTED = 130
 
 
+@dataclasses.dataclass
+class SweepState:
+    """Everything a sweep resolved on its driver: written to `aop_sweep.json` for `--resume`, handed to every
+    trial. Paths are absolute, since trials run in other directories, maybe on other nodes."""
+
+    spec: SweepConfig
+    sweep_dir: str
+    denoiser: str
+    tracking_uri: str | None
+    train_config: Config | None = None  # the learned trials' base config, datasets resolved
+    concurrency: int = 1
+    eval_data: str = ""
+    oracle: str | None = None
+    parent_run_id: str | None = None
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str, where: str) -> SweepState:
+        """The state saved by `to_json`; anything else is one line naming the file."""
+        try:
+            return parse_dataclass(cls, json.loads(text), "")
+        except json.JSONDecodeError as err:
+            raise InputError(f"{where}:{err.lineno}: not a sweep state ({err.msg})") from None
+        except InputError as err:
+            raise InputError(f"{where}: not this version's sweep state ({err})") from None
+
+
 # ----------------------------------------------------------------------------- trial side
 def group_label(order: str, search: dict[str, Any]) -> str:
     """What seeds are averaged over: the order, plus the searched values of a learned trial.
@@ -55,22 +83,23 @@ def group_label(order: str, search: dict[str, Any]) -> str:
     return " ".join([order, *values])
 
 
-def learned_config(state: dict[str, Any], seed: int, search: dict[str, Any], trial_id: str) -> Config:
+def learned_config(state: SweepState, seed: int, search: dict[str, Any], trial_id: str) -> Config:
     """The training config of one learned trial: the sweep's resolved base config + its search values and seed.
 
     The base config was read and its paths made absolute on the driver: a trial runs in
     another working directory, possibly on another node.
     """
-    base = copy.deepcopy(state["train_config"])
+    assert state.train_config is not None  # prepare() sets it whenever learned is among the orders
+    base = state.train_config.to_dict()
     for key, value in search.items():
         apply_override(base, f"{key}={json.dumps(value)}")
     base["train"]["seed"] = seed
     base["name"] = f"train-trial_id={trial_id}"
-    base["ray"]["storage_path"] = str(Path(state["sweep_dir"]) / "train")
+    base["ray"]["storage_path"] = str(Path(state.sweep_dir) / "train")
     return Config.from_dict(base)
 
 
-def run_trial(config: dict[str, Any], state: dict[str, Any], inputs: dict[str, Any]) -> None:
+def run_trial(config: dict[str, Any], state: SweepState, inputs: dict[str, Any]) -> None:
     """One Tune trial: (train a policy, then) decode the test set under the trial's order.
 
     `inputs` (the test set and the policy's train/validation sets) come from the driver through
@@ -82,13 +111,13 @@ def run_trial(config: dict[str, Any], state: dict[str, Any], inputs: dict[str, A
 
     from aop_ray.training import driver
 
-    spec = parse_dataclass(SweepConfig, state["config"], "")
+    spec = state.spec
     trial_id = tune.get_context().get_trial_id()
     order, seed, search = config["order"], config["seed"], config.get("search", {})
     torch.set_num_threads(spec.resources.eval_threads)
     group = group_label(order, search)
     tracker = Tracker.start(
-        state["tracking_uri"],
+        state.tracking_uri,
         spec.mlflow.experiment,
         f"{group}-seed{seed}",
         params={"order": order, "seed": seed, "group": group, **{f"search.{k}": v for k, v in search.items()}},
@@ -96,13 +125,13 @@ def run_trial(config: dict[str, Any], state: dict[str, Any], inputs: dict[str, A
             report.ROLE_TAG: "trial",
             report.ORDER_TAG: order,
             report.GROUP_TAG: group,
-            "mlflow.parentRunId": state["parent_run_id"] or "",
+            "mlflow.parentRunId": state.parent_run_id or "",
         },
-        reuse={report.SWEEP_TAG: state["parent_run_id"] or "", "aop_ray.trial_id": trial_id},
+        reuse={report.SWEEP_TAG: state.parent_run_id or "", "aop_ray.trial_id": trial_id},
     )
     status = "FAILED"
     try:
-        checkpoint, policy, final = on_this_node(state["denoiser"]), None, {}
+        checkpoint, policy, final = on_this_node(state.denoiser), None, {}
         if order == "learned":
             cfg = learned_config(state, seed, search, trial_id)
             resume = (Path(cfg.ray.storage_path) / cfg.name / driver.RUN_STATE).is_file()
@@ -130,9 +159,9 @@ def run_trial(config: dict[str, Any], state: dict[str, Any], inputs: dict[str, A
             temperature=ev.temperature,
             policy=policy,
             progress=False,
-            scorer=load_scorer(state["oracle"] and str(on_this_node(state["oracle"])), task),
+            scorer=load_scorer(state.oracle and str(on_this_node(state.oracle)), task),
         )
-        out = Path(state["sweep_dir"]) / "evaluations" / trial_id
+        out = Path(state.sweep_dir) / "evaluations" / trial_id
         write_results(out, rows, maps, solved, instances)
         metrics = numeric(rows[0])
         tracker.log_metrics(metrics, step=int(final.get("step", 0)))
@@ -162,23 +191,23 @@ def trial_resources(config: dict[str, Any], resources: dict[str, float]) -> Any:
 
 # ----------------------------------------------------------------------------- driver side
 def _close_trial_runs(
-    state: dict[str, Any], status: str, trial_id: str | None = None, replace: tuple[str, ...] = ("RUNNING",)
+    state: SweepState, status: str, trial_id: str | None = None, replace: tuple[str, ...] = ("RUNNING",)
 ) -> None:
     """Set the runs of one trial (or of every trial) that are in a `replace` status to `status`.
 
     The trial could not: Tune killed it (scheduler stop, interrupt), or it died.
     """
-    if state["parent_run_id"] is None:
+    if state.parent_run_id is None:
         return
-    client = client_for(state["tracking_uri"])
-    exp_id = experiment_id(client, state["tracking_uri"], state["config"]["mlflow"]["experiment"])
-    tags = {report.SWEEP_TAG: state["parent_run_id"], **({"aop_ray.trial_id": trial_id} if trial_id else {})}
+    client = client_for(state.tracking_uri)
+    exp_id = experiment_id(client, state.tracking_uri, state.spec.mlflow.experiment)
+    tags = {report.SWEEP_TAG: state.parent_run_id, **({"aop_ray.trial_id": trial_id} if trial_id else {})}
     for run in find_runs(client, exp_id, tags):
         if run.info.status in replace:
             client.set_terminated(run.info.run_id, status=status)
 
 
-def _trial_run_closer(state: dict[str, Any]) -> Any:
+def _trial_run_closer(state: SweepState) -> Any:
     from ray import tune
 
     class TrialRunCloser(tune.Callback):
@@ -224,26 +253,23 @@ def _scheduler(spec: SweepConfig) -> Any:
     )
 
 
-def _inputs(state: dict[str, Any]) -> dict[str, Any]:
+def _inputs(state: SweepState) -> dict[str, Any]:
     """The datasets every trial reads, loaded once on the driver (from the paths `prepare` resolved)."""
     from aop_ray.training import driver
 
-    _, task, _ = checkpoints.load_denoiser(state["denoiser"])
+    _, task, _ = checkpoints.load_denoiser(state.denoiser)
     stage_data = None
-    if state["train_config"] is not None:
-        cfg = Config.from_dict(state["train_config"])
-        stage_data = driver.StageData.load(cfg, cfg.build_task())
-    return {"eval": data.load_instances(task, state["eval_data"]), "stage_data": stage_data}
+    if state.train_config is not None:
+        stage_data = driver.StageData.load(state.train_config, state.train_config.build_task())
+    return {"eval": data.load_instances(task, state.eval_data), "stage_data": stage_data}
 
 
-def _trainable(state: dict[str, Any]) -> Any:
+def _trainable(state: SweepState) -> Any:
     from ray import tune
 
     return tune.with_resources(
         tune.with_parameters(run_trial, state=state, inputs=_inputs(state)),
-        functools.partial(
-            trial_resources, resources=dataclasses.asdict(parse_dataclass(SweepConfig, state["config"], "").resources)
-        ),
+        functools.partial(trial_resources, resources=dataclasses.asdict(state.spec.resources)),
     )
 
 
@@ -291,21 +317,15 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
     uri = resolve_uri(spec.mlflow.tracking_uri) if (mlflow and spec.mlflow.enabled) else None
     check_tracking_uri(uri)
     check_reachable(uri, spec.mlflow.experiment)  # before Ray, a denoiser or any data is spent on it
-    state = {
-        "config": dataclasses.asdict(spec),
-        "train_config": cfg.to_dict() if cfg else None,
-        "sweep_dir": str(sweep_dir),
-        "denoiser": str(denoiser),
-        "tracking_uri": uri,
-    }
+    state = SweepState(spec=spec, sweep_dir=str(sweep_dir), denoiser=str(denoiser), tracking_uri=uri)
     ray_session.connect()
-    state["concurrency"] = spec.resources.max_concurrent_trials
+    state.concurrency = spec.resources.max_concurrent_trials
     if spec.resources.fit_to_cluster:
-        per_trial = trial_cpus(spec, state)
-        state["concurrency"] = fit_concurrency(state["concurrency"], per_trial, ray.cluster_resources().get("CPU", 0))
-        if state["concurrency"] < spec.resources.max_concurrent_trials:
+        per_trial = trial_cpus(spec, cfg)
+        state.concurrency = fit_concurrency(state.concurrency, per_trial, ray.cluster_resources().get("CPU", 0))
+        if state.concurrency < spec.resources.max_concurrent_trials:
             say(
-                f"resources: {state['concurrency']} trial(s) at once, not {spec.resources.max_concurrent_trials}: "
+                f"resources: {state.concurrency} trial(s) at once, not {spec.resources.max_concurrent_trials}: "
                 f"each reserves up to {per_trial:g} CPUs"
             )
 
@@ -333,14 +353,14 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
             )
     if cfg is not None:  # paths made absolute: trials run in other directories, maybe on other nodes
         checkpoints.check_task(manifest, cfg.build_task(), str(spec.train_config))
-        train_data = state["train_config"]["data"]
-        train_data["train"]["path"] = str(data.dataset_path(cfg.data.train, task, "train"))
+        cfg.data.train.path = str(data.dataset_path(cfg.data.train, task, "train"))
         if cfg.data.val is not None:
-            train_data["val"]["path"] = str(data.dataset_path(cfg.data.val, task, "val"))
-    state["eval_data"] = str(data.dataset_path(spec.evaluate.data, task, "evaluate"))
-    state["oracle"] = str(Path(spec.evaluate.oracle).expanduser().resolve()) if spec.evaluate.oracle else None
-    load_scorer(state["oracle"], task)  # refuse a wrong oracle before the first trial
-    state["parent_run_id"] = Tracker.start(
+            cfg.data.val.path = str(data.dataset_path(cfg.data.val, task, "val"))
+        state.train_config = cfg
+    state.eval_data = str(data.dataset_path(spec.evaluate.data, task, "evaluate"))
+    state.oracle = str(Path(spec.evaluate.oracle).expanduser().resolve()) if spec.evaluate.oracle else None
+    load_scorer(state.oracle, task)  # refuse a wrong oracle before the first trial
+    state.parent_run_id = Tracker.start(
         uri,
         spec.mlflow.experiment,
         spec.name,
@@ -348,7 +368,7 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
             "orders": ",".join(spec.orders),
             "seeds": " ".join(map(str, spec.seeds)),
             "denoiser": str(denoiser),
-            "eval_data": state["eval_data"],
+            "eval_data": state.eval_data,
             "eval_limit": spec.evaluate.limit,
             "scheduler": spec.scheduler.type,
             "search": json.dumps({k: dataclasses.asdict(d) for k, d in spec.search.items()}),
@@ -356,7 +376,7 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
         tags={report.ROLE_TAG: "sweep", "aop_ray.task": task.name},
     ).run_id
     sweep_dir.mkdir(parents=True)
-    (sweep_dir / SWEEP_STATE).write_text(json.dumps(state, indent=2))
+    (sweep_dir / SWEEP_STATE).write_text(state.to_json())
     return state
 
 
@@ -395,13 +415,12 @@ def expected_trials(spec: SweepConfig) -> int:
     return len(spec.orders) * len(spec.seeds) * grid * spec.num_samples
 
 
-def trial_cpus(spec: SweepConfig, state: dict[str, Any]) -> float:
+def trial_cpus(spec: SweepConfig, cfg: Config | None) -> float:
     """The most CPUs one trial reserves: a heuristic trial, or a learned trial with its Train workers."""
     needs = [spec.resources.eval_cpus] if any(o != "learned" for o in spec.orders) else []
-    if state["train_config"] is not None:
-        ray_cfg = state["train_config"]["ray"]
-        per_worker = 1.0 if ray_cfg["use_gpu"] else ray_cfg["cpus_per_worker"]  # Ray's default beside a GPU
-        needs.append(spec.resources.trainer_cpus + ray_cfg["num_workers"] * per_worker)
+    if cfg is not None:
+        per_worker = 1.0 if cfg.ray.use_gpu else cfg.ray.cpus_per_worker  # Ray's default beside a GPU
+        needs.append(spec.resources.trainer_cpus + cfg.ray.num_workers * per_worker)
     return max(needs)
 
 
@@ -418,13 +437,13 @@ def fit_concurrency(wanted: int, per_trial: float, cluster_cpus: float) -> int:
     return min(wanted, fit)
 
 
-def run_sweep(state: dict[str, Any], resume: bool = False) -> list[dict[str, Any]]:
+def run_sweep(state: SweepState, resume: bool = False) -> list[dict[str, Any]]:
     """Run (or continue) the sweep; returns the summary rows. Exits 130 when interrupted."""
     from ray import tune
 
-    spec = parse_dataclass(SweepConfig, state["config"], "")
-    sweep_dir = Path(state["sweep_dir"])
-    parent = Tracker(state["tracking_uri"], state["parent_run_id"])
+    spec = state.spec
+    sweep_dir = Path(state.sweep_dir)
+    parent = Tracker(state.tracking_uri, state.parent_run_id)
     ray_session.connect()
     started = time.perf_counter()
     if resume:
@@ -445,7 +464,7 @@ def run_sweep(state: dict[str, Any], resume: bool = False) -> list[dict[str, Any
             tune_config=tune.TuneConfig(
                 num_samples=spec.num_samples,
                 scheduler=_scheduler(spec),
-                max_concurrent_trials=state["concurrency"],
+                max_concurrent_trials=state.concurrency,
                 reuse_actors=False,
             ),
             run_config=tune.RunConfig(
@@ -498,11 +517,11 @@ def run_sweep(state: dict[str, Any], resume: bool = False) -> list[dict[str, Any
 
 
 def _summarize(
-    spec: SweepConfig, state: dict[str, Any], records: list[dict[str, Any]], started: float
+    spec: SweepConfig, state: SweepState, records: list[dict[str, Any]], started: float
 ) -> list[dict[str, Any]]:
     """The sweep's summary: printed, written to <sweep dir>/summary and logged to the parent run."""
-    sweep_dir = Path(state["sweep_dir"])
-    parent = Tracker(state["tracking_uri"], state["parent_run_id"])
+    sweep_dir = Path(state.sweep_dir)
+    parent = Tracker(state.tracking_uri, state.parent_run_id)
     rows = report.summarize(records)
     title = f"{spec.name}: {len(records)} trials ({(time.perf_counter() - started) / 60:.1f} min in this run)"
     table = report.write_summary(sweep_dir / "summary", rows, records, title)
@@ -521,11 +540,11 @@ def _summarize(
     return rows
 
 
-def load_state(path: str | Path) -> dict[str, Any]:
+def load_state(path: str | Path) -> SweepState:
     state_file = Path(path).expanduser().resolve() / SWEEP_STATE
     if not state_file.is_file():
         raise InputError(f"--resume: {state_file} not found (give the sweep directory <storage_path>/<name>)")
-    return json.loads(state_file.read_text())
+    return SweepState.from_json(state_file.read_text(), str(state_file))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 import signal
 import subprocess
 import sys
@@ -315,3 +316,30 @@ def test_mlflow_ui_serves_one_run_per_trial_and_the_pngs(sweep):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_sweep_state_round_trips_through_json_and_refuses_other_files(tmp_path):
+    from aop_ray.tune import SweepState
+
+    spec = load_config(ROOT / "tune_configs" / "sudoku9_orders.yaml", cls=SweepConfig)
+    train = load_config(spec.train_config)
+    state = SweepState(
+        spec=spec,
+        sweep_dir="/s/d",
+        denoiser="/d",
+        tracking_uri=None,
+        train_config=train,
+        concurrency=2,
+        eval_data="/e",
+        oracle=None,
+        parent_run_id="abc",
+    )
+    again = SweepState.from_json(state.to_json(), "aop_sweep.json")
+    assert again == state and again.to_json() == state.to_json()
+    for text, message in (
+        ("[1, 2]", "aop_sweep.json: not this version's sweep state (config: expected a mapping"),
+        ("{", "aop_sweep.json:1: not a sweep state"),
+        ('{"config": {}}', "aop_sweep.json: not this version's sweep state (config: unknown key"),
+    ):
+        with pytest.raises(InputError, match=re.escape(message)):
+            SweepState.from_json(text, "aop_sweep.json")
