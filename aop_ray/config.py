@@ -340,7 +340,7 @@ class Config:
     def __post_init__(self) -> None:
         task = make_task(self.task)
         self.task = task_params(task)
-        known = getattr(task, "feature_names", ())
+        known = task.feature_names
         for name in self.policy.task_features:
             if name not in known:
                 raise InputError(

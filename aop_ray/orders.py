@@ -66,8 +66,7 @@ HEURISTICS: dict[str, Order] = {
 
 def task_rules(task: Any) -> dict[str, Order]:
     """Rule orders a task offers (Sudoku: `singles`); none for tasks without rules."""
-    rules = getattr(task, "rule_orders", None)
-    return rules() if rules is not None else {}
+    return task.rule_orders() if task is not None else {}
 
 
 def get_order(name: str, policy: Order | None = None, task: Any = None) -> Order:

@@ -37,7 +37,6 @@ deviate. A too-soft start wastes the budget on sharpening (DESIGN.md).
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import torch
 from torch import nn
@@ -152,7 +151,6 @@ class Policy(StructuredTransformer):
             structure=task.token_structure(),
         )
         self.task = task
-        self.task_hooks: Any = task  # tasks that declare feature_names implement policy_features
         self.cfg = cfg
         self.needs_hidden = "hidden" in cfg.features
         self.inp = nn.Linear(feature_dim(cfg, task.vocab_size, hidden_dim, len(self.group_names)), cfg.d_model)
@@ -167,7 +165,7 @@ class Policy(StructuredTransformer):
             state.probs, state.hidden, state.masked, self.cfg.features, state.tokens, registered_groups(self)
         )
         if self.cfg.task_features:
-            extra = self.task_hooks.policy_features(state.tokens, state.probs, self.cfg.task_features)
+            extra = self.task.policy_features(state.tokens, state.probs, self.cfg.task_features)
             feats = torch.cat([feats, extra.to(feats.dtype)], dim=-1)
         return feats
 
@@ -197,7 +195,6 @@ class TokenAxisPolicy(nn.Module):
                 "structure differs per instance, use encoder transformer"
             )
         self.task = task
-        self.task_hooks: Any = task  # tasks that declare feature_names implement policy_features
         self.cfg = cfg
         self.needs_hidden = False
         self.group_names = register_groups(self, task.position_groups())
@@ -254,7 +251,7 @@ class TokenAxisPolicy(nn.Module):
             )
         readout = [h.mean(2), h.max(2).values, stats]
         if self.cfg.task_features:
-            readout.append(self.task_hooks.policy_features(state.tokens, probs, self.cfg.task_features).float())
+            readout.append(self.task.policy_features(state.tokens, probs, self.cfg.task_features).float())
         residual = self.head(torch.cat(readout, dim=-1)).squeeze(-1)
         return over_base(self.log_scale, self.base, state, residual)
 

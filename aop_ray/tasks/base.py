@@ -20,6 +20,8 @@ from typing import Any, Callable, ClassVar, Protocol
 import numpy as np
 import torch
 
+from aop_ray.errors import InputError
+
 
 def text_lines(text: str) -> list[str]:
     """The lines of text read in text mode (newlines already `\n`), numbered as an editor numbers them:
@@ -92,6 +94,22 @@ class TokenStructure:
     n_states: int
 
 
+class TaskHooks:
+    """The optional parts of a task, with their defaults: every task class inherits this, so code calls the
+    hooks directly instead of probing for them."""
+
+    # Task-specific policy features the config may name in `policy.task_features` (none by default).
+    feature_names: ClassVar[tuple[str, ...]] = ()
+
+    def policy_features(self, tokens: torch.Tensor, probs: torch.Tensor, names: list[str]) -> torch.Tensor:
+        """(B, L, len(names)) the named task features; only called with names from `feature_names`."""
+        raise InputError(f"policy.task_features: this task has no policy features (asked for {', '.join(names)})")
+
+    def rule_orders(self) -> dict[str, Callable[[Any], torch.Tensor]]:
+        """Orders written from the task's rules (Sudoku: `singles`, SAT: `unit`), by name; none by default."""
+        return {}
+
+
 class Task(Protocol):
     """The protocol every task implements (see `sudoku.Sudoku`).
 
@@ -157,6 +175,13 @@ class Task(Protocol):
         ...
 
     def render(self, tokens: np.ndarray) -> str: ...
+
+    # The optional hooks (defaults in `TaskHooks`, which every task inherits).
+    feature_names: ClassVar[tuple[str, ...]]
+
+    def policy_features(self, tokens: torch.Tensor, probs: torch.Tensor, names: list[str]) -> torch.Tensor: ...
+
+    def rule_orders(self) -> dict[str, Callable[[Any], torch.Tensor]]: ...
 
 
 def mask_id(task: Task) -> int:

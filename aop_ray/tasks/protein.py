@@ -25,13 +25,13 @@ import torch
 
 from aop_ray.errors import InputError, located
 from aop_ray.protein import ALPHABET, Alignment, decode, read_alignment
-from aop_ray.tasks.base import Instances
+from aop_ray.tasks.base import Instances, TaskHooks
 
 MASK = len(ALPHABET)
 
 
 @dataclasses.dataclass(frozen=True)
-class Protein:
+class Protein(TaskHooks):
     """An aligned family of `length` match columns; `family` labels it (checkpoints refuse another)."""
 
     name: ClassVar[str] = "protein"

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from aop_ray.errors import InputError, located
-from aop_ray.tasks.base import Instances, TokenStructure, text_lines
+from aop_ray.tasks.base import Instances, TaskHooks, TokenStructure, text_lines
 
 WIDTH = 3  # literals per clause
 FALSE, TRUE, MASK = 0, 1, 2
@@ -61,7 +61,7 @@ def satisfying_assignment(clauses: list[list[int]], n_vars: int, rng: random.Ran
 
 
 @dataclasses.dataclass(frozen=True)
-class Sat:
+class Sat(TaskHooks):
     """3-SAT with `n_vars` variables and exactly `n_clauses` 3-literal clauses (SATLIB uf20-91: 20, 91)."""
 
     name: ClassVar[str] = "sat"

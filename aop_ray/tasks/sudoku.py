@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from aop_ray.errors import InputError, located
-from aop_ray.tasks.base import Instances, text_lines
+from aop_ray.tasks.base import Instances, TaskHooks, text_lines
 
 BOX_SHAPES: dict[int, tuple[int, int]] = {4: (2, 2), 6: (2, 3), 9: (3, 3)}
 _BLANKS = "0."
@@ -97,7 +97,7 @@ class _Solver:
 
 
 @dataclasses.dataclass(frozen=True)
-class Sudoku:
+class Sudoku(TaskHooks):
     """An n x n Sudoku task. `size` is 4, 6 or 9."""
 
     name: ClassVar[str] = "sudoku"
