@@ -605,7 +605,7 @@ class SweepEvaluateConfig:
     k: int = 1
     threshold: float | None = None  # also reveal every masked position this confident (sampling.unmask)
     temperature: float = 0.0  # token sampling temperature (proteins sample; every order at the same one)
-    oracle: str | None = None  # protein families: the oracle directory (python -m aop_ray.oracle)
+    oracle: str | None = None  # protein families: the oracle directory (python -m aop_ray.protein.oracle)
 
     def __post_init__(self) -> None:
         _positive(self, "batch_size", "k", where="evaluate")

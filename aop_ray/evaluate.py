@@ -208,7 +208,7 @@ def load_scorer(oracle: str | None, task: Task) -> Any:
         return None
     if task.name != "protein":
         raise InputError(f"--oracle: only protein tasks have a family oracle (this checkpoint is {task.name})")
-    from aop_ray.oracle import FamilyOracle
+    from aop_ray.protein.oracle import FamilyOracle
 
     return FamilyOracle.load(oracle, task).score
 
@@ -497,7 +497,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--oracle",
         default=None,
-        help="protein families: the oracle directory from python -m aop_ray.oracle; adds Potts "
+        help="protein families: the oracle directory from python -m aop_ray.protein.oracle; adds Potts "
         "energy, below_p5, HMM bits, novelty and batch identity to every row",
     )
     parser.add_argument("--k", type=int, default=1, help="positions revealed per denoiser forward (default 1)")

@@ -59,7 +59,7 @@ def source_tags() -> dict[str, str]:
     """The code a run came from: the git commit of this checkout (and whether it had local changes).
 
     Read from the package's own directory. Ray's working-directory copy of a job leaves `.git`
-    behind, so a job passes its commit in `AOP_RAY_SOURCE_COMMIT` (the README's submit command
+    behind, so a job passes its commit in `AOP_RAY_SOURCE_COMMIT` (docs/cluster.md's submit command
     does); with neither, the run has no commit tag, and that is never an error.
     """
     main = sys.modules.get("__main__")

@@ -26,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train aop-ray models on Ray Train. With no --config, run the main job: the pipeline "
         f"{MAIN_PIPELINE} (denoiser, or its committed checkpoint -> AOP policy -> evaluation of "
         "'learned' against every heuristic and rule). With --config, run one training stage from "
-        "a YAML config (see tune_configs/ and README). Overrides are dotted.key=value.",
+        "a YAML config (see tune_configs/ and docs/configs.md). Overrides are dotted.key=value.",
         epilog="examples: python -m aop_ray.train --quick | python -m aop_ray.train --config "
         "tune_configs/sudoku9_denoiser.yaml train.steps=200 name=quick",
     )

@@ -7,8 +7,8 @@ that depends on the order. A confidence threshold instead reveals, besides the o
 position the denoiser is at least that sure of, so the number per step adapts to the state.
 Every order, including `learned` (the committed sudoku9 policy, whose checkpoint also holds the
 denoiser), is evaluated at each setting by `python -m aop_ray.evaluate` on the same generated
-unique-solution puzzles (24-28 clues, seed 4: the "hard" set of benchmarks/sudoku9_aop.md).
-Writes benchmarks/k_per_step.md.
+unique-solution puzzles (24-28 clues, seed 4: the "hard" set of docs/results/sudoku9_aop.md).
+Writes docs/results/k_per_step.md.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ POLICY = "benchmarks/checkpoints/sudoku9-policy"
 ORDERS = "random,confidence,margin,entropy,singles,learned"
 DATA = "data/sudoku9/test-unique24-28-seed4"
 GENERATE = ["--param", "size=9", "--n", "1000", "--seed", "4", "--option", "clues=[24,28]", "--option", "unique=true"]
-REPORT = ROOT / "benchmarks" / "k_per_step.md"
+REPORT = ROOT / "docs" / "results" / "k_per_step.md"
 
 
 def main() -> int:

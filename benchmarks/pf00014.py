@@ -1,9 +1,9 @@
 """Benchmark: every unmasking order generating Kunitz domains (Pfam PF00014), scored by the family oracle.
 
-    python benchmarks/pf00014.py [--reuse]   # evaluate the committed checkpoints, write benchmarks/pf00014.md
+    python benchmarks/pf00014.py [--reuse]   # evaluate the committed checkpoints, write docs/results/pf00014.md
 
 The identity-cluster split and the oracle (Potts + HMM fitted on the held-out split) are built
-first when `data/pf00014` is missing (python -m aop_ray.oracle, ~4 min). The denoiser
+first when `data/pf00014` is missing (python -m aop_ray.protein.oracle, ~4 min). The denoiser
 (benchmarks/checkpoints/pf00014) and the policy next to it were trained on the training split only
 (tune_configs/pf00014_denoiser.yaml, tune_configs/pf00014_policy.yaml). Every order samples one
 sequence per held-out row from the fully masked state at temperature 1 with the same seed; the
@@ -22,7 +22,7 @@ from common import ROOT, commit, describe_model, evaluate, machine, reuse_argume
 
 sys.path.insert(0, str(ROOT))
 from aop_ray.data import load_instances  # noqa: E402
-from aop_ray.oracle import FamilyOracle  # noqa: E402
+from aop_ray.protein.oracle import FamilyOracle  # noqa: E402
 from aop_ray.tasks.protein import Protein  # noqa: E402
 
 ALIGNMENT = ROOT.parent / "shared" / "data" / "protein" / "PF00014_mgap6.fasta.gz"
@@ -33,7 +33,7 @@ HEURISTICS = "random,confidence,margin,entropy"
 # The first 512 held-out rows (two batches of 256): all 1,360 with the planner-NLL pass take ~1 h on 2 cores.
 OPTIONS = ("--temperature", "1", "--seed", "0", "--oracle", f"{SPLIT}/oracle", "--limit", "512")
 BATCH = 256  # evaluate's default: batch_identity is measured within batches of this size
-REPORT = ROOT / "benchmarks" / "pf00014.md"
+REPORT = ROOT / "docs" / "results" / "pf00014.md"
 METRICS = ("potts_energy", "below_p5", "hmm_bits", "hmm_hit", "novelty", "batch_identity")
 
 
@@ -69,7 +69,7 @@ def main() -> int:
         cmd = [
             sys.executable,
             "-m",
-            "aop_ray.oracle",
+            "aop_ray.protein.oracle",
             "--alignment",
             str(ALIGNMENT),
             "--family",
@@ -78,7 +78,7 @@ def main() -> int:
             SPLIT,
         ]
         built.append(
-            f"- split and oracle: `python -m aop_ray.oracle --alignment {ALIGNMENT.relative_to(ROOT.parent)}"
+            f"- split and oracle: `python -m aop_ray.protein.oracle --alignment {ALIGNMENT.relative_to(ROOT.parent)}"
             f" --family pf00014 --out {SPLIT}` ({sh(cmd) / 60:.1f} min)"
         )
     data = f"{SPLIT}/heldout"

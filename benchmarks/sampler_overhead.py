@@ -10,7 +10,7 @@ place, rather than replaying them later, puts both sides of the ratio in the sam
 same run: on a shared 2-core VM a replay a few seconds later differed from the original by up to
 25% either way. The learned order runs a policy network each step too; its calls are timed the
 same way, so its last ratio is the sampler's own overhead beyond both networks.
-rollouts/s = batch / rollout time. Writes benchmarks/sampler_overhead.md
+rollouts/s = batch / rollout time. Writes docs/results/sampler_overhead.md
 (`sampler_overhead_<device>.md` for another device).
 """
 
@@ -159,7 +159,7 @@ def main() -> int:
         ]
     )
     suffix = "" if device.type == "cpu" else f"_{device.type}"
-    out = ROOT / "benchmarks" / f"sampler_overhead{suffix}.md"
+    out = ROOT / "docs" / "results" / f"sampler_overhead{suffix}.md"
     write_report(out, report)
     print(f"wrote {out}")
     return 0

@@ -1,6 +1,6 @@
 """Benchmark: every unmasking order on SATLIB uf20-91 (500 satisfiable 3-SAT formulas, 20 variables).
 
-    python benchmarks/sat20.py [--reuse]   # evaluate the committed checkpoints, write benchmarks/sat20.md
+    python benchmarks/sat20.py [--reuse]   # evaluate the committed checkpoints, write docs/results/sat20.md
 
 The denoiser (benchmarks/checkpoints/sat20) was trained on generated formulas only
 (tune_configs/sat20_denoiser.yaml); the policies next to it by tune_configs/sat20_policy.yaml,
@@ -25,7 +25,7 @@ POLICIES = {
     "generic + SAT rule features": "benchmarks/checkpoints/sat20-policy-task",
 }
 HEURISTICS = "random,confidence,margin,entropy,unit"
-REPORT = ROOT / "benchmarks" / "sat20.md"
+REPORT = ROOT / "docs" / "results" / "sat20.md"
 # Planner NLL would double the ~4 min per order on 2 cores; the SAT target is the error event anyway.
 OPTIONS = ("--no-planner-nll",)
 

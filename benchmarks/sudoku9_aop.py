@@ -9,7 +9,7 @@ test set), 1,000 unique-solution 24-28-clue puzzles (hard), and the public colle
 ../shared/data/sudoku/ when present. The joint checkpoint carries its own, jointly trained denoiser,
 so its margin order is re-measured on that denoiser. The ablation table reads each run's final
 validation metrics (200 validation puzzles, chosen-cell error on all their margin-trajectory states).
-Report: benchmarks/sudoku9_aop.md.
+Report: docs/results/sudoku9_aop.md.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ ORDERS = {
     "task-features": "learned",  # same denoiser as policy
     "transformer": "learned",
 }
-REPORT = ROOT / "benchmarks" / "sudoku9_aop.md"
+REPORT = ROOT / "docs" / "results" / "sudoku9_aop.md"
 
 
 def evaluation_sets() -> dict[str, str]:

@@ -5,7 +5,7 @@
 
 Training runs the real entry point (`python -m aop_ray.train`) and times it from start to exit.
 The final checkpoint is copied to benchmarks/checkpoints/sudoku9/. The report, with date,
-machine, commands and git commit, goes to benchmarks/sudoku9_denoiser.md.
+machine, commands and git commit, goes to docs/results/sudoku9_denoiser.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from common import ROOT, commit, machine, sh
 CONFIG = "tune_configs/sudoku9_denoiser.yaml"
 CHECKPOINT = ROOT / "benchmarks" / "checkpoints" / "sudoku9"
 TEST = "data/sudoku9/test-unique30-seed2"
-REPORT = ROOT / "benchmarks" / "sudoku9_denoiser.md"
+REPORT = ROOT / "docs" / "results" / "sudoku9_denoiser.md"
 
 
 def main() -> None:

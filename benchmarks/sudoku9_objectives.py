@@ -1,9 +1,9 @@
 """Benchmark: which policy objective and features beat margin on hard 9x9 Sudoku, on one fixed state pool.
 
     python benchmarks/sudoku9_objectives.py [--train-puzzles 1200] [--test-puzzles 600] [--steps 1500]
-        [--arms ...] [--report benchmarks/sudoku9_objectives.md]
+        [--arms ...] [--report docs/results/sudoku9_objectives.md]
 
-Issue 3's open question isolated from Ray and from the DAgger schedule: the frozen committed
+Which objective and features beat margin, isolated from Ray and from the DAgger schedule: the frozen committed
 denoiser's margin trajectories (teacher-forced; a recipe may name another base order) over generated
 unique-solution puzzles give one pool of states; its outputs (log-probabilities, final hidden
 states) are computed once, so every arm trains its policy network on exactly the same states for the
@@ -21,7 +21,7 @@ puzzles one order solves and margin (or the best heuristic) does not, with the e
 An arm may name a training recipe, `objective:features@recipe` (RECIPES): the product's recipes
 replayed on the pool, to separate what each of their differences is worth; without one, an arm
 trains `--steps` of `--batch` states on `--train-puzzles` at a constant learning rate.
-Writes `--report` (default benchmarks/sudoku9_objectives.md).
+Writes `--report` (default docs/results/sudoku9_objectives.md).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ ARMS = [f"{objective}:{features}" for features in FEATURES for objective in OBJE
 ]
 DEFAULT_ARMS = [arm for arm in ARMS if not arm.startswith("correctness") and "token_axis" not in arm]  # the first run
 REFERENCES = ["margin", "confidence", "entropy", "singles"]
-REPORT = ROOT / "benchmarks" / "sudoku9_objectives.md"
+REPORT = ROOT / "docs" / "results" / "sudoku9_objectives.md"
 
 
 def state_pool(denoiser: torch.nn.Module, task, n: int, order: Order) -> tuple[torch.Tensor, ...]:

@@ -14,8 +14,8 @@ window holds the start-up (and the policy stage's first trajectory decoding) and
 Achieved FLOP/s = samples/s x the model FLOPs of one training sample, counted by
 `torch.utils.flop_counter` on one step of the stage's own loss (forward + backward of the trained
 network, the frozen denoiser's forward in the policy stage; matmuls and attention, no
-recomputation). With `--peak-tflops`, MFU = achieved / peak. Writes benchmarks/train_scaling.md
-(benchmarks/train_scaling_gpu.md with `--gpu`).
+recomputation). With `--peak-tflops`, MFU = achieved / peak. Writes docs/results/train_scaling.md
+(docs/results/train_scaling_gpu.md with `--gpu`).
 """
 
 from __future__ import annotations
@@ -195,7 +195,7 @@ def main() -> int:
             "",
         ]
     )
-    write_report(ROOT / "benchmarks" / ("train_scaling_gpu.md" if args.gpu else "train_scaling.md"), report)
+    write_report(ROOT / "docs" / "results" / ("train_scaling_gpu.md" if args.gpu else "train_scaling.md"), report)
     return 0
 
 

@@ -10,7 +10,7 @@ Two denoisers: the 0.8M-parameter benchmark model (compute-bound on a CPU) and a
 1-layer d32 model with random weights (speed does not depend on them), where per-step
 Python overhead dominates, as it does for a large model on a GPU. `--device cuda` runs every
 env's denoiser on the GPU (boards and observations stay on the host).
-Report: benchmarks/vector_env.md (vector_env_cuda.md with `--device cuda`).
+Report: docs/results/vector_env.md (vector_env_cuda.md with `--device cuda`).
 """
 
 from __future__ import annotations
@@ -158,7 +158,7 @@ def main() -> None:
         f"| {label} | {n} | {a:,.0f} | {b:,.0f} | **{a / b:.1f}x** | {c:,.0f} | {a / c:.2f} |"
         for label, n, a, b, c in rows
     ]
-    report = ROOT / "benchmarks" / ("vector_env.md" if args.device == "cpu" else f"vector_env_{args.device}.md")
+    report = ROOT / "docs" / "results" / ("vector_env.md" if args.device == "cpu" else f"vector_env_{args.device}.md")
     write_report(report, "\n".join(lines) + "\n")
     print(report.read_text())
 

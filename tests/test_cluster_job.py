@@ -91,7 +91,7 @@ def cluster(tmp_path_factory):
 
 def _submit(cluster: dict, env_vars: dict[str, str], *args: str) -> tuple[int, str]:
     """`ray job submit --working-dir <copy of the checkout> --runtime-env-json ... -- python -m aop_ray.train ...`,
-    as the README gives it; returns the exit code and the console the user sees."""
+    as docs/cluster.md gives it; returns the exit code and the console the user sees."""
     job = _ray(
         "job",
         "submit",

@@ -10,6 +10,9 @@ from conftest import ROOT
 
 CORE = [
     "aop_ray.tasks",
+    "aop_ray.protein.alignment",
+    "aop_ray.tasks.protein",
+    "aop_ray.protein.potts",
     "aop_ray.models",
     "aop_ray.losses",
     "aop_ray.orders",

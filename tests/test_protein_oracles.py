@@ -18,9 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from aop_ray.errors import InputError
-from aop_ray.hmm import build_hmm, hmm_bits, load_hmm
-from aop_ray.potts import Potts, _symmetric, fit_plm, sample_potts
-from aop_ray.protein import (
+from aop_ray.protein.alignment import (
     ALPHABET,
     GAP,
     Alignment,
@@ -35,6 +33,8 @@ from aop_ray.protein import (
     read_alignment,
     sequence_weights,
 )
+from aop_ray.protein.hmm import build_hmm, hmm_bits, load_hmm
+from aop_ray.protein.potts import Potts, _symmetric, fit_plm, sample_potts
 
 torch.set_num_threads(1)
 

@@ -20,8 +20,8 @@ from aop_ray import checkpoints
 from aop_ray.config import ModelConfig
 from aop_ray.errors import InputError
 from aop_ray.models.denoiser import Denoiser
-from aop_ray.oracle import FamilyOracle
-from aop_ray.protein import decode
+from aop_ray.protein.alignment import decode
+from aop_ray.protein.oracle import FamilyOracle
 from aop_ray.tasks import Protein
 
 from conftest import run_cli
@@ -40,7 +40,7 @@ def family(tmp_path_factory) -> dict:
     seqs = TASK.generate(300, seed=0).target
     fasta = write_fasta(root / "toy.fasta", seqs)
     proc = run_cli(
-        "aop_ray.oracle",
+        "aop_ray.protein.oracle",
         "--alignment",
         str(fasta),
         "--family",

@@ -1,11 +1,11 @@
 """Protein families: one aligned family, one position per match column, residues sampled by the denoiser.
 
-Tokens are `aop_ray.protein.ALPHABET` (20 amino acids, then the gap: 21 ids; the
+Tokens are `aop_ray.protein.alignment.ALPHABET` (20 amino acids, then the gap: 21 ids; the
 mask is 21). Every position is free: generation starts from a fully masked row.
 
 There is no verifier of a protein, so `verify` only checks that a sequence is
 complete and `solve_rate` is 1 for every order: it says nothing. What says
-something are the family oracle's metrics (`aop_ray.oracle`: Potts energy, HMM
+something are the family oracle's metrics (`aop_ray.protein.oracle`: Potts energy, HMM
 bits, novelty, diversity), which `evaluate --oracle DIR` adds to every row.
 
 `generate` samples a *synthetic* family: a small random Potts model fixed by
@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from aop_ray.errors import InputError, located
-from aop_ray.protein import ALPHABET, Alignment, decode, read_alignment
+from aop_ray.protein.alignment import ALPHABET, Alignment, decode, read_alignment
 from aop_ray.tasks.base import Instances, TaskHooks
 
 MASK = len(ALPHABET)
@@ -72,7 +72,7 @@ class Protein(TaskHooks):
         )
 
     def read(self, path: Path) -> Instances:
-        """An aligned FASTA or A2M file of this family (see `aop_ray.protein.read_alignment`)."""
+        """An aligned FASTA or A2M file of this family (see `aop_ray.protein.alignment.read_alignment`)."""
         return self.from_alignment(read_alignment(path), path)
 
     def from_alignment(self, alignment: Alignment, path: Path) -> Instances:
@@ -106,7 +106,7 @@ class Protein(TaskHooks):
 
     def generate(self, n: int, seed: int, start: int = 0, sweeps: int = 30) -> Instances:
         """Sequences `start..start+n-1` of the synthetic family; sequence `j` depends only on (seed, j)."""
-        from aop_ray.potts import sample_potts
+        from aop_ray.protein.potts import sample_potts
 
         h, J = self.synthetic_family()
         seqs = [

@@ -14,7 +14,7 @@ policy ever trains on, so a generator cannot score well by copying:
 same batch: its mean is the diversity (lower = more diverse), comparable across
 orders at equal batch size.
 
-    python -m aop_ray.oracle --alignment FAMILY.a2m --family pf00014 --out data/pf00014 [--hmm PF00014.hmm]
+    python -m aop_ray.protein.oracle --alignment FAMILY.a2m --family pf00014 --out data/pf00014 [--hmm PF00014.hmm]
 
 writes `OUT/train/` and `OUT/heldout/` (Parquet shards of the split) and `OUT/oracle/`.
 """
@@ -35,9 +35,16 @@ import torch
 
 from aop_ray.cli import run_main
 from aop_ray.errors import InputError
-from aop_ray.hmm import build_hmm, hmm_bits, load_hmm
-from aop_ray.potts import Potts, fit_plm
-from aop_ray.protein import Alignment, cluster_split, novelty, pairwise_identity, read_alignment, sequence_weights
+from aop_ray.protein.alignment import (
+    Alignment,
+    cluster_split,
+    novelty,
+    pairwise_identity,
+    read_alignment,
+    sequence_weights,
+)
+from aop_ray.protein.hmm import build_hmm, hmm_bits, load_hmm
+from aop_ray.protein.potts import Potts, fit_plm
 from aop_ray.tasks.protein import Protein
 
 ORACLE_JSON = "oracle.json"
@@ -88,7 +95,9 @@ class FamilyOracle:
     def load(path: str | Path, task: Protein) -> FamilyOracle:
         path = Path(path)
         if not (path / ORACLE_JSON).is_file():
-            raise InputError(f"{path}: not a family oracle (no {ORACLE_JSON}; build one with python -m aop_ray.oracle)")
+            raise InputError(
+                f"{path}: not a family oracle (no {ORACLE_JSON}; build one with python -m aop_ray.protein.oracle)"
+            )
         meta = json.loads((path / ORACLE_JSON).read_text())
         for field, want in (("family", task.family), ("length", task.length)):
             if meta.get(field) != want:
@@ -165,7 +174,7 @@ def build(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m aop_ray.oracle",
+        prog="python -m aop_ray.protein.oracle",
         description="Split an aligned protein family by identity clusters and fit its "
         "oracle (Potts by pseudo-likelihood + profile HMM) on the held-out "
         "part.",

@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from aop_ray.errors import located
-from aop_ray.protein import ALPHABET
+from aop_ray.protein.alignment import ALPHABET
 
 _FORMAT = "aop-ray potts v1"
 

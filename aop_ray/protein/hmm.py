@@ -21,7 +21,7 @@ import numpy as np
 from pyhmmer import easel, plan7
 
 from aop_ray.errors import located
-from aop_ray.protein import GAP, Alignment, decode
+from aop_ray.protein.alignment import GAP, Alignment, decode
 
 _AMINO = easel.Alphabet.amino()
 
