@@ -122,7 +122,7 @@ def policy_objective(
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """`cfg.objective` on the policy's scores, and the expectation's stats whatever the objective
     (the curves remain comparable). `shortlist`: the base order's scores, which `pairwise` ranks the top of."""
-    loss, stats = aop_loss(scores, masked, cost, cfg.temperature, cfg.entropy_beta)
+    loss, stats = aop_loss(scores, masked, cost, cfg.policy_temperature, cfg.entropy_beta)
     if cfg.objective == "pairwise":
         if shortlist is None:
             raise ValueError("aop.objective pairwise needs the shortlist order (the policy's base heuristic)")

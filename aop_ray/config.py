@@ -19,6 +19,14 @@ import yaml
 from aop_ray.errors import InputError
 from aop_ray.tasks import TASKS, Task, task_params
 
+# Keys that were renamed: refused with the new name, rather than as unknown. "temperature" alone meant
+# four things; each now says what it scales.
+RENAMED = {
+    "aop.temperature": "aop.policy_temperature",
+    "grpo.temperature": "grpo.rollout_temperature",
+    "evaluate.temperature": "evaluate.token_temperature",
+}
+
 
 def parse_dataclass(cls: type, data: Any, where: str) -> Any:
     """Build dataclass `cls` from a mapping, checking keys and types recursively."""
@@ -26,6 +34,11 @@ def parse_dataclass(cls: type, data: Any, where: str) -> Any:
         raise InputError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))
+    for name in unknown:
+        key = f"{where}.{name}" if where else name
+        new = RENAMED.get(key)
+        if new is not None and new.rsplit(".", 1)[-1] in fields:
+            raise InputError(f"{key}: renamed to {new}")
     if unknown:
         key = f"{where}.{unknown[0]}" if where else unknown[0]
         raise InputError(f"{key}: unknown key (known: {', '.join(sorted(fields))})")
@@ -219,7 +232,7 @@ class AopConfig:
     # E_pi[cost], rank the base order's top k, or fit P(argmax right) at every masked position (losses.py)
     objective: Literal["expected", "pairwise", "correctness"] = "expected"
     pairwise_k: int = 8  # objective pairwise: the shortlist size
-    temperature: float = 1.0
+    policy_temperature: float = 1.0  # the policy's softmax over masked positions in the AOP loss
     entropy_beta: float = 0.0
     states: Literal["uniform", "trajectory"] = "trajectory"
     trajectory_order: str = "margin"  # order that picks positions in the first trajectories
@@ -230,7 +243,7 @@ class AopConfig:
     denoiser_lr: float = 1e-4  # joint
 
     def __post_init__(self) -> None:
-        _positive(self, "temperature", "trajectory_instances", "pairwise_k", where="aop")
+        _positive(self, "policy_temperature", "trajectory_instances", "pairwise_k", where="aop")
         _positive(self, "entropy_beta", "refresh_every", "mdm_lambda", "denoiser_lr", where="aop", allow_zero=True)
         if not 0.0 <= self.focus <= 1.0:
             raise InputError(f"aop.focus: must be in [0, 1], got {self.focus}")
@@ -245,14 +258,14 @@ class GrpoConfig:
     """
 
     group_size: int = 8  # rollouts per puzzle; advantages are standardised within a group
-    temperature: float = 1.0  # the policy samples positions from softmax(scores / temperature)
+    rollout_temperature: float = 1.0  # rollouts sample positions from softmax(scores / rollout_temperature)
     states_per_rollout: int = 8  # decoding steps of each rollout that enter the loss
-    kl_beta: float = 0.0  # + kl_beta * KL(pi || softmax(kl_scale * kl_reference / temperature))
+    kl_beta: float = 0.0  # + kl_beta * KL(pi || softmax(kl_scale * kl_reference / rollout_temperature))
     kl_reference: Literal["margin", "confidence", "entropy"] = "margin"
     kl_scale: float = 50.0
 
     def __post_init__(self) -> None:
-        _positive(self, "temperature", "states_per_rollout", "kl_scale", where="grpo")
+        _positive(self, "rollout_temperature", "states_per_rollout", "kl_scale", where="grpo")
         _positive(self, "kl_beta", where="grpo", allow_zero=True)
         if self.group_size < 2:
             raise InputError(f"grpo.group_size: needs at least 2 rollouts per puzzle, got {self.group_size}")
@@ -482,15 +495,40 @@ def load_config(path: str | Path, overrides: list[str] | None = None, cls: type 
         raise InputError(f"{path}: {err}") from None
 
 
-@dataclasses.dataclass
-class EvaluateConfig:
+@dataclasses.dataclass(kw_only=True)
+class DecodeConfig:
+    """How an evaluation decodes: the same knobs, validated here once, for the evaluate CLI
+    (`evaluate.Evaluation`), the main job's last stage and every Tune trial. Every order decodes the
+    same instances with the same seed, so an evaluation is a paired comparison."""
+
+    limit: int | None = None  # the first N instances
+    batch_size: int = 256
+    planner_nll: bool = False  # the teacher-forced NLL pass doubles the cost
+    k: int = 1  # positions revealed per denoiser forward
+    threshold: float | None = None  # also reveal every masked position this confident (sampling.unmask)
+    token_temperature: float = 0.0  # token sampling (proteins sample; every order at the same one)
+    order_temperature: float = 0.0  # > 0: sample positions from softmax(score / T)
+
+    def key(self, name: str) -> str:
+        """How the user wrote field `name`: a config key here, a flag on the command line."""
+        return f"evaluate.{name}"
+
+    def __post_init__(self) -> None:
+        for name in ("k", "batch_size", *(("limit",) if self.limit is not None else ())):
+            if getattr(self, name) < 1:
+                raise InputError(f"{self.key(name)}: must be >= 1, got {getattr(self, name)}")
+        for name in ("token_temperature", "order_temperature"):
+            if getattr(self, name) < 0:
+                raise InputError(f"{self.key(name)}: must be >= 0, got {getattr(self, name)}")
+        check_threshold(self.threshold, self.key("threshold"))
+
+
+@dataclasses.dataclass(kw_only=True)
+class EvaluateConfig(DecodeConfig):
     """The pipeline's last stage: `learned` against every heuristic and rule on one dataset."""
 
     data: DatasetConfig
     orders: list[str] = dataclasses.field(default_factory=list)  # empty: every order the task has
-    limit: int | None = None
-    planner_nll: bool = False  # the teacher-forced NLL pass doubles the cost
-    batch_size: int = 256
     threads: int | None = None
 
 
@@ -594,26 +632,12 @@ class SweepResources:
         _positive(self, "trainer_cpus", where="resources", allow_zero=True)
 
 
-@dataclasses.dataclass
-class SweepEvaluateConfig:
+@dataclasses.dataclass(kw_only=True)
+class SweepEvaluateConfig(DecodeConfig):
     """The test set every trial is scored on; the same puzzles for every order and seed (a paired comparison)."""
 
     data: DatasetConfig
-    limit: int | None = None
-    batch_size: int = 256
-    planner_nll: bool = False
-    k: int = 1
-    threshold: float | None = None  # also reveal every masked position this confident (sampling.unmask)
-    temperature: float = 0.0  # token sampling temperature (proteins sample; every order at the same one)
     oracle: str | None = None  # protein families: the oracle directory (python -m aop_ray.protein.oracle)
-
-    def __post_init__(self) -> None:
-        _positive(self, "batch_size", "k", where="evaluate")
-        if self.temperature < 0:
-            raise InputError(f"evaluate.temperature: must be >= 0, got {self.temperature}")
-        check_threshold(self.threshold, "evaluate.threshold")
-        if self.limit is not None:
-            _positive(self, "limit", where="evaluate")
 
 
 @dataclasses.dataclass

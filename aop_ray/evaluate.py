@@ -33,7 +33,7 @@ from tqdm import tqdm
 
 from aop_ray import checkpoints, data
 from aop_ray.cli import run_main, say
-from aop_ray.config import check_threshold, find_input
+from aop_ray.config import DecodeConfig, find_input
 from aop_ray.errors import InputError
 from aop_ray.locations import check_durable, check_tracking_uri
 from aop_ray.models.policy import PolicyEnsemble, PolicyNet
@@ -218,21 +218,16 @@ def compare_orders(
     task: Task,
     instances: Instances,
     orders: dict[str, Order],
+    decode: DecodeConfig,
     *,
-    k: int = 1,
-    threshold: float | None = None,
-    batch_size: int = 256,
     seed: int = 0,
-    planner_nll: bool = True,
-    temperature: float = 0.0,
-    order_temperature: float = 0.0,
     policy: PolicyNet | PolicyEnsemble | None = None,
     progress: bool = True,
     scorer: Any = None,
     reference: str | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, bytes], dict[str, torch.Tensor]]:
-    """Decode `instances` under each order: one summary row, one heat-map PNG and the
-    per-instance solved flags per order.
+    """Decode `instances` under each order as `decode` says: one summary row, one heat-map PNG and
+    the per-instance solved flags per order.
 
     Every order sees the same puzzles and the same seed, so the rows are a paired comparison;
     with `reference` (one of `orders`) each other row gets its McNemar counts against it.
@@ -250,24 +245,24 @@ def compare_orders(
                 fixed,
                 target,
                 order,
-                k=k,
-                threshold=threshold,
-                batch_size=batch_size,
+                k=decode.k,
+                threshold=decode.threshold,
+                batch_size=decode.batch_size,
                 generator=torch.Generator().manual_seed(seed),
-                planner_nll=planner_nll,
-                temperature=temperature,
-                order_temperature=order_temperature,
+                planner_nll=decode.planner_nll,
+                token_temperature=decode.token_temperature,
+                order_temperature=decode.order_temperature,
                 on_batch=bar.update,
                 scorer=scorer,
             )
-        row = summarize(name, decoded, k, threshold)
+        row = summarize(name, decoded, decode.k, decode.threshold)
         if progress and not bars:
             say(f"{name}: {row['n']} instances decoded, {row['per_s']:.1f}/s")
         solved[name] = decoded.solved
         if name == "learned" and policy is not None:
             row["policy"] = policy_description(policy)
         rows.append(row)
-        step_rule = f"k={k}" + (f", threshold {threshold:g}" if threshold is not None else "")
+        step_rule = f"k={decode.k}" + (f", threshold {decode.threshold:g}" if decode.threshold is not None else "")
         maps[name] = heatmap_png(task, decoded.step_of, f"{name}: mean reveal step ({step_rule})")
     if reference:
         for row in rows:
@@ -295,8 +290,8 @@ def write_results(
         write_atomic(out / f"heatmap_{name}.png", png)
 
 
-@dataclasses.dataclass
-class Evaluation:
+@dataclasses.dataclass(kw_only=True)
+class Evaluation(DecodeConfig):
     """One evaluation: the evaluate CLI and the main job both build this and call `run_evaluation`."""
 
     checkpoint: str
@@ -305,14 +300,8 @@ class Evaluation:
     policy: str | None = None
     reference: str | None = None
     oracle: str | None = None
-    k: int = 1
-    threshold: float | None = None
-    limit: int | None = None
     out: str | None = None
-    batch_size: int = 256
     seed: int = 0
-    temperature: float = 0.0
-    order_temperature: float = 0.0
     planner_nll: bool = True
     device: str = "cpu"
     threads: int | None = None
@@ -321,13 +310,12 @@ class Evaluation:
     mlflow: bool = True
     progress: bool = True
 
+    def key(self, name: str) -> str:
+        return "--" + name.replace("_", "-")
+
     def check(self) -> None:
-        """The checks that cost nothing, before any checkpoint or data is read."""
-        if self.k < 1:
-            raise InputError(f"--k: must be >= 1, got {self.k}")
-        check_threshold(self.threshold, "--threshold")
-        if self.limit is not None and self.limit < 1:
-            raise InputError(f"--limit: must be >= 1, got {self.limit}")
+        """The output checks, before any checkpoint or data is read (the decoding knobs were checked
+        when the object was built)."""
         if self.out is not None:
             check_durable("--out", self.out, "give --out an absolute path")
             out = Path(self.out)
@@ -363,7 +351,7 @@ def run_evaluation(ev: Evaluation) -> list[dict[str, Any]]:
         "threshold": ev.threshold,
         "n": len(instances),
         "seed": ev.seed,
-        "temperature": ev.temperature,
+        "token_temperature": ev.token_temperature,
         "order_temperature": ev.order_temperature,
         "task": manifest["task"],
         "reference": ev.reference,
@@ -381,13 +369,8 @@ def run_evaluation(ev: Evaluation) -> list[dict[str, Any]]:
             task,
             instances,
             orders,
-            k=ev.k,
-            threshold=ev.threshold,
-            batch_size=ev.batch_size,
+            ev,
             seed=ev.seed,
-            planner_nll=ev.planner_nll,
-            temperature=ev.temperature,
-            order_temperature=ev.order_temperature,
             policy=policy,
             progress=ev.progress,
             scorer=scorer,
@@ -429,6 +412,8 @@ def order_metrics(row: dict[str, Any]) -> dict[str, float]:
 
 
 def evaluation_from_args(args: argparse.Namespace) -> Evaluation:
+    if args.renamed_temperature is not None:
+        raise InputError("--temperature: renamed to --token-temperature (--order-temperature samples positions)")
     return Evaluation(
         checkpoint=args.checkpoint,
         data=args.data,
@@ -442,7 +427,7 @@ def evaluation_from_args(args: argparse.Namespace) -> Evaluation:
         out=args.out,
         batch_size=args.batch_size,
         seed=args.seed,
-        temperature=args.temperature,
+        token_temperature=args.token_temperature,
         order_temperature=args.order_temperature,
         planner_nll=not args.no_planner_nll,
         device=args.device,
@@ -518,8 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--batch-size", type=int, default=256, help="instances decoded together (default 256)")
     parser.add_argument("--seed", type=int, default=0, help="seed for the random order and sampling")
     parser.add_argument(
-        "--temperature", type=float, default=0.0, help="token sampling temperature; 0 = argmax (default)"
+        "--token-temperature", type=float, default=0.0, help="token sampling temperature; 0 = argmax (default)"
     )
+    parser.add_argument("--temperature", dest="renamed_temperature", default=None, help=argparse.SUPPRESS)
     parser.add_argument(
         "--order-temperature",
         type=float,

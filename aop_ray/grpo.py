@@ -70,7 +70,7 @@ def grpo_step(
     mask_id = task.vocab_size
     x = prompt.repeat_interleave(cfg.group_size, dim=0)
     f = fixed.repeat_interleave(cfg.group_size, dim=0)
-    roll = unmask(denoiser, rollout_policy, x, mask_id, order_temperature=cfg.temperature, generator=generator)
+    roll = unmask(denoiser, rollout_policy, x, mask_id, order_temperature=cfg.rollout_temperature, generator=generator)
     reward = task.verify(roll.tokens, x, f).float()
     advantage = group_advantages(reward, cfg.group_size)
     useful = (advantage != 0) if not cfg.kl_beta else torch.ones_like(advantage, dtype=torch.bool)
@@ -88,7 +88,7 @@ def grpo_step(
     with torch.no_grad():
         logits, hidden = denoiser(states, return_hidden=True)
     state = DecodeState(tokens=states, masked=masked, logits=logits.float(), hidden=hidden, step=0)
-    logp = masked_log_softmax(policy(state), masked, cfg.temperature)
+    logp = masked_log_softmax(policy(state), masked, cfg.rollout_temperature)
     chosen_logp = logp.gather(1, chosen[:, None]).squeeze(1)
     loss = -(advantage[rows] * chosen_logp).mean()
     pi = logp.exp()
@@ -96,7 +96,7 @@ def grpo_step(
     stats["entropy"] = -(pi * safe).sum(1).mean().detach()
     if cfg.kl_beta:
         reference = masked_log_softmax(
-            cfg.kl_scale * HEURISTICS[cfg.kl_reference](state), masked, cfg.temperature
+            cfg.kl_scale * HEURISTICS[cfg.kl_reference](state), masked, cfg.rollout_temperature
         ).masked_fill(~masked, 0.0)
         kl = (pi * (safe - reference)).sum(1).mean()
         loss = loss + cfg.kl_beta * kl

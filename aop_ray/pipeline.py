@@ -15,7 +15,7 @@ from pathlib import Path
 
 from aop_ray import checkpoints, data
 from aop_ray.cli import say
-from aop_ray.config import PipelineConfig, load_config
+from aop_ray.config import DecodeConfig, PipelineConfig, load_config
 from aop_ray.errors import InputError
 from aop_ray.evaluate import Evaluation, run_evaluation
 from aop_ray.locations import check_durable, check_tracking_uri
@@ -66,6 +66,7 @@ def run_pipeline(cfg: PipelineConfig, mlflow: bool = True, stamp: str | None = N
     orders = cfg.evaluate.orders or order_names(task)
     out = Path(policy_cfg.ray.storage_path).expanduser().resolve() / f"{prefix}-evaluate"
     say(f"stage 3/3: evaluating {', '.join(orders)} on {data_path}")
+    decode = {field.name: getattr(cfg.evaluate, field.name) for field in dataclasses.fields(DecodeConfig)}
     rows = run_evaluation(
         Evaluation(
             checkpoint=str(policy),
@@ -74,12 +75,10 @@ def run_pipeline(cfg: PipelineConfig, mlflow: bool = True, stamp: str | None = N
             out=str(out),
             experiment=cfg.experiment,
             run_name=f"{prefix}-evaluate",
-            batch_size=cfg.evaluate.batch_size,
             reference="learned" if "learned" in orders else None,  # each row: paired against the policy
-            limit=cfg.evaluate.limit,
             threads=cfg.evaluate.threads,
-            planner_nll=cfg.evaluate.planner_nll,
             mlflow=mlflow,
+            **decode,
         )
     )
     say(f"pipeline done in {(time.perf_counter() - started) / 60:.1f} min: policy {policy}, table {out}")

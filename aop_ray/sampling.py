@@ -47,7 +47,7 @@ def unmask(
     tokens: torch.Tensor,
     mask_id: int,
     k: int = 1,
-    temperature: float = 0.0,
+    token_temperature: float = 0.0,
     order_temperature: float = 0.0,
     target: torch.Tensor | None = None,
     teacher_force: bool = False,
@@ -60,7 +60,7 @@ def unmask(
     top-1 probability is at least `threshold` (confidence-threshold parallel
     decoding): the order still guarantees progress, and easy positions stop
     costing a forward each.
-    `temperature` 0 takes the denoiser's argmax token, otherwise samples at that
+    `token_temperature` 0 takes the denoiser's argmax token, otherwise samples at that
     temperature; `order_temperature` likewise samples the positions.
     With `teacher_force`, the reference token is revealed instead (for
     planner NLL and for policy-training trajectories).
@@ -106,8 +106,8 @@ def unmask(
         if teacher_force:
             assert target is not None  # unmask() refuses teacher forcing without a target
             new = target[rows, cols]
-        elif temperature > 0:
-            probs = (chosen_logp / temperature).softmax(-1)
+        elif token_temperature > 0:
+            probs = (chosen_logp / token_temperature).softmax(-1)
             new = torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(1).to(device)
         else:
             new = chosen_logp.argmax(-1)
@@ -145,7 +145,7 @@ def decode_dataset(
     batch_size: int = 256,
     generator: torch.Generator | None = None,
     planner_nll: bool = True,
-    temperature: float = 0.0,
+    token_temperature: float = 0.0,
     order_temperature: float = 0.0,
     on_batch: Callable[[int], None] | None = None,
     scorer: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None,
@@ -170,7 +170,7 @@ def decode_dataset(
             task.vocab_size,
             k=k,
             threshold=threshold,
-            temperature=temperature,
+            token_temperature=token_temperature,
             order_temperature=order_temperature,
             generator=generator,
         )

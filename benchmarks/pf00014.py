@@ -31,7 +31,7 @@ DENOISER = "benchmarks/checkpoints/pf00014"
 POLICY = "benchmarks/checkpoints/pf00014-policy"
 HEURISTICS = "random,confidence,margin,entropy"
 # The first 512 held-out rows (two batches of 256): all 1,360 with the planner-NLL pass take ~1 h on 2 cores.
-OPTIONS = ("--temperature", "1", "--seed", "0", "--oracle", f"{SPLIT}/oracle", "--limit", "512")
+OPTIONS = ("--token-temperature", "1", "--seed", "0", "--oracle", f"{SPLIT}/oracle", "--limit", "512")
 BATCH = 256  # evaluate's default: batch_identity is measured within batches of this size
 REPORT = ROOT / "docs" / "results" / "pf00014.md"
 METRICS = ("potts_energy", "below_p5", "hmm_bits", "hmm_hit", "novelty", "batch_identity")

@@ -140,13 +140,14 @@ def ablation_rows(run_dirs: list[str]) -> list[str]:
         p, a = cfg["policy"], cfg["aop"]
         features = "+".join(p["features"] + p["task_features"])
         refresh = f", DAgger/{a['refresh_every']}" if a["refresh_every"] else ", fixed"
+        policy_temperature = a.get("policy_temperature", a.get("temperature"))  # runs from before the rename
         states = a["states"] + (
             f" ({a['trajectory_instances']}/worker{refresh})" if a["states"] == "trajectory" else ""
         )
         lines.append(
             f"| {Path(run_dir).name} ({cfg['train']['stage']}{stopped}) | "
             f"{mixing(p)} | "
-            f"{features} | {states} | {a['target']} | {a['temperature']:g} | {a.get('focus', 0)} | "
+            f"{features} | {states} | {a['target']} | {policy_temperature:g} | {a.get('focus', 0)} | "
             f"{m['val_solve_rate']:.3f} | "
             f"{m['val_chosen_error/learned']:.4f} / {m['val_chosen_error/margin']:.4f} / "
             f"{m['val_chosen_error/singles']:.4f} | {m['val_chosen_ce/learned']:.4f} / "

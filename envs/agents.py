@@ -25,11 +25,13 @@ FEATURE_ORDERS = {"confidence": (0, 1.0), "margin": (1, 1.0), "entropy": (2, -1.
 
 
 class OrderAgent:
-    """Greedy in the order's scores (or sampled at `temperature`), over legal positions only."""
+    """Greedy in the order's scores (or sampled at `order_temperature`), over legal positions only."""
 
-    def __init__(self, order: str, checkpoint: str | None = None, seed: int = 0, temperature: float = 0.0) -> None:
+    def __init__(
+        self, order: str, checkpoint: str | None = None, seed: int = 0, order_temperature: float = 0.0
+    ) -> None:
         self.name = order
-        self.temperature = temperature
+        self.order_temperature = order_temperature
         self.generator = torch.Generator().manual_seed(seed)
         self.denoiser = None
         self.order: Order | None = None
@@ -51,7 +53,7 @@ class OrderAgent:
         if single and finished.item():
             raise InputError("agent: the observation has no legal action (the episode is over: reset first)")
         scores = self.scores(obs, masked)
-        positions, _ = select(scores, masked, 1, self.temperature, self.generator)
+        positions, _ = select(scores, masked, 1, self.order_temperature, self.generator)
         action = positions[:, 0].masked_fill(finished, 0).numpy()
         return int(action[0]) if single else action
 

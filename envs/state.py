@@ -147,7 +147,7 @@ class UnmaskBatch:
         self,
         rows: np.ndarray,
         positions: np.ndarray,
-        temperature: float = 0.0,
+        token_temperature: float = 0.0,
         generator: torch.Generator | None = None,
     ) -> Outcome:
         """Fill one position per board in `rows` from the current logits.
@@ -159,8 +159,8 @@ class UnmaskBatch:
         r = torch.as_tensor(rows[legal], dtype=torch.long)
         p = torch.as_tensor(positions[legal], dtype=torch.long)
         logp = self.logits[r, p].log_softmax(-1)  # (A, V)
-        if temperature > 0:
-            new = torch.multinomial((logp / temperature).softmax(-1), 1, generator=generator).squeeze(1)
+        if token_temperature > 0:
+            new = torch.multinomial((logp / token_temperature).softmax(-1), 1, generator=generator).squeeze(1)
         else:
             new = logp.argmax(-1)
         self.tokens[r, p] = new

@@ -96,7 +96,7 @@ class _Episodes:
             instances = instances.take(slice(0, limit))
         reward = RewardConfig(dense=dense_reward, dense_weight=dense_weight, illegal=illegal_action)  # type: ignore[arg-type]
         self.batch = UnmaskBatch(denoiser, self.task, instances, n, reward)
-        self.temperature = token_temperature
+        self.token_temperature = token_temperature
         self.puzzles = puzzles
         self.next = 0
         self.generator = torch.Generator()
@@ -196,7 +196,7 @@ class UnmaskEnv(gym.Env):
         if self._over:
             raise gym.error.ResetNeeded("the episode is over (nothing left to unmask): call reset()")
         batch = self.episodes.batch
-        out = batch.reveal(self._row, np.array([int(action)]), self.episodes.temperature, self.episodes.generator)
+        out = batch.reveal(self._row, np.array([int(action)]), self.episodes.token_temperature, self.episodes.generator)
         batch.refresh()
         terminated, truncated = bool(out.terminated[0]), bool(out.truncated[0])
         self._over = terminated or truncated
@@ -284,7 +284,7 @@ class UnmaskVectorEnv(VectorEnv):
         terminated, truncated, solved, illegal = (np.zeros(self.num_envs, dtype=bool) for _ in range(4))
         live = self._rows[~self._autoreset]
         if live.size:
-            out = batch.reveal(live, actions[live], self.episodes.temperature, self.episodes.generator)
+            out = batch.reveal(live, actions[live], self.episodes.token_temperature, self.episodes.generator)
             reward[live], terminated[live], truncated[live] = out.reward, out.terminated, out.truncated
             solved[live], illegal[live] = out.solved, out.illegal
         infos: dict[str, Any] = {}

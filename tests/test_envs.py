@@ -167,7 +167,7 @@ def test_agents_only_ever_pick_masked_positions(world):
     vec = UnmaskVectorEnv(4, str(ckpt), str(puzzles), illegal_action="error")  # an illegal pick would raise
     obs, _ = vec.reset(seed=2)
     for name in ("random", "confidence", "margin", "entropy", "singles"):
-        agent = OrderAgent(name, str(ckpt), seed=1, temperature=0.5 if name == "margin" else 0.0)
+        agent = OrderAgent(name, str(ckpt), seed=1, order_temperature=0.5 if name == "margin" else 0.0)
         for _ in range(25):  # crosses episode ends and autoresets
             actions = agent.act(obs)
             live = obs["action_mask"].any(1)

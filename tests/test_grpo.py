@@ -86,7 +86,7 @@ def test_grpo_gradient_raises_the_probability_of_rewarded_actions(monkeypatch):
         return roll
 
     monkeypatch.setattr(grpo, "unmask", recording_unmask)
-    cfg = GrpoConfig(group_size=8, temperature=1.0, states_per_rollout=32)
+    cfg = GrpoConfig(group_size=8, rollout_temperature=1.0, states_per_rollout=32)
     before = None
     for _ in range(30):
         loss, stats = grpo_step(denoiser, policy, policy, prompt, fixed, task, cfg, torch.Generator().manual_seed(_))

@@ -69,7 +69,7 @@ def test_sampler_keeps_prompt_and_fills_every_mask(seed, k, order):
     fixed = torch.rand(batch, length, generator=g) < 0.3
     prompt = torch.randint(0, vocab, (batch, length), generator=g)
     tokens = torch.where(fixed, prompt, vocab)
-    roll = unmask(model, get_order(order), tokens, vocab, k=k, generator=g, temperature=1.0)
+    roll = unmask(model, get_order(order), tokens, vocab, k=k, generator=g, token_temperature=1.0)
     assert torch.equal(roll.tokens[fixed], prompt[fixed])
     assert (roll.tokens < vocab).all()
     assert ((roll.step_of >= 0) == ~fixed).all()

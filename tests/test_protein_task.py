@@ -124,7 +124,7 @@ def test_evaluate_with_oracle_compares_orders_at_a_temperature(family, tmp_path)
         str(family["test"]),
         "--orders",
         "random,margin",
-        "--temperature",
+        "--token-temperature",
         "1.0",
         "--oracle",
         str(family["out"] / "oracle"),
@@ -172,7 +172,7 @@ seeds: [0]
 denoiser_checkpoint: {family["ckpt"]}
 evaluate:
   data: {{path: {family["test"]}}}
-  temperature: 1.0
+  token_temperature: 1.0
   oracle: {family["out"] / "oracle"}
 resources: {{max_concurrent_trials: 1, eval_cpus: 0.5}}
 storage_path: {tmp_path / "tune"}

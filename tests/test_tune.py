@@ -48,7 +48,7 @@ def test_sweep_config_refusals_name_the_key(tmp_path):
         ((["orders=[learned]"], {"train.lr": {"grid": [0.1], "gird": [1]}}), "search.train.lr.gird: unknown key"),
         (["scheduler.type=asha"], "scheduler.type: asha stops trials early"),
         (["orders=[learned]", "train_config=null"], "train_config: order 'learned' needs"),
-        (["evaluate.k=0"], "evaluate.k: must be > 0"),
+        (["evaluate.k=0"], "evaluate.k: must be >= 1, got 0"),
         (["evaluate.threshold=0"], "evaluate.threshold: a probability in (0, 1], got 0"),
     ]:
         overrides, search = overrides if isinstance(overrides, tuple) else (overrides, None)
