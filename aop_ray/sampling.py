@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from aop_ray.orders import DecodeState, Order, select
-from aop_ray.tasks import Task
+from aop_ray.tasks import Task, mask_id
 
 
 @dataclasses.dataclass
@@ -167,7 +167,7 @@ def decode_dataset(
             denoiser,
             order,
             x,
-            task.vocab_size,
+            mask_id(task),
             k=k,
             threshold=threshold,
             token_temperature=token_temperature,
@@ -190,7 +190,7 @@ def decode_dataset(
                     denoiser,
                     order,
                     x[known],
-                    task.vocab_size,
+                    mask_id(task),
                     k=k,
                     threshold=threshold,
                     target=y[known],

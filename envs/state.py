@@ -22,7 +22,7 @@ from torch import nn
 
 from aop_ray.errors import InputError
 from aop_ray.orders import DecodeState, confidence, margin, neg_entropy
-from aop_ray.tasks import Instances, Task
+from aop_ray.tasks import Instances, Task, mask_id
 
 FEATURES = ("confidence", "margin", "entropy")  # columns of obs["features"]
 DENSE_REWARDS = ("none", "logp", "correct")
@@ -88,7 +88,7 @@ class UnmaskBatch:
             raise InputError("the environment's data holds no instances")
         self.denoiser, self.task, self.instances, self.reward = denoiser, task, instances, reward
         self.device = next(denoiser.parameters()).device
-        self.mask_id = task.vocab_size
+        self.mask_id = mask_id(task)
         length = task.seq_len
         self.tokens = torch.full((n, length), self.mask_id, dtype=torch.long)
         self.prompt = self.tokens.clone()
