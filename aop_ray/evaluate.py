@@ -505,7 +505,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--token-temperature", type=float, default=0.0, help="token sampling temperature; 0 = argmax (default)"
     )
-    parser.add_argument("--temperature", dest="renamed_temperature", default=None, help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--temperature", dest="renamed_temperature", default=None, help="renamed to --token-temperature (refused)"
+    )
     parser.add_argument(
         "--order-temperature",
         type=float,
