@@ -53,18 +53,6 @@ def parse_dataclass(cls: type, data: Any, where: str) -> Any:
         raise InputError(f"{where or 'config'}: {err}") from None
 
 
-def parse_fields(cls: type, data: Any, where: str) -> dict[str, Any]:
-    """Some fields of dataclass `cls`, keys and types checked: overrides applied to a built object later."""
-    if not isinstance(data, dict):
-        raise InputError(f"{where}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls) if f.init}
-    for key in sorted(data):
-        if key not in names:
-            raise InputError(f"{where}.{key}: unknown key (known: {', '.join(sorted(names))})")
-    return {key: _coerce(hints[key], value, f"{where}.{key}") for key, value in data.items()}
-
-
 def _coerce(hint: Any, value: Any, key: str) -> Any:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
@@ -555,11 +543,9 @@ class PipelineConfig:
     ray: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.ray = parse_fields(RayConfig, self.ray, "ray")
-        try:
-            RayConfig(**self.ray)
-        except InputError as err:
-            raise InputError(str(err)) from None
+        # Checked as a whole RayConfig (keys, types, bounds); kept as the keys given, to apply over each stage's own.
+        checked = parse_dataclass(RayConfig, self.ray, "ray")
+        self.ray = {key: getattr(checked, key) for key in self.ray}
 
     def stage(self, cfg: Config) -> Config:
         """A stage's config with the pipeline's `ray.*` keys applied (validated again as a whole)."""

@@ -30,7 +30,7 @@ from typing import Any
 
 from aop_ray import checkpoints, data, ray_session, report
 from aop_ray.cli import run_main, say
-from aop_ray.config import Config, Domain, SweepConfig, apply_override, load_config, parse_dataclass
+from aop_ray.config import Config, Domain, SweepConfig, apply_override, load_config, make_task, parse_dataclass
 from aop_ray.errors import InputError
 from aop_ray.evaluate import compare_orders, load_scorer, numeric, write_results
 from aop_ray.locations import check_durable, check_tracking_uri, on_this_node
@@ -253,7 +253,7 @@ def _inputs(state: SweepState) -> dict[str, Any]:
     """The datasets every trial reads, loaded once on the driver (from the paths `prepare` resolved)."""
     from aop_ray.training import driver
 
-    _, task, _ = checkpoints.load_denoiser(state.denoiser)
+    task = make_task(checkpoints.read_manifest(state.denoiser)["task"])  # the task only: no weights to load
     stage_data = None
     if state.train_config is not None:
         stage_data = driver.StageData.load(state.train_config, state.train_config.build_task())
