@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Callable
 
@@ -12,6 +13,12 @@ def say(line: str) -> None:
     """One progress line. Not `print`: Ray Train patches it to log *and* echo, doubling every line."""
     sys.stdout.write(f"[aop-ray] {line}\n")
     sys.stdout.flush()
+
+
+def prog(module: str) -> str:
+    """The command as the user typed it, for usage lines: `aop-train` from the entry point, else `python -m ...`."""
+    name = os.path.basename(sys.argv[0]) if sys.argv else ""
+    return name if name.startswith("aop-") else f"python -m {module}"
 
 
 def run_main(body: Callable[[], object]) -> int:

@@ -428,17 +428,33 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
     return out
 
 
-# The checkout (or installed tree) that holds tune_configs/ and benchmarks/checkpoints/.
+# A checkout holds the shipped inputs at its top (tune_configs/, benchmarks/checkpoints/); an installed
+# package holds the same files inside it (pyproject maps them to aop_ray/tune_configs, aop_ray/checkpoints).
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGED = {"tune_configs": "tune_configs", "benchmarks/checkpoints": "checkpoints"}
+
+
+def shipped(ref: str | Path) -> Path:
+    """The project's own copy of a shipped input named by its checkout path (`tune_configs/main.yaml`),
+    in the checkout when there is one, else inside the installed package."""
+    path = Path(ref)
+    for prefix, inside in PACKAGED.items():
+        head = Path(prefix).parts
+        if path.parts[: len(head)] == head and not (PROJECT_ROOT / path).exists():
+            packaged = PACKAGE_DIR / inside / Path(*path.parts[len(head) :])
+            if packaged.exists():
+                return packaged
+    return PROJECT_ROOT / path
 
 
 def find_input(ref: str) -> str:
-    """A committed input (a checkpoint, an oracle) named by a relative path: found from the working directory
-    when it is there, else from the project, so shipped configs work from any directory."""
+    """A committed input (a checkpoint, an oracle, a shipped config) named by a relative path: found from
+    the working directory when it is there, else from the project, so shipped configs work from any directory."""
     path = Path(ref).expanduser()
-    if path.is_absolute() or path.exists() or "://" in ref or not (PROJECT_ROOT / path).exists():
+    if path.is_absolute() or path.exists() or "://" in ref or not shipped(path).exists():
         return ref
-    return str(PROJECT_ROOT / path)
+    return str(shipped(path))
 
 
 def _resolve_refs(data: dict[str, Any], keys: tuple[str, ...], resolve: Any) -> None:
@@ -460,7 +476,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, cls: type 
     overrides are relative to the working directory. Committed inputs (`INPUT_REFS`: checkpoints,
     oracles) are found from the working directory, else from the project (`find_input`).
     """
-    path = Path(path)
+    path = Path(find_input(str(path)))
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError:

@@ -23,7 +23,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aop_ray.cli import run_main, say
+from aop_ray.cli import prog, run_main, say
 from aop_ray.config import DatasetConfig, make_task, parse_assignments
 from aop_ray.errors import InputError
 from aop_ray.tasks import Instances, Task, task_params
@@ -180,7 +180,7 @@ def dataset_path(spec: DatasetConfig, task: Task, label: str) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m aop_ray.data", description="Build Parquet datasets: generate instances or convert files."
+        prog=prog("aop_ray.data"), description="Build Parquet datasets: generate instances or convert files."
     )
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (

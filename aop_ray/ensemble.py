@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from aop_ray import checkpoints
-from aop_ray.cli import run_main, say
+from aop_ray.cli import prog, run_main, say
 from aop_ray.errors import InputError
 
 MEMBER_FIELDS = ("step", "aop")  # per member: what may differ between members, kept as provenance
@@ -73,7 +73,7 @@ def build(paths: list[str], out: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m aop_ray.ensemble", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog=prog("aop_ray.ensemble"), description=__doc__.splitlines()[0])
     parser.add_argument("members", nargs="+", help="policy checkpoint directories (at least two)")
     parser.add_argument("--out", required=True, help="the ensemble checkpoint directory to write")
     args = parser.parse_args(argv)

@@ -32,7 +32,7 @@ import torch
 from tqdm import tqdm
 
 from aop_ray import checkpoints, data
-from aop_ray.cli import run_main, say
+from aop_ray.cli import prog, run_main, say
 from aop_ray.config import DecodeConfig, find_input
 from aop_ray.errors import InputError
 from aop_ray.locations import check_durable, check_tracking_uri
@@ -441,7 +441,7 @@ def evaluation_from_args(args: argparse.Namespace) -> Evaluation:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m aop_ray.evaluate",
+        prog=prog("aop_ray.evaluate"),
         description="Decode a dataset with a trained denoiser under several unmasking orders and compare "
         "them: solve rate, cell accuracy, planner NLL (teacher-forced NLL of the reference "
         "under the order), and throughput.",

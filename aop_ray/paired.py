@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aop_ray.cli import run_main
+from aop_ray.cli import prog, run_main
 from aop_ray.errors import InputError
 from aop_ray.stats import mcnemar
 from aop_ray.tasks import Instances
@@ -121,7 +121,7 @@ def format_table(reference: Outcomes, others: list[Outcomes]) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m aop_ray.paired",
+        prog=prog("aop_ray.paired"),
         description="Paired comparison (exact McNemar) of evaluations of different checkpoints on the same "
         "instances, from the solved.csv each python -m aop_ray.evaluate --out DIR wrote.",
     )

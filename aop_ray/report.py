@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from aop_ray.cli import run_main
+from aop_ray.cli import prog, run_main
 from aop_ray.errors import InputError
 from aop_ray.evaluate import write_atomic
 from aop_ray.tracking import client_for, experiment_id, find_runs, resolve_uri
@@ -151,7 +151,8 @@ def records_from_mlflow(uri: str, experiment: str, sweep: str | None = None) -> 
     client = client_for(uri)
     exp_id = experiment_id(client, uri, experiment)
     if exp_id is None:
-        raise InputError(f"--experiment: no experiment {experiment!r} at {uri}")
+        names = sorted(e.name for e in client.search_experiments() if e.name != "Default")
+        raise InputError(f"--experiment: no experiment {experiment!r} at {uri} (there: {', '.join(names) or 'none'})")
     parent = sweep_run(client, exp_id, sweep)
     records = []
     for run in find_runs(client, exp_id, {ROLE_TAG: "trial", SWEEP_TAG: parent.info.run_id}, status="FINISHED"):
@@ -173,7 +174,7 @@ def records_from_mlflow(uri: str, experiment: str, sweep: str | None = None) -> 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m aop_ray.report",
+        prog=prog("aop_ray.report"),
         description="Rebuild a sweep's order comparison (mean ± std over seeds) from MLflow alone: the table "
         "to stdout, summary.csv / summary.md / summary.png to --out.",
     )

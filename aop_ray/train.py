@@ -10,19 +10,19 @@ import argparse
 import sys
 from typing import Any
 
-from aop_ray.cli import run_main
-from aop_ray.config import PROJECT_ROOT, load_config
+from aop_ray.cli import prog, run_main
+from aop_ray.config import load_config, shipped
 from aop_ray.errors import InputError
 from aop_ray.pipeline import load_pipeline, run_pipeline
 from aop_ray.training.driver import run
 
-MAIN_PIPELINE = PROJECT_ROOT / "tune_configs" / "main.yaml"
-QUICK_PIPELINE = PROJECT_ROOT / "tune_configs" / "quick.yaml"
+MAIN_PIPELINE = shipped("tune_configs/main.yaml")
+QUICK_PIPELINE = shipped("tune_configs/quick.yaml")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m aop_ray.train",
+        prog=prog("aop_ray.train"),
         description="Train aop-ray models on Ray Train. With no --config, run the main job: the pipeline "
         f"{MAIN_PIPELINE} (denoiser, or its committed checkpoint -> AOP policy -> evaluation of "
         "'learned' against every heuristic and rule). With --config, run one training stage from "

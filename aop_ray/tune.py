@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from aop_ray import checkpoints, data, ray_session, report
-from aop_ray.cli import run_main, say
+from aop_ray.cli import prog, run_main, say
 from aop_ray.config import Config, Domain, SweepConfig, apply_override, load_config, make_task, parse_dataclass
 from aop_ray.errors import InputError
 from aop_ray.evaluate import compare_orders, load_scorer, numeric, write_results
@@ -545,7 +545,7 @@ def load_state(path: str | Path) -> SweepState:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m aop_ray.tune",
+        prog=prog("aop_ray.tune"),
         description="Run a Ray Tune sweep that compares unmasking orders (or searches the learned policy's "
         "hyper-parameters), with every trial a run in MLflow.",
         epilog="examples: python -m aop_ray.tune --config tune_configs/smoke.yaml | "

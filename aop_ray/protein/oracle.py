@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from aop_ray.cli import run_main
+from aop_ray.cli import prog, run_main
 from aop_ray.errors import InputError
 from aop_ray.protein.alignment import (
     Alignment,
@@ -174,7 +174,7 @@ def build(args: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m aop_ray.protein.oracle",
+        prog=prog("aop_ray.protein.oracle"),
         description="Split an aligned protein family by identity clusters and fit its "
         "oracle (Potts by pseudo-likelihood + profile HMM) on the held-out "
         "part.",
