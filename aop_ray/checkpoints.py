@@ -12,15 +12,15 @@ crash leaves either the old checkpoint or the new one, never half of one.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
-import pickle
 import shutil
 import tempfile
-import zipfile
+import typing
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -29,32 +29,52 @@ from aop_ray.config import ModelConfig, PolicyConfig, make_task, parse_dataclass
 from aop_ray.errors import InputError
 from aop_ray.models.denoiser import Denoiser
 from aop_ray.models.policy import PolicyEnsemble, PolicyNet, make_policy
+from aop_ray.outputs import exclusive
+from aop_ray.readers import read_json_object, short
 from aop_ray.tasks import Task, task_params
 
 FORMAT = "aop-ray-checkpoint/1"
 MANIFEST = "manifest.json"
+MANIFEST_FIELDS = {"kind": str, "task": dict, "model": dict}  # every checkpoint has these; a policy's also `policy`
 
 
 def write_checkpoint(path: str | Path, manifest: dict[str, Any], tensors: dict[str, dict[str, Any]]) -> Path:
     """Write `<name>.pt` for each state dict in `tensors` plus the manifest, atomically."""
     path = Path(path)
+    check_replaceable(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
     try:
         for name, state in tensors.items():
             torch.save(state, tmp / f"{name}.pt")
         (tmp / MANIFEST).write_text(json.dumps({"format": FORMAT, **manifest}, indent=2))
-        if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / path.name)
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, path)
+        with exclusive(path.parent, str(path), wait=True):  # two writers of one path take turns
+            check_replaceable(path)
+            if path.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
+                os.replace(path, old / path.name)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return path
+
+
+def check_replaceable(path: Path) -> None:
+    """A checkpoint may replace a checkpoint or an empty directory, never anything else a user has there."""
+    if not path.exists() and not path.is_symlink():
+        return
+    if path.is_dir() and not path.is_symlink():
+        if not any(path.iterdir()):
+            return
+        if (path / MANIFEST).is_file():
+            with contextlib.suppress(InputError):
+                read_manifest(path)
+                return
+    raise InputError(f"{path}: exists and is not an aop-ray checkpoint; refusing to replace it (choose another path)")
 
 
 def denoiser_manifest(task: Task, model_cfg: ModelConfig, **extra: Any) -> dict[str, Any]:
@@ -73,12 +93,12 @@ def read_manifest(path: str | Path) -> dict[str, Any]:
     file = path / MANIFEST
     if not file.is_file():
         raise InputError(f"{path}: not a checkpoint directory (no {MANIFEST})")
-    try:
-        manifest = json.loads(file.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise InputError(f"{file}: corrupted manifest ({err})") from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise InputError(f"{file}: unknown checkpoint format {manifest.get('format')!r}, expected {FORMAT!r}")
+    manifest = read_json_object(file, "manifest")
+    if manifest.get("format") != FORMAT:
+        raise InputError(f"{file}: unknown checkpoint format {short(manifest.get('format'))}, expected {FORMAT!r}")
+    for key, kind in MANIFEST_FIELDS.items():
+        if not isinstance(manifest.get(key), kind):
+            raise InputError(f"{file}: field {key!r} must be a JSON {kind.__name__}, got {short(manifest.get(key))}")
     return manifest
 
 
@@ -87,11 +107,14 @@ def load_tensors(path: str | Path, name: str) -> dict[str, Any]:
     file = Path(path) / f"{name}.pt"
     if not file.is_file():
         raise InputError(f"{file}: missing from checkpoint")
-    try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError) as err:
+    try:  # memory-mapped: tensors are read when copied into a model whose shapes were checked
+        state = torch.load(file, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # whatever a damaged file raises (RuntimeError, OSError, UnpicklingError, ...)
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(f"{file}: truncated or corrupted checkpoint ({first})") from None
+        raise InputError(f"{file}: truncated or corrupted checkpoint ({short(first, 160)})") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{file}: not a state dict (a {type(state).__name__})")
+    return state
 
 
 def check_same(what: str, theirs: dict[str, Any], ours: dict[str, Any], where: str) -> None:
@@ -130,29 +153,55 @@ def load_denoiser(
     """
     manifest = read_manifest(path)
     if manifest.get("kind") not in ("denoiser", "policy"):
-        raise InputError(f"{path}: checkpoint kind is {manifest.get('kind')!r}, expected 'denoiser' or 'policy'")
+        raise InputError(f"{path}: checkpoint kind is {short(manifest['kind'])}, expected 'denoiser' or 'policy'")
     ckpt_task = make_task(manifest["task"], where=f"{path}: task")
     if task is not None:
         check_task(manifest, task, str(path))
     model_cfg = parse_dataclass(ModelConfig, manifest["model"], f"{path}: model")
-    model = Denoiser.for_task(ckpt_task, model_cfg)
-    load_state(model, load_tensors(path, "denoiser"), path)
+    model = materialise(lambda: Denoiser.for_task(ckpt_task, model_cfg), load_tensors(path, "denoiser"), path)
     model.to(map_location).eval()  # load_state_dict copies into the parameters where they are: move after
     return model, ckpt_task, manifest
 
 
+def materialise(build: Callable[[], nn.Module], state: dict[str, Any], path: str | Path) -> nn.Module:
+    """The model `build` makes, holding `state`; its shapes are checked on the meta device first, so a
+    manifest claiming a huge model allocates nothing unless the file's tensors are that big too."""
+    with torch.device("meta"):
+        check_fits(build().state_dict(), state, path)
+    model = build()
+    model.load_state_dict(state)
+    return model
+
+
 def load_state(model: nn.Module, state: dict[str, Any], path: str | Path) -> None:
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as err:
-        raise InputError(f"{path}: weights do not fit the model in its manifest ({str(err).splitlines()[0]})") from None
+    """Copy `state` into `model`, refused in one line unless every name and shape matches."""
+    check_fits(model.state_dict(), state, path)
+    model.load_state_dict(state)
+
+
+def check_fits(ours: dict[str, Any], theirs: dict[str, Any], path: str | Path) -> None:
+    """Refuse weights whose names or shapes differ from the model the manifest describes."""
+    for key in sorted(set(ours) | set(theirs)):
+        if key not in theirs or key not in ours:
+            where = "missing from the weights" if key not in theirs else "not in the model"
+            raise InputError(f"{path}: weights do not fit the model in its manifest ({key!r} {where})")
+        if not isinstance(theirs[key], torch.Tensor) or tuple(ours[key].shape) != tuple(theirs[key].shape):
+            got = tuple(theirs[key].shape) if isinstance(theirs[key], torch.Tensor) else type(theirs[key]).__name__
+            raise InputError(
+                f"{path}: weights do not fit the model in its manifest ({key!r}: the manifest's model has shape "
+                f"{tuple(ours[key].shape)}, the weights {got})"
+            )
 
 
 def read_policy_manifest(path: str | Path) -> dict[str, Any]:
     """The manifest at `path`, refused unless it is a policy checkpoint's."""
     manifest = read_manifest(path)
     if manifest.get("kind") != "policy":
-        raise InputError(f"{path}: checkpoint kind is {manifest.get('kind')!r}, expected 'policy'")
+        raise InputError(f"{path}: checkpoint kind is {short(manifest.get('kind'))}, expected 'policy'")
+    if not isinstance(manifest.get("policy"), dict):
+        raise InputError(
+            f"{Path(path) / MANIFEST}: field 'policy' must be a JSON dict, got {short(manifest.get('policy'))}"
+        )
     return manifest
 
 
@@ -166,11 +215,14 @@ def load_policy(
     check_same("denoiser model", manifest["model"], denoiser_model, str(path))
     cfg = parse_dataclass(PolicyConfig, manifest["policy"], f"{path}: policy")
     members = manifest.get("members")
-    policy = (
-        PolicyEnsemble([make_policy(task, denoiser_model["d_model"], cfg) for _ in members])
-        if members
-        else make_policy(task, denoiser_model["d_model"], cfg)
-    )
-    load_state(policy, load_tensors(path, "policy"), path)
+    if members is not None and not (isinstance(members, list) and members):
+        raise InputError(f"{Path(path) / MANIFEST}: field 'members' must be a non-empty list, got {short(members)}")
+
+    def build() -> nn.Module:
+        if members:
+            return PolicyEnsemble([make_policy(task, denoiser_model["d_model"], cfg) for _ in members])
+        return make_policy(task, denoiser_model["d_model"], cfg)
+
+    policy = materialise(build, load_tensors(path, "policy"), path)
     policy.to(map_location).eval()
-    return policy
+    return typing.cast(PolicyNet | PolicyEnsemble, policy)

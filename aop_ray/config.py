@@ -9,14 +9,14 @@ are refused at load time with the offending key named, before any compute.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from pathlib import Path
 from typing import Any, ClassVar, Literal, Union
 
-import yaml
-
 from aop_ray.errors import InputError
+from aop_ray.readers import load_yaml, read_text, short
 from aop_ray.tasks import TASKS, Task, task_params
 
 # Keys that were renamed: refused with the new name, rather than as unknown. "temperature" alone meant
@@ -67,18 +67,18 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
                 return _coerce(arg, value, key)
             except InputError as err:
                 errors.append(str(err))
-        raise InputError(errors[0] if len(errors) == 1 else f"{key}: {value!r} does not match {_type_name(hint)}")
+        raise InputError(errors[0] if len(errors) == 1 else f"{key}: {short(value)} does not match {_type_name(hint)}")
     if origin is Literal:
         if value not in args:
-            raise InputError(f"{key}: must be one of {', '.join(map(str, args))}, got {value!r}")
+            raise InputError(f"{key}: must be one of {', '.join(map(str, args))}, got {short(value)}")
         return value
     if origin is list:
         if not isinstance(value, list):
-            raise InputError(f"{key}: expected a list, got {value!r}")
+            raise InputError(f"{key}: expected a list, got {short(value)}")
         return [_coerce(args[0], v, f"{key}[{i}]") for i, v in enumerate(value)]
     if origin is dict:
         if not isinstance(value, dict):
-            raise InputError(f"{key}: expected a mapping, got {value!r}")
+            raise InputError(f"{key}: expected a mapping, got {short(value)}")
         return {str(k): _coerce(args[1], v, f"{key}.{k}") for k, v in value.items()}
     if hint is Any:
         return value
@@ -88,13 +88,15 @@ def _coerce(hint: Any, value: Any, key: str) -> Any:
         return float(value)
     if hint is float and isinstance(value, str):
         try:  # YAML 1.1 reads "3e-4" (no dot) as a string
-            return float(value)
+            value = float(value)
         except ValueError:
             pass
+    if hint is float and isinstance(value, float) and not math.isfinite(value):
+        raise InputError(f"{key}: must be a finite number, got {value}")
     if hint in (int, float, str, bool) and not (
         isinstance(value, hint) and not (hint is int and isinstance(value, bool))
     ):
-        raise InputError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+        raise InputError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {short(value)}")
     return value
 
 
@@ -274,12 +276,13 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 500
+    checkpoint_keep: int = 2  # the newest checkpoints kept in the run directory (the final one apart)
     eval_every: int = 0  # 0: only at the end
     eval_instances: int = 200
     eval_order: str = "margin"
 
     def __post_init__(self) -> None:
-        _positive(self, "steps", "batch_size", "log_every", "checkpoint_every", where="train")
+        _positive(self, "steps", "batch_size", "log_every", "checkpoint_every", "checkpoint_keep", where="train")
         _positive(self, "lr", "grad_clip", where="train")
         _positive(
             self,
@@ -404,7 +407,7 @@ def apply_override(data: dict[str, Any], override: str) -> None:
     key, sep, raw = override.partition("=")
     if not sep or not key:
         raise InputError(f"override {override!r}: expected dotted.key=value")
-    value = yaml.safe_load(raw) if raw else ""
+    value = load_yaml(raw, f"override {key}") if raw else ""
     node = data
     parts = key.split(".")
     for part in parts[:-1]:
@@ -424,7 +427,7 @@ def parse_assignments(items: list[str] | None, flag: str) -> dict[str, Any]:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise InputError(f"{flag} {item!r}: expected key=value")
-        out[key] = yaml.safe_load(value)
+        out[key] = load_yaml(value, f"{flag} {key}")
     return out
 
 
@@ -477,15 +480,9 @@ def load_config(path: str | Path, overrides: list[str] | None = None, cls: type 
     oracles) are found from the working directory, else from the project (`find_input`).
     """
     path = Path(find_input(str(path)))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise InputError(f"{path}: config file not found") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        line = f":{mark.line + 1}" if mark is not None else ""
-        raise InputError(f"{path}{line}: invalid YAML ({getattr(err, 'problem', err)})") from None
-    data = data or {}
+    if not path.exists():
+        raise InputError(f"{path}: config file not found")
+    data = load_yaml(read_text(path), str(path)) or {}
     cls = cls or Config
     if not isinstance(data, dict):
         raise InputError(f"{path}: expected a mapping of config keys, got {type(data).__name__}")

@@ -23,9 +23,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from aop_ray.cli import prog, run_main, say
+from aop_ray import cli
+from aop_ray.cli import run_main, say
 from aop_ray.config import DatasetConfig, make_task, parse_assignments
 from aop_ray.errors import InputError
+from aop_ray.readers import short
 from aop_ray.tasks import Instances, Task, task_params
 
 TASK_KEY = b"aop_ray.task"
@@ -148,8 +150,10 @@ def generate(
     options = dict(options or {})
     try:
         task.generate(0, seed, **options)  # validate options before forking
-    except TypeError as err:
-        raise InputError(f"generate.options: {err}") from None
+    except (TypeError, ValueError) as err:
+        if isinstance(err, InputError):
+            raise
+        raise InputError(f"generate options {short(options)}: {short(str(err), 200)}") from None
     processes = processes or min(os.cpu_count() or 1, max(1, n // 200))
     chunk = -(-n // processes)
     jobs = [(task, min(chunk, n - s), seed, s, options) for s in range(0, n, chunk)]
@@ -179,15 +183,14 @@ def dataset_path(spec: DatasetConfig, task: Task, label: str) -> Path:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog("aop_ray.data"), description="Build Parquet datasets: generate instances or convert files."
-    )
+    parser = cli.parser("aop_ray.data", description="Build Parquet datasets: generate instances or convert files.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, text in (
         ("generate", "generate seeded, reproducible instances"),
         ("convert", "convert text files (any supported format) to Parquet shards"),
     ):
         p = sub.add_parser(name, help=text, description=text)
+        cli.add_debug(p)
         p.add_argument("--task", default="sudoku", help="task name: sudoku or sat (default %(default)s)")
         p.add_argument(
             "--param",
@@ -197,9 +200,9 @@ def build_parser() -> argparse.ArgumentParser:
             "--param n_clauses=91 (SAT)",
         )
         p.add_argument("--out", required=True, help="output directory (must not exist; written atomically)")
-        p.add_argument("--shard-size", type=int, default=10_000, help="instances per Parquet file")
+        p.add_argument("--shard-size", type=cli.positive_int, default=10_000, help="instances per Parquet file")
     gen = sub.choices["generate"]
-    gen.add_argument("--n", type=int, required=True, help="number of instances")
+    gen.add_argument("--n", type=cli.positive_int, required=True, help="number of instances")
     gen.add_argument("--seed", type=int, default=0, help="seed; instance j depends only on (seed, j)")
     gen.add_argument(
         "--option",
@@ -209,14 +212,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(Sudoku: clues = count or [low, high], unique = solver-checked uniqueness; "
         "SAT: none, the clause ratio is n_clauses / n_vars)",
     )
-    gen.add_argument("--processes", type=int, default=None, help="worker processes (default: all cores)")
+    gen.add_argument("--processes", type=cli.positive_int, default=None, help="worker processes (default: all cores)")
     sub.choices["convert"].add_argument("--input", required=True, help="a file or a directory of files")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_main(lambda: build(args))
+    return run_main(lambda: build(args), args.debug)
 
 
 def build(args: argparse.Namespace) -> None:

@@ -13,14 +13,13 @@ result is an ordinary policy checkpoint, whose manifest lists its members, so
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from aop_ray import checkpoints
-from aop_ray.cli import prog, run_main, say
+from aop_ray import checkpoints, cli
+from aop_ray.cli import run_main, say
 from aop_ray.errors import InputError
 
 MEMBER_FIELDS = ("step", "aop")  # per member: what may differ between members, kept as provenance
@@ -59,6 +58,7 @@ def check_members(paths: list[str]) -> tuple[list[dict[str, Any]], dict[str, tor
 
 def build(paths: list[str], out: str | Path) -> Path:
     """Write the ensemble checkpoint of `paths` to `out` (atomically)."""
+    checkpoints.check_replaceable(Path(out))  # before reading any member: never over a user's directory
     members, denoiser = check_members(paths)
     policies = {
         f"members.{i}.{key}": value
@@ -73,11 +73,13 @@ def build(paths: list[str], out: str | Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog=prog("aop_ray.ensemble"), description=__doc__.splitlines()[0])
+    parser = cli.parser("aop_ray.ensemble", description=__doc__.splitlines()[0])
     parser.add_argument("members", nargs="+", help="policy checkpoint directories (at least two)")
     parser.add_argument("--out", required=True, help="the ensemble checkpoint directory to write")
     args = parser.parse_args(argv)
-    return run_main(lambda: say(f"wrote {build(args.members, args.out)}: the mean of {len(args.members)} policies"))
+    return run_main(
+        lambda: say(f"wrote {build(args.members, args.out)}: the mean of {len(args.members)} policies"), args.debug
+    )
 
 
 if __name__ == "__main__":

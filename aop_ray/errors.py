@@ -17,3 +17,9 @@ def located(path: str | Path, line: int | None, message: str) -> InputError:
     """An `InputError` whose message starts with `file:line:`."""
     where = f"{path}:{line}" if line is not None else f"{path}"
     return InputError(f"{where}: {message}")
+
+
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like `KeyboardInterrupt` so that cleanup runs the same way.
+
+    A `BaseException`, as `KeyboardInterrupt` is, so no `except Exception` swallows it."""

@@ -22,7 +22,6 @@ import dataclasses
 import io
 import json
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -31,18 +30,19 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from aop_ray import checkpoints, data
-from aop_ray.cli import prog, run_main, say
+from aop_ray import checkpoints, cli, data
+from aop_ray.cli import run_main, say
 from aop_ray.config import DecodeConfig, find_input
 from aop_ray.errors import InputError
 from aop_ray.locations import check_durable, check_tracking_uri
 from aop_ray.models.policy import PolicyEnsemble, PolicyNet
 from aop_ray.orders import Order, get_order, order_names
+from aop_ray.outputs import claim, write_atomic
 from aop_ray.paired import SOLVED_CSV, solved_csv
 from aop_ray.sampling import Decoded, decode_dataset
 from aop_ray.stats import mcnemar
 from aop_ray.tasks import Instances, Task
-from aop_ray.tracking import Tracker, resolve_uri
+from aop_ray.tracking import Tracker, ended_status, resolve_uri
 
 FIELDS = (
     "order",
@@ -160,12 +160,6 @@ def heatmap_png(task: Task, step_of: torch.Tensor, title: str) -> bytes:
     return buf.getvalue()
 
 
-def write_atomic(path: Path, content: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(content)
-    os.replace(tmp, path)
-
-
 def results_csv(rows: list[dict[str, Any]]) -> bytes:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=[*FIELDS, *task_metric_names(rows)], extrasaction="ignore")
@@ -245,13 +239,8 @@ def compare_orders(
                 fixed,
                 target,
                 order,
-                k=decode.k,
-                threshold=decode.threshold,
-                batch_size=decode.batch_size,
+                decode,
                 generator=torch.Generator().manual_seed(seed),
-                planner_nll=decode.planner_nll,
-                token_temperature=decode.token_temperature,
-                order_temperature=decode.order_temperature,
                 on_batch=bar.update,
                 scorer=scorer,
             )
@@ -318,14 +307,21 @@ class Evaluation(DecodeConfig):
         when the object was built)."""
         if self.out is not None:
             check_durable("--out", self.out, "give --out an absolute path")
-            out = Path(self.out)
-            if out.exists() and not out.is_dir():
-                raise InputError(f"--out: {out} exists and is not a directory")
 
 
 def run_evaluation(ev: Evaluation) -> list[dict[str, Any]]:
-    """Decode, print the table, write `--out`, and log a parent MLflow run with one child run per order."""
+    """Decode, print the table, write `--out`, and log a parent MLflow run with one child run per order.
+
+    `--out` is checked writable and held by this process before anything is decoded: two evaluations
+    into one directory are refused, not interleaved."""
     ev.check()
+    if ev.out is None:
+        return _evaluate(ev)
+    with claim(Path(ev.out), "--out"):
+        return _evaluate(ev)
+
+
+def _evaluate(ev: Evaluation) -> list[dict[str, Any]]:
     torch.set_num_threads(ev.threads or torch.get_num_threads())
     uri = resolve_uri() if ev.mlflow else None
     check_tracking_uri(uri)
@@ -395,6 +391,9 @@ def run_evaluation(ev: Evaluation) -> list[dict[str, Any]]:
             parent.log_artifact(ev.out, "evaluation")
             say(f"wrote {Path(ev.out).resolve() / 'results.json'}, results.csv, solved.csv and {len(maps)} heat maps")
         status = "FINISHED"
+    except BaseException as err:
+        status = ended_status(err)
+        raise
     finally:
         parent.end(status)
     if parent.enabled:
@@ -440,8 +439,8 @@ def evaluation_from_args(args: argparse.Namespace) -> Evaluation:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog("aop_ray.evaluate"),
+    parser = cli.parser(
+        "aop_ray.evaluate",
         description="Decode a dataset with a trained denoiser under several unmasking orders and compare "
         "them: solve rate, cell accuracy, planner NLL (teacher-forced NLL of the reference "
         "under the order), and throughput.",
@@ -533,7 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_main(lambda: run_evaluation(evaluation_from_args(args)))
+    return run_main(lambda: run_evaluation(evaluation_from_args(args)), args.debug)
 
 
 if __name__ == "__main__":

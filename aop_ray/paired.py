@@ -24,8 +24,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from aop_ray.cli import prog, run_main
+from aop_ray import cli
+from aop_ray.cli import run_main
 from aop_ray.errors import InputError
+from aop_ray.readers import read_text
 from aop_ray.stats import mcnemar
 from aop_ray.tasks import Instances
 
@@ -69,8 +71,7 @@ def read_outcomes(spec: str) -> Outcomes:
     path = path / SOLVED_CSV if path.is_dir() else path
     if not path.is_file():
         raise InputError(f"{spec}: no {path} (python -m aop_ray.evaluate --out DIR writes DIR/{SOLVED_CSV})")
-    with path.open(newline="") as handle:
-        rows = list(csv.reader(handle))
+    rows = list(csv.reader(io.StringIO(read_text(path))))
     if not rows or rows[0][: len(HEADER)] != HEADER or len(rows[0]) <= len(HEADER):
         raise InputError(f"{path}: line 1: expected the header 'instance,content,<order>,...'")
     orders = rows[0][len(HEADER) :]
@@ -120,8 +121,8 @@ def format_table(reference: Outcomes, others: list[Outcomes]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog("aop_ray.paired"),
+    parser = cli.parser(
+        "aop_ray.paired",
         description="Paired comparison (exact McNemar) of evaluations of different checkpoints on the same "
         "instances, from the solved.csv each python -m aop_ray.evaluate --out DIR wrote.",
     )
@@ -137,7 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     return run_main(
-        lambda: print(format_table(read_outcomes(args.reference), [read_outcomes(spec) for spec in args.others]))
+        lambda: print(format_table(read_outcomes(args.reference), [read_outcomes(spec) for spec in args.others])),
+        args.debug,
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 
 # Ray Train 2.60 starts a PreemptionWatcher actor per run whose creation logs an `E` line
 # ("constructor arguments in the object store and max_restarts > 0") on every successful run.
@@ -18,8 +20,14 @@ def connect() -> None:
     if ray.is_initialized():
         return
     env_vars = {} if PREEMPTION_WATCHER in os.environ else {PREEMPTION_WATCHER: "0"}
+    main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     ray.init(
         address=os.environ.get("RAY_ADDRESS"),
         logging_level="WARNING",
         runtime_env={"env_vars": env_vars} if env_vars else None,
     )
+    if main_thread and sigterm not in (None, signal.SIG_DFL):
+        # A driver's `ray.init` replaces the SIGTERM handler with one that just exits; keep the entry
+        # point's (cli.run_main), which ends the run as KILLED with exit code 143.
+        signal.signal(signal.SIGTERM, sigterm)

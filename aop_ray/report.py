@@ -20,9 +20,10 @@ from typing import Any
 
 import numpy as np
 
-from aop_ray.cli import prog, run_main
+from aop_ray import cli
+from aop_ray.cli import run_main
 from aop_ray.errors import InputError
-from aop_ray.evaluate import write_atomic
+from aop_ray.outputs import write_atomic
 from aop_ray.tracking import client_for, experiment_id, find_runs, resolve_uri
 
 METRICS = ("solve_rate", "cell_accuracy", "planner_nll", "forwards_per_instance")
@@ -173,8 +174,8 @@ def records_from_mlflow(uri: str, experiment: str, sweep: str | None = None) -> 
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog("aop_ray.report"),
+    parser = cli.parser(
+        "aop_ray.report",
         description="Rebuild a sweep's order comparison (mean ± std over seeds) from MLflow alone: the table "
         "to stdout, summary.csv / summary.md / summary.png to --out.",
     )
@@ -202,7 +203,8 @@ def report(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(lambda: report(build_parser().parse_args(argv)))
+    args = build_parser().parse_args(argv)
+    return run_main(lambda: report(args), args.debug)
 
 
 if __name__ == "__main__":

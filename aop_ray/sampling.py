@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from aop_ray.config import DecodeConfig
 from aop_ray.orders import DecodeState, Order, select
 from aop_ray.tasks import Task, mask_id
 
@@ -121,6 +122,9 @@ def unmask(
     return Rollout(tokens=tokens, step_of=step_of, logp_token=logp_token, logp_target=logp_target, steps=steps)
 
 
+DEFAULT_DECODE = DecodeConfig()  # one position per forward, argmax tokens, no planner-NLL pass
+
+
 @dataclasses.dataclass
 class Decoded:
     """Per-instance results of decoding a dataset under one order."""
@@ -140,17 +144,13 @@ def decode_dataset(
     fixed: torch.Tensor,
     target: torch.Tensor,
     order: Order,
-    k: int = 1,
-    threshold: float | None = None,
-    batch_size: int = 256,
+    decode: DecodeConfig = DEFAULT_DECODE,
+    *,
     generator: torch.Generator | None = None,
-    planner_nll: bool = True,
-    token_temperature: float = 0.0,
-    order_temperature: float = 0.0,
     on_batch: Callable[[int], None] | None = None,
     scorer: Callable[[torch.Tensor], dict[str, torch.Tensor]] | None = None,
 ) -> Decoded:
-    """Decode every instance with `order`, verify it, and optionally score the planner NLL.
+    """Decode every instance with `order` as `decode` says, verify it, and score the planner NLL if asked.
 
     Generator state carries across batches, so results depend on the batch
     size only through floating-point reduction order. `scorer` adds per-instance
@@ -160,18 +160,18 @@ def decode_dataset(
     seconds = 0.0
     parts: dict[str, list[torch.Tensor]] = {"solved": [], "acc": [], "nll": [], "step_of": []}
     metrics: dict[str, list[torch.Tensor]] = {}
-    for lo in range(0, tokens.shape[0], batch_size):
-        x, f, y = (a[lo : lo + batch_size].to(device) for a in (tokens, fixed, target))
+    for lo in range(0, tokens.shape[0], decode.batch_size):
+        x, f, y = (a[lo : lo + decode.batch_size].to(device) for a in (tokens, fixed, target))
         start = time.perf_counter()
         roll = unmask(
             denoiser,
             order,
             x,
             mask_id(task),
-            k=k,
-            threshold=threshold,
-            token_temperature=token_temperature,
-            order_temperature=order_temperature,
+            k=decode.k,
+            threshold=decode.threshold,
+            token_temperature=decode.token_temperature,
+            order_temperature=decode.order_temperature,
             generator=generator,
         )
         parts["solved"].append(task.verify(roll.tokens, x, f).cpu())
@@ -182,7 +182,7 @@ def decode_dataset(
         scored = ~f & (y >= 0)
         parts["acc"].append(((roll.tokens == y) & scored).sum(1).cpu() / scored.sum(1).clamp(min=1).cpu())
         parts["step_of"].append(roll.step_of.cpu())
-        if planner_nll:  # NaN where the reference is unknown
+        if decode.planner_nll:  # NaN where the reference is unknown
             nll = torch.full((x.shape[0],), float("nan"))
             known = ((y >= 0) | f).all(1)
             if known.any():
@@ -191,11 +191,11 @@ def decode_dataset(
                     order,
                     x[known],
                     mask_id(task),
-                    k=k,
-                    threshold=threshold,
+                    k=decode.k,
+                    threshold=decode.threshold,
                     target=y[known],
                     teacher_force=True,
-                    order_temperature=order_temperature,
+                    order_temperature=decode.order_temperature,
                     generator=generator,
                 )
                 nll[known.cpu()] = forced.planner_nll().cpu()
@@ -205,7 +205,7 @@ def decode_dataset(
     return Decoded(
         solved=torch.cat(parts["solved"]),
         cell_accuracy=torch.cat(parts["acc"]),
-        planner_nll=torch.cat(parts["nll"]) if planner_nll else None,
+        planner_nll=torch.cat(parts["nll"]) if decode.planner_nll else None,
         step_of=torch.cat(parts["step_of"]),
         metrics={name: torch.cat(values) for name, values in metrics.items()},
         seconds=seconds,

@@ -12,6 +12,7 @@ directories write to the same place. `MLFLOW_TRACKING_URI` or the config's
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
@@ -20,13 +21,14 @@ import subprocess
 import sys
 import time
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from aop_ray.config import flatten
-from aop_ray.errors import InputError
+from aop_ray.errors import InputError, Terminated
 
 for _noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
@@ -102,6 +104,7 @@ class Tracker:
         self.uri = uri
         self.run_id = run_id
         self._client = None
+        self._logged_through = -1  # steps up to here are already in the run's history (a resumed run)
         if uri is not None:
             self._client = client_for(uri)
 
@@ -152,8 +155,17 @@ class Tracker:
         for start in range(0, len(items), 100):
             self._client.log_batch(self.run_id, params=items[start : start + 100])
 
+    def continue_history(self) -> None:
+        """For a resumed run, which recomputes the steps since its last checkpoint: later `log_metrics`
+        calls skip the steps MLflow already holds, so every step appears once in a metric's history."""
+        if self._client is None or self.run_id is None:
+            return
+        keys = self._client.get_run(self.run_id).data.metrics
+        steps = [m.step for key in keys for m in self._client.get_metric_history(self.run_id, key)]
+        self._logged_through = max(steps, default=-1)
+
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
-        if self._client is None:
+        if self._client is None or step <= self._logged_through:
             return
         from mlflow.entities import Metric
 
@@ -220,6 +232,11 @@ class Tracker:
             self._client.set_terminated(self.run_id, status=status)
 
 
+def ended_status(err: BaseException) -> str:
+    """The MLflow status of a run ended by `err`: KILLED when the user stopped it (Ctrl-C, SIGTERM)."""
+    return "KILLED" if isinstance(err, (KeyboardInterrupt, Terminated)) else "FAILED"
+
+
 def _unreachable(uri: str, err: Exception) -> InputError:
     first = (str(err).splitlines() or [""])[0][:200]
     return InputError(
@@ -234,9 +251,28 @@ def client_for(uri: str) -> Any:
     from mlflow.tracking import MlflowClient
 
     try:
-        return MlflowClient(tracking_uri=uri)
+        if not uri.startswith("sqlite:///"):
+            return MlflowClient(tracking_uri=uri)
+        # MLflow creates a new sqlite store's schema when a client first opens it, and two processes doing
+        # that at once collide ("table already exists"): opening is serialised by a lock beside the file.
+        database = Path(uri[len("sqlite:///") :])
+        with _file_lock(database.with_name(database.name + ".lock")):
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)
+        return client
     except Exception as err:  # any store failure means "unreachable" to the user
         raise _unreachable(uri, err) from None
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock on `path` (created if missing), held for the block."""
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
 
 
 def experiment_id(client: Any, uri: str, name: str, create: bool = False) -> str | None:

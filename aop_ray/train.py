@@ -10,7 +10,8 @@ import argparse
 import sys
 from typing import Any
 
-from aop_ray.cli import prog, run_main
+from aop_ray import cli
+from aop_ray.cli import run_main
 from aop_ray.config import load_config, shipped
 from aop_ray.errors import InputError
 from aop_ray.pipeline import load_pipeline, run_pipeline
@@ -21,8 +22,8 @@ QUICK_PIPELINE = shipped("tune_configs/quick.yaml")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog("aop_ray.train"),
+    parser = cli.parser(
+        "aop_ray.train",
         description="Train aop-ray models on Ray Train. With no --config, run the main job: the pipeline "
         f"{MAIN_PIPELINE} (denoiser, or its committed checkpoint -> AOP policy -> evaluation of "
         "'learned' against every heuristic and rule). With --config, run one training stage from "
@@ -76,7 +77,8 @@ def _dispatch(args: argparse.Namespace) -> Any:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(lambda: _dispatch(build_parser().parse_args(argv)))
+    args = build_parser().parse_args(argv)
+    return run_main(lambda: _dispatch(args), args.debug)
 
 
 if __name__ == "__main__":

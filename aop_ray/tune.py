@@ -28,13 +28,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-from aop_ray import checkpoints, data, ray_session, report
-from aop_ray.cli import prog, run_main, say
+from aop_ray import checkpoints, cli, data, ray_session, report
+from aop_ray.cli import run_main, say
 from aop_ray.config import Config, Domain, SweepConfig, apply_override, load_config, make_task, parse_dataclass
 from aop_ray.errors import InputError
 from aop_ray.evaluate import compare_orders, load_scorer, numeric, write_results
 from aop_ray.locations import check_durable, check_tracking_uri, on_this_node
 from aop_ray.orders import get_order, order_names
+from aop_ray.outputs import write_atomic
+from aop_ray.readers import read_text
 from aop_ray.tracking import Tracker, check_reachable, client_for, experiment_id, find_runs, resolve_uri
 
 SWEEP_STATE = "aop_sweep.json"  # in the sweep directory: the resolved config and MLflow ids, for --resume
@@ -372,7 +374,7 @@ def prepare(spec: SweepConfig, mlflow: bool) -> dict[str, Any]:
         tags={report.ROLE_TAG: "sweep", "aop_ray.task": task.name},
     ).run_id
     sweep_dir.mkdir(parents=True)
-    (sweep_dir / SWEEP_STATE).write_text(state.to_json())
+    write_atomic(sweep_dir / SWEEP_STATE, state.to_json().encode())
     return state
 
 
@@ -540,12 +542,12 @@ def load_state(path: str | Path) -> SweepState:
     state_file = Path(path).expanduser().resolve() / SWEEP_STATE
     if not state_file.is_file():
         raise InputError(f"--resume: {state_file} not found (give the sweep directory <storage_path>/<name>)")
-    return SweepState.from_json(state_file.read_text(), str(state_file))
+    return SweepState.from_json(read_text(state_file), str(state_file))
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog("aop_ray.tune"),
+    parser = cli.parser(
+        "aop_ray.tune",
         description="Run a Ray Tune sweep that compares unmasking orders (or searches the learned policy's "
         "hyper-parameters), with every trial a run in MLflow.",
         epilog="examples: python -m aop_ray.tune --config tune_configs/smoke.yaml | "
@@ -580,7 +582,8 @@ def _dispatch(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_main(lambda: _dispatch(build_parser().parse_args(argv)))
+    args = build_parser().parse_args(argv)
+    return run_main(lambda: _dispatch(args), args.debug)
 
 
 if __name__ == "__main__":

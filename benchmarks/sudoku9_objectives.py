@@ -211,7 +211,7 @@ def main() -> int:
         train_seconds[arm] = time.perf_counter() - begin
     for name, order in orders.items():
         with torch.no_grad():
-            solved[name] = decode_dataset(denoiser, task, tokens, fixed, target, order, planner_nll=False).solved
+            solved[name] = decode_dataset(denoiser, task, tokens, fixed, target, order).solved
         print(f"{name}: {solved[name].float().mean():.3f}", flush=True)
     best = max(["margin", "confidence", "entropy"], key=lambda name: int(solved[name].sum()))
     command = "python benchmarks/sudoku9_objectives.py " + " ".join(sys.argv[1:])

@@ -20,7 +20,7 @@ from test_aop_train import metric_history
 
 from aop_ray import checkpoints
 
-from conftest import SMOKE, cli_env, run_cli
+from conftest import ROOT, SMOKE, cli_env, run_cli
 
 pytestmark = pytest.mark.reliability
 STEPS = 250  # the smoke config's
@@ -158,3 +158,106 @@ def test_a_run_survives_a_killed_driver_a_corrupted_checkpoint_and_a_killed_work
     assert len(resumed) == 2 and resumed[0] == older["metrics"]["step"], output[-4000:]
     assert killed_at <= resumed[1] < STEPS, output[-4000:]
     _assert_finished_like_the_reference(trained, name)
+
+
+def _run_status(workdir: Path, name: str) -> str:
+    from mlflow.tracking import MlflowClient
+
+    run_id = json.loads((workdir / "runs" / name / "aop_run.json").read_text())["mlflow_run_id"]
+    return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_run(run_id).info.status
+
+
+def test_sigterm_stops_a_run_that_then_resumes_into_the_same_mlflow_run(trained):
+    """SIGTERM ends a training run with one line, exit 143 and its MLflow run KILLED (through Ray Train's
+    graceful abort, the path Ctrl-C takes too); the resume finishes it in that same MLflow run, with every
+    step logged once and no more than `train.checkpoint_keep` checkpoints left behind."""
+    name = "sigterm"
+    args = [f"name={name}", *FAST]
+    run_dir = trained / "runs" / name
+    proc = _start(trained, *args)
+    try:
+        _wait_for_checkpoints(proc, run_dir, 2)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, output[-3000:]
+    assert output.strip().splitlines()[-1] == "error: terminated (SIGTERM)" and "Traceback" not in output
+    assert f"stopped; continue from the last checkpoint with --resume ({run_dir})" in output
+    assert _run_status(trained, name) == "KILLED"
+    done = run_cli("aop_ray.train", "--config", str(SMOKE), *args, "--resume", cwd=trained, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert _run_status(trained, name) == "FINISHED"
+    logged = [m.step for m in metric_history(trained, name, "loss")]
+    assert sorted(logged) == list(range(25, STEPS + 1, 25)), logged  # each step once, none missing
+    assert len(list(run_dir.glob("checkpoint_*"))) <= 2
+
+
+def test_ctrl_c_stops_an_evaluation_with_its_mlflow_run_killed_and_nothing_written(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    data = run_cli(
+        "aop_ray.data",
+        "generate",
+        "--param",
+        "size=9",
+        "--n",
+        "2000",
+        "--option",
+        "clues=30",
+        "--out",
+        str(tmp_path / "puzzles"),
+        cwd=tmp_path,
+        timeout=300,
+    )
+    assert data.returncode == 0, data.stderr
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "aop_ray.evaluate",
+            "--checkpoint",
+            str(ROOT / "benchmarks/checkpoints/sudoku9"),
+            "--data",
+            str(tmp_path / "puzzles"),
+            "--orders",
+            "random,margin",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        cwd=tmp_path,
+        env=cli_env(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    try:
+        deadline = time.monotonic() + 120
+        while not _running_runs(store) and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.5)  # the parent run opens once the inputs are read, just before decoding
+        time.sleep(1)
+        assert proc.poll() is None, proc.communicate()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "error: interrupted (Ctrl-C)", err[-3000:]
+    assert "Traceback" not in err and not (tmp_path / "out").exists()
+    client = MlflowClient(store)
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.info.status == "KILLED"
+
+
+def _running_runs(store: str) -> list:
+    from aop_ray.tracking import client_for  # takes the store's lock: never races the evaluation creating it
+
+    if not Path(store.removeprefix("sqlite:///")).exists():
+        return []
+    try:
+        client = client_for(store)
+        return client.search_runs([e.experiment_id for e in client.search_experiments()], "status = 'RUNNING'")
+    except Exception:  # the store is still being created by the evaluation
+        return []

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
+from aop_ray.config import DecodeConfig
 from aop_ray.orders import HEURISTICS, DecodeState, get_order, select
 from aop_ray.sampling import decode_dataset, unmask
 
@@ -174,6 +175,8 @@ def test_decode_dataset_solves_with_a_perfect_denoiser(sudoku4):
     tokens, fixed, target = (torch.as_tensor(a) for a in (inst.tokens, inst.fixed, inst.target))
     conf = torch.rand(12, 16, generator=torch.Generator().manual_seed(0)) * 0.5 + 0.4
     model = FixedBelief(target, conf, 4)
-    decoded = decode_dataset(model, sudoku4, tokens, fixed, target, get_order("margin"), batch_size=12)
+    decoded = decode_dataset(
+        model, sudoku4, tokens, fixed, target, get_order("margin"), DecodeConfig(batch_size=12, planner_nll=True)
+    )
     assert decoded.solved.all() and torch.allclose(decoded.cell_accuracy, torch.ones(12))
     assert (decoded.planner_nll > 0).all()

@@ -75,7 +75,7 @@ def test_empty_and_binary_files(tmp_path, sudoku4):
         sudoku4.read(write(tmp_path, "empty.txt", "\n// nothing\n"))
     binary = tmp_path / "bin.txt"
     binary.write_bytes(b"\xff\xfe\x00\x01")
-    with pytest.raises(InputError, match="not a text file"):
+    with pytest.raises(InputError, match=r"bin\.txt:1: not UTF-8 text \(byte 0xff\)"):
         sudoku4.read(binary)
 
 

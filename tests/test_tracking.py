@@ -13,3 +13,19 @@ def test_relative_tracking_uris_are_pinned_to_the_driver_cwd(tmp_path, monkeypat
     assert resolve_uri("mlruns") == str(tmp_path / "mlruns")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///env.db")
     assert resolve_uri() == f"sqlite:///{tmp_path}/env.db"
+
+
+def test_processes_opening_a_new_sqlite_store_together_all_succeed(tmp_path):
+    """MLflow creates a sqlite store's schema on first open; several processes doing it at once used to
+    collide ("table already exists"), refusing all but one."""
+    import subprocess
+    import sys
+
+    uri = f"sqlite:///{tmp_path / 'fresh.db'}"
+    code = f"from aop_ray.tracking import Tracker\nTracker.start({uri!r}, 'race', 'r').end()\nprint('ok')\n"
+    procs = [
+        subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(3)
+    ]
+    results = [proc.communicate(timeout=120) for proc in procs]
+    assert [proc.returncode for proc in procs] == [0, 0, 0], [err[-500:] for _, err in results]

@@ -163,7 +163,6 @@ def test_evaluate_cli_end_to_end(trained, tmp_path):
         task,
         *(torch.as_tensor(a) for a in (inst.tokens, inst.fixed, inst.target)),
         get_order("margin"),
-        planner_nll=False,
     )
     np.testing.assert_allclose(rows[1]["solve_rate"], decoded.solved.float().mean().item())
     np.testing.assert_allclose(rows[1]["cell_accuracy"], decoded.cell_accuracy.mean().item(), rtol=1e-6)

@@ -199,7 +199,8 @@ class TokenAxisPolicy(nn.Module):
         self.needs_hidden = False
         self.group_names = register_groups(self, task.position_groups())
         n_groups, width = len(self.group_names), cfg.d_model
-        peers = group_pooled(torch.ones(1, task.seq_len, 1), registered_groups(self)).clamp(min=1)  # (1, L, G)
+        ones = torch.ones(1, task.seq_len, 1, device="cpu")  # structure data, on the CPU even in a meta context
+        peers = group_pooled(ones, registered_groups(self)).clamp(min=1)  # (1, L, G)
         self.register_buffer("peers", peers[:, :, None, :, None], persistent=False)  # (1, L, 1, G, 1)
         self.embed = mlp(3 + 2 * n_groups + 2, width, 2 * width)
         self.rounds = nn.ModuleList(mlp((3 + n_groups) * width, width, 2 * width) for _ in range(cfg.n_layers))

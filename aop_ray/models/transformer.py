@@ -48,9 +48,9 @@ def register_groups(module: nn.Module, position_groups: dict[str, Any]) -> list[
     """Register each structure group's ids as the buffer `group_<name>` (moved with the module); the sorted names."""
     names = sorted(position_groups)
     for name in names:
-        module.register_buffer(
-            f"group_{name}", torch.as_tensor(position_groups[name], dtype=torch.long), persistent=False
-        )
+        # on the CPU even inside a meta-device context: the ids are data, read to size the embeddings
+        ids = torch.as_tensor(position_groups[name], dtype=torch.long, device="cpu")
+        module.register_buffer(f"group_{name}", ids, persistent=False)
     return names
 
 

@@ -33,9 +33,7 @@ residues from looking identical to it.
 from __future__ import annotations
 
 import dataclasses
-import gzip
 import re
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -43,6 +41,7 @@ import numpy as np
 import torch
 
 from aop_ray.errors import located
+from aop_ray.readers import read_text
 
 ALPHABET = "ACDEFGHIKLMNPQRSTVWY-"
 GAP = ALPHABET.index("-")
@@ -90,23 +89,6 @@ class _Record:
     chunks: list[str]  # stripped sequence lines
 
 
-def _read_text(path: Path) -> str:
-    try:
-        data = path.read_bytes()
-    except OSError as e:
-        raise located(path, None, f"cannot read: {e.strerror or e}") from None
-    if data[:2] == b"\x1f\x8b":
-        try:
-            data = gzip.decompress(data)
-        except (OSError, EOFError, zlib.error) as e:
-            raise located(path, None, f"corrupt gzip data: {' '.join(str(e).split())}") from None
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise located(path, line, f"not UTF-8 text (byte 0x{data[e.start]:02x})") from None
-
-
 def _records(path: Path, text: str) -> list[_Record]:
     records: list[_Record] = []
     for number, raw in enumerate(text.split("\n"), start=1):
@@ -128,7 +110,7 @@ def _records(path: Path, text: str) -> list[_Record]:
 def read_alignment(path: str | Path) -> Alignment:
     """Read an aligned FASTA or A2M file (optionally gzipped) into match-column tokens."""
     path = Path(path)
-    records = _records(path, _read_text(path))
+    records = _records(path, read_text(path))
     a2m = any(_LOWER.search(text) for r in records for text in r.chunks)
     table = _A2M_TABLE if a2m else _FASTA_TABLE
     rows: list[bytes] = []

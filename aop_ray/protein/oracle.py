@@ -25,15 +25,16 @@ import argparse
 import dataclasses
 import json
 import os
-import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from aop_ray.cli import prog, run_main
+from aop_ray import cli
+from aop_ray.cli import run_main
 from aop_ray.errors import InputError
 from aop_ray.protein.alignment import (
     Alignment,
@@ -45,6 +46,7 @@ from aop_ray.protein.alignment import (
 )
 from aop_ray.protein.hmm import build_hmm, hmm_bits, load_hmm
 from aop_ray.protein.potts import Potts, fit_plm
+from aop_ray.readers import read_json_object
 from aop_ray.tasks.protein import Protein
 
 ORACLE_JSON = "oracle.json"
@@ -79,9 +81,8 @@ class FamilyOracle:
 
     def save(self, out: Path) -> None:
         """Into a temporary directory, then renamed: never a half-written oracle."""
-        tmp = out.with_name(f".{out.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
         self.potts.save(tmp / "potts.pt")
         with open(tmp / "family.hmm", "wb") as f:
             self.hmm.write(f)
@@ -98,7 +99,7 @@ class FamilyOracle:
             raise InputError(
                 f"{path}: not a family oracle (no {ORACLE_JSON}; build one with python -m aop_ray.protein.oracle)"
             )
-        meta = json.loads((path / ORACLE_JSON).read_text())
+        meta = read_json_object(path / ORACLE_JSON, "oracle description")
         for field, want in (("family", task.family), ("length", task.length)):
             if meta.get(field) != want:
                 raise InputError(
@@ -139,6 +140,9 @@ def fit(
     )
 
 
+MIN_SPLIT = 2  # sequences on each side of the split: a Potts fit and a held-out likelihood need some
+
+
 def build(args: argparse.Namespace) -> None:
     from aop_ray import data
 
@@ -149,6 +153,12 @@ def build(args: argparse.Namespace) -> None:
     alignment = read_alignment(args.alignment)
     task = Protein(length=alignment.seqs.shape[1], family=args.family)
     train_idx, heldout_idx = cluster_split(alignment.seqs, args.identity, args.heldout, args.seed)
+    if len(heldout_idx) < MIN_SPLIT or len(train_idx) < MIN_SPLIT:
+        raise InputError(
+            f"--alignment {args.alignment}: {len(alignment)} sequences split into {len(train_idx)} train and "
+            f"{len(heldout_idx)} held out at identity {args.identity}; the oracle needs at least {MIN_SPLIT} in "
+            "each (more sequences, or another --identity / --heldout)"
+        )
     print(
         f"{len(alignment)} sequences x {task.length} columns: {len(train_idx)} train, {len(heldout_idx)} held out "
         f"(identity clusters at {args.identity})"
@@ -160,8 +170,8 @@ def build(args: argparse.Namespace) -> None:
     )
     oracle = fit(alignment.seqs[train_idx], heldout, args.family, hmm, args.identity, args.plm_steps)
     instances = task.from_alignment(alignment, Path(args.alignment))
-    tmp = out.with_name(f".{out.name}.tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     data.write_shards(instances.take(train_idx), task, tmp / "train")
     data.write_shards(instances.take(heldout_idx), task, tmp / "heldout")
     oracle.save(tmp / "oracle")
@@ -173,8 +183,8 @@ def build(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog=prog("aop_ray.protein.oracle"),
+    parser = cli.parser(
+        "aop_ray.protein.oracle",
         description="Split an aligned protein family by identity clusters and fit its "
         "oracle (Potts by pseudo-likelihood + profile HMM) on the held-out "
         "part.",
@@ -192,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_main(lambda: build(args))
+    return run_main(lambda: build(args), args.debug)
 
 
 if __name__ == "__main__":

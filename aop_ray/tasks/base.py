@@ -23,13 +23,6 @@ import torch
 from aop_ray.errors import InputError
 
 
-def text_lines(text: str) -> list[str]:
-    """The lines of text read in text mode (newlines already `\n`), numbered as an editor numbers them:
-    unlike `str.splitlines`, a form feed, `\x1c`-`\x1e` or `\x85` inside a line does not end it."""
-    lines = text.split("\n")
-    return lines[:-1] if lines and lines[-1] == "" else lines
-
-
 @dataclasses.dataclass
 class Instances:
     """A set of problem instances as token arrays.

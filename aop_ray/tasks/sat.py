@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import random
+import typing
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -32,7 +33,8 @@ import numpy as np
 import torch
 
 from aop_ray.errors import InputError, located
-from aop_ray.tasks.base import Instances, TaskHooks, TokenStructure, text_lines
+from aop_ray.readers import ascii_int, read_text, short, text_lines
+from aop_ray.tasks.base import Instances, TaskHooks, TokenStructure
 
 WIDTH = 3  # literals per clause
 FALSE, TRUE, MASK = 0, 1, 2
@@ -229,10 +231,7 @@ class Sat(TaskHooks):
         reference (it can never be solved, and counts as a failure).
         """
         path = Path(path)
-        try:
-            lines = text_lines(path.read_text())
-        except UnicodeDecodeError as err:
-            raise located(path, None, f"not a text file ({err.reason})") from None
+        lines = text_lines(read_text(path))
         header: tuple[int, int, int] | None = None  # (line, variables, clauses)
         clauses: list[tuple[int, list[int]]] = []
         current: list[int] = []
@@ -249,10 +248,9 @@ class Sat(TaskHooks):
             if header is None:
                 raise located(path, line_no, "clause before the 'p cnf VARIABLES CLAUSES' header")
             for word in line.split():
-                try:
-                    lit = int(word)
-                except ValueError:
-                    raise located(path, line_no, f"expected an integer literal, got {word!r}") from None
+                lit = ascii_int(word)
+                if lit is None:
+                    raise located(path, line_no, f"expected an integer literal, got {short(word)}")
                 if lit == 0:
                     if not current:
                         raise located(path, line_no, "empty clause (a 0 with no literals before it)")
@@ -286,9 +284,10 @@ class Sat(TaskHooks):
         if seen is not None:
             raise located(path, line_no, f"second 'p' header (the first is on line {seen[0]})")
         parts = line.split()
-        if len(parts) != 4 or parts[1] != "cnf" or not all(p.isdigit() for p in parts[2:]):
-            raise located(path, line_no, f"expected 'p cnf VARIABLES CLAUSES', got {line!r}")
-        variables, count = int(parts[2]), int(parts[3])
+        numbers = [ascii_int(p) for p in parts[2:]]
+        if len(parts) != 4 or parts[1] != "cnf" or any(n is None or n < 0 for n in numbers):
+            raise located(path, line_no, f"expected 'p cnf VARIABLES CLAUSES', got {short(line)}")
+        variables, count = typing.cast(list[int], numbers)
         if (variables, count) != (self.n_vars, self.n_clauses):
             raise located(
                 path,

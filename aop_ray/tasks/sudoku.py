@@ -24,7 +24,8 @@ import numpy as np
 import torch
 
 from aop_ray.errors import InputError, located
-from aop_ray.tasks.base import Instances, TaskHooks, text_lines
+from aop_ray.readers import read_text, short, text_lines
+from aop_ray.tasks.base import Instances, TaskHooks
 
 BOX_SHAPES: dict[int, tuple[int, int]] = {4: (2, 2), 6: (2, 3), 9: (3, 3)}
 _BLANKS = "0."
@@ -191,7 +192,10 @@ class Sudoku(TaskHooks):
         Reproducible: puzzle `j` depends only on (`seed`, `j`), so chunks can be
         generated in parallel processes and concatenated.
         """
-        lo, hi = (clues, clues) if isinstance(clues, int) else tuple(clues)
+        pair = [clues, clues] if isinstance(clues, int) else clues
+        if not (isinstance(pair, list) and len(pair) == 2 and all(type(c) is int for c in pair)):
+            raise InputError(f"clues: expected a count or [low, high], got {short(clues)}")
+        lo, hi = pair
         if not 0 < lo <= hi <= self.seq_len:
             raise InputError(f"clues: need 0 < low <= high <= {self.seq_len}, got {clues}")
         puzzles, solutions, metas = [], [], []
@@ -236,13 +240,12 @@ class Sudoku(TaskHooks):
         an unsolvable or self-contradictory puzzle is an error naming its line.
         """
         path = Path(path)
-        try:
-            text = path.read_text()
-        except UnicodeDecodeError as err:
-            raise located(path, None, f"not a text file ({err.reason})") from None
+        text = read_text(path)
         first = next((ln.strip() for ln in text_lines(text) if ln.strip()), "")
         if first.lower().startswith("grid"):
             records = self._euler_records(path, text)
+        elif self._is_puzzle_line(first):  # decided by content: a comment may hold commas
+            records = self._line_records(path, text)
         elif path.suffix.lower() == ".csv" or "," in first:
             records = self._csv_records(path, text)
         else:
@@ -268,9 +271,15 @@ class Sudoku(TaskHooks):
             raise located(path, None, "no puzzles found")
         return self._instances(puzzles, solutions, ids, metas)
 
+    def _is_puzzle_line(self, line: str) -> bool:
+        """A puzzle line: the board's cells, then optionally a `//` or `#` comment (public collections
+        write `// source, date - level` after a puzzle)."""
+        cells = _uncommented(line)
+        return len(cells) == self.seq_len and not re.sub(f"[{re.escape(_BLANKS)}1-{self.size}]", "", cells)
+
     def _line_records(self, path: Path, text: str) -> Iterator[tuple[int, str, str | None]]:
         for line_no, line in enumerate(text_lines(text), start=1):
-            cells = line.split("//", 1)[0].strip()
+            cells = _uncommented(line)
             if cells:
                 yield line_no, cells, None
 
@@ -441,3 +450,8 @@ class Sudoku(TaskHooks):
             return torch.where(moved >= 0, torch.gather(table, 1, moved.clamp(min=0)), moved)
 
         return relabel(tokens), torch.gather(fixed, 1, index), relabel(target)
+
+
+def _uncommented(line: str) -> str:
+    """A puzzle line without its trailing `//` or `#` comment."""
+    return re.split(r"//|#", line, maxsplit=1)[0].strip()

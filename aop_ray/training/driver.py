@@ -11,19 +11,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from aop_ray import checkpoints, data, ray_session
+from aop_ray import checkpoints, cli, data, ray_session
 from aop_ray.cli import say
 from aop_ray.config import Config, ModelConfig, flatten, parse_dataclass
-from aop_ray.errors import InputError
+from aop_ray.errors import InputError, Terminated
 from aop_ray.locations import check_durable, check_tracking_uri, on_this_node
 from aop_ray.orders import order_names
+from aop_ray.outputs import write_atomic
+from aop_ray.readers import read_json_object
 from aop_ray.tasks import Instances
-from aop_ray.tracking import Tracker, check_reachable, resolve_uri
+from aop_ray.tracking import Tracker, check_reachable, ended_status, resolve_uri
 from aop_ray.training.loop import train_loop
 
 RUN_STATE = "aop_run.json"  # in the run directory: the MLflow run id and config, for --resume
@@ -96,11 +99,22 @@ def run(
             f"name: run directory {run_dir} already exists; pass --resume to continue it, or set name=<new name>"
         )
     if resume and not state_file.is_file():
-        raise InputError(f"--resume: no run to resume at {run_dir}")
+        if not run_dir.is_dir():
+            raise InputError(f"--resume: no run to resume at {run_dir}")
+        # The state file is the run's first write: without it the run never reached its first step.
+        say(f"{run_dir} holds no run state (stopped before it started): starting it from step 0")
+        resume, restart = False, True
+    else:
+        restart = False
     if resume and (run_dir / "final" / checkpoints.MANIFEST).is_file():
         say(f"run {run_dir} already finished: final checkpoint {run_dir / 'final'}")
         return run_dir / "final"
 
+    saved_state = read_json_object(state_file, "run state") if resume else {}  # refused before any work
+    if resume and not (
+        isinstance(saved_state.get("config"), dict) and isinstance(saved_state.get("mlflow_run_id"), (str, type(None)))
+    ):
+        raise InputError(f"{state_file}: corrupted run state (expected a 'config' object and an 'mlflow_run_id')")
     owns_run = tracker is None
     uri = resolve_uri(cfg.mlflow.tracking_uri) if (mlflow and cfg.mlflow.enabled) else None
     if owns_run:
@@ -121,9 +135,8 @@ def run(
     train_set, train_path, val_path = stage_data.train, stage_data.train_path, stage_data.val_path
     val = None if stage_data.val is None else _val_arrays(stage_data.val.take(slice(0, cfg.train.eval_instances)))
 
-    saved_state = json.loads(state_file.read_text()) if resume else {}
     if resume:
-        _check_resumed_config(saved_state.get("config", {}), cfg, state_file)
+        _check_resumed_config(saved_state["config"], cfg, state_file)
     if not owns_run:
         if not resume:
             tracker.log_params(cfg.to_dict())
@@ -131,6 +144,7 @@ def run(
         tracker = Tracker(uri, saved_state.get("mlflow_run_id"))
         if tracker.enabled and tracker.run_id is None:
             raise InputError(f"--resume: {state_file} has no MLflow run id; rerun with --no-mlflow")
+        tracker.reopen()  # a run stopped by Ctrl-C was marked KILLED; it is running again
     else:
         tracker = Tracker.start(
             uri,
@@ -143,8 +157,10 @@ def run(
         tracker.log_dataset(_val_arrays(train_set), train_path.name, train_path, "training")
         if val is not None:
             tracker.log_dataset(val, val_path.name, val_path, "validation")
-        run_dir.mkdir(parents=True)
-        state_file.write_text(json.dumps({"mlflow_run_id": tracker.run_id, "config": cfg.to_dict()}, indent=2))
+        run_dir.mkdir(parents=True, exist_ok=restart)
+        write_atomic(
+            state_file, json.dumps({"mlflow_run_id": tracker.run_id, "config": cfg.to_dict()}, indent=2).encode()
+        )
 
     ray_session.connect()
     # Everything the workers read travels through the object store: no worker opens a path
@@ -169,7 +185,7 @@ def run(
         run_config=ray.train.RunConfig(
             name=cfg.name,
             storage_path=str(run_dir.parent),
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.checkpoint_keep),
             logging_config=ray.train.LoggingConfig(log_level="WARNING"),
             failure_config=ray.train.FailureConfig(max_failures=cfg.ray.max_failures),
             callbacks=list(callbacks),
@@ -177,13 +193,22 @@ def run(
     )
     status = "FAILED"
     try:
-        result = trainer.fit()
+        try:
+            result = trainer.fit()
+        except SystemExit:  # Ray Train turns Ctrl-C (or our SIGTERM) during fit into an aborted run and this
+            raise (Terminated() if cli.terminated() else KeyboardInterrupt()) from None
         final = _strip_optimizer(Path(result.checkpoint.path), run_dir / "final")
+        _prune_checkpoints(run_dir, cfg.train.checkpoint_keep)
         if cfg.output and Path(cfg.output).expanduser().resolve() != final:
             _strip_optimizer(final, Path(cfg.output).expanduser().resolve())
         tracker.log_artifact(final, "checkpoint")
         tracker.set_tag("aop_ray.checkpoint", str(final))
         status = "FINISHED"
+    except BaseException as err:
+        status = ended_status(err)
+        if status == "KILLED":
+            say(f"stopped; continue from the last checkpoint with --resume ({run_dir})")
+        raise
     finally:
         if owns_run:
             tracker.end(status)
@@ -191,6 +216,13 @@ def run(
     if owns_run:
         say(tracker.where())
     return final
+
+
+def _prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Keep the newest `keep` checkpoints: Ray Train prunes only those its current session registered, so a
+    run stopped and resumed would otherwise keep the stopped session's too. Their names sort by time."""
+    for old in sorted(run_dir.glob("checkpoint_*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _check_resumed_config(saved: dict[str, Any], cfg: Config, state_file: Path) -> None:

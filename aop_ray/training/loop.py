@@ -155,7 +155,6 @@ def _validate(
                 y,
                 order,
                 generator=torch.Generator().manual_seed(cfg.train.seed),
-                planner_nll=False,
             )
         solved, accurate = decoded.solved.float().sum().item(), decoded.cell_accuracy.sum().item()
     solved, accurate, n = _all_sum([solved, accurate, float(len(x))], device)  # exact over unequal slices
@@ -349,6 +348,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         optimizer.load_state_dict(states["optimizer"])
         if rank == 0:
             say(f"resumed from checkpoint at step {step}")
+            tracker.continue_history()
     for module in saved.values():
         module.to(device)
     nets = {name: ray.train.torch.prepare_model(module) for name, (module, _) in trained.items()}
