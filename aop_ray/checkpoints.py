@@ -122,8 +122,8 @@ def check_same(what: str, theirs: dict[str, Any], ours: dict[str, Any], where: s
     for key in sorted(set(theirs) | set(ours)):
         if theirs.get(key) != ours.get(key):
             raise InputError(
-                f"{where}: checkpoint is for {what} {theirs}, not {ours} "
-                f"(field {key!r}: {theirs.get(key)!r} != {ours.get(key)!r})"
+                f"{where}: checkpoint is for {what} {short(theirs, 300)}, not {short(ours, 300)} "
+                f"(field {short(key)}: {short(theirs.get(key))} != {short(ours.get(key))})"
             )
 
 
