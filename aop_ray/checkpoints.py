@@ -63,7 +63,7 @@ def write_checkpoint(path: str | Path, manifest: dict[str, Any], tensors: dict[s
     return path
 
 
-def check_replaceable(path: Path) -> None:
+def check_replaceable(path: Path, setting: str | None = None) -> None:
     """A checkpoint may replace a checkpoint or an empty directory, never anything else a user has there."""
     if not path.exists() and not path.is_symlink():
         return
@@ -74,7 +74,8 @@ def check_replaceable(path: Path) -> None:
             with contextlib.suppress(InputError):
                 read_manifest(path)
                 return
-    raise InputError(f"{path}: exists and is not an aop-ray checkpoint; refusing to replace it (choose another path)")
+    where = f"{setting}: {path}" if setting else str(path)
+    raise InputError(f"{where}: exists and is not an aop-ray checkpoint; refusing to replace it (choose another path)")
 
 
 def denoiser_manifest(task: Task, model_cfg: ModelConfig, **extra: Any) -> dict[str, Any]:

@@ -83,7 +83,10 @@ def write_shards(instances: Instances, task: Task, out_dir: str | Path, shard_si
         for k, start in enumerate(range(0, len(instances), shard_size)):
             part = instances.take(slice(start, start + shard_size))
             pq.write_table(to_table(part, task), tmp / f"part-{k:05d}.parquet")
-        os.replace(tmp, out_dir)
+        try:
+            os.replace(tmp, out_dir)
+        except OSError:  # another process wrote a dataset there meanwhile: keep theirs, refuse ours
+            raise InputError(f"{out_dir}: already exists; refusing to overwrite a dataset") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

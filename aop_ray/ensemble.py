@@ -58,7 +58,7 @@ def check_members(paths: list[str]) -> tuple[list[dict[str, Any]], dict[str, tor
 
 def build(paths: list[str], out: str | Path) -> Path:
     """Write the ensemble checkpoint of `paths` to `out` (atomically)."""
-    checkpoints.check_replaceable(Path(out))  # before reading any member: never over a user's directory
+    checkpoints.check_replaceable(Path(out), "--out")  # before reading any member: never over a user's directory
     members, denoiser = check_members(paths)
     policies = {
         f"members.{i}.{key}": value

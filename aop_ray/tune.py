@@ -40,7 +40,7 @@ from aop_ray.readers import read_text
 from aop_ray.tracking import Tracker, check_reachable, client_for, experiment_id, find_runs, resolve_uri
 
 SWEEP_STATE = "aop_sweep.json"  # in the sweep directory: the resolved config and MLflow ids, for --resume
-INTERRUPTED = 130
+INTERRUPTED, TERMINATED = 130, 143  # exit codes of a sweep stopped by Ctrl-C, by SIGTERM
 
 
 @dataclasses.dataclass
@@ -483,7 +483,7 @@ def run_sweep(state: SweepState, resume: bool = False) -> list[dict[str, Any]]:
             f"sweep interrupted with {expected_trials(spec) - len(ended)} of {expected_trials(spec)} trials "
             f"unfinished; continue it with: python -m aop_ray.tune --resume {sweep_dir}"
         )
-        raise SystemExit(INTERRUPTED)
+        raise SystemExit(TERMINATED if cli.terminated() else INTERRUPTED)
     records = [
         {
             "trial_id": t.trial_id,

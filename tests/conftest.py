@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import importlib
 import io
 import os
 import re
+import secrets
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,11 +35,54 @@ ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "tune_configs" / "sudoku4_smoke.yaml"
 
 
-def cli_env(cwd: Path) -> dict[str, str]:
-    """A subprocess environment with MLflow in `cwd` and a private local Ray."""
+RAY = str(Path(sys.executable).with_name("ray"))
+_SHARED_RAY: dict[str, str] = {}
+_RAY_TOKEN = Path(tempfile.mkdtemp(prefix="aop-ray-tests-")) / "auth_token"  # this suite's cluster's token
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def shared_ray() -> str:
+    """The address of one Ray cluster (`ray start --head`) that the suite's commands join, as jobs join a
+    real cluster: a private `ray.init` per command costs about 20 s of start-up and shutdown on 2 cores.
+    Started on first use, stopped when the suite ends (or by `stop_shared_ray`)."""
+    if "address" not in _SHARED_RAY:
+        port = free_port()
+        _RAY_TOKEN.write_text(secrets.token_hex(32))
+        env = {key: value for key, value in os.environ.items() if key != "RAY_ADDRESS"} | _ray_auth()
+        head = subprocess.run(
+            [RAY, "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", "--num-cpus=2",
+             "--include-dashboard=false", "--disable-usage-stats"],
+            env=env, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert head.returncode == 0, head.stdout[-2000:] + head.stderr[-2000:]
+        _SHARED_RAY["address"] = f"127.0.0.1:{port}"
+        atexit.register(stop_shared_ray)
+    return _SHARED_RAY["address"]
+
+
+def stop_shared_ray() -> None:
+    """Stop the shared cluster (`ray stop` stops every Ray process of this machine)."""
+    if _SHARED_RAY.pop("address", None) is not None:
+        subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
+
+
+def cli_env(cwd: Path, private_ray: bool = False) -> dict[str, str]:
+    """A subprocess environment with MLflow in `cwd`, joining the suite's shared Ray cluster, or with
+    `private_ray` starting a Ray of its own (`RAY_ADDRESS=local`): the fault tests kill a driver and
+    find its Train workers among its descendant processes."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "PYTHONUNBUFFERED": "1"}
-    env.pop("RAY_ADDRESS", None)
-    return env
+    env["RAY_ADDRESS"] = "local" if private_ray else shared_ray()
+    return env | ({} if private_ray else _ray_auth())
+
+
+def _ray_auth() -> dict[str, str]:
+    """Token authentication, as Ray 2.60 clusters have it: the cluster and its clients read one token."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(_RAY_TOKEN)}
 
 
 def call_cli(module: str, *args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -72,7 +119,11 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: int = 600) -> subproces
 def trained(tmp_path_factory) -> Path:
     """A working directory holding the 4x4 smoke denoiser run (runs/sudoku4-smoke), shared by the suite."""
     workdir = tmp_path_factory.mktemp("train")
-    proc = run_cli("aop_ray.train", "--config", str(SMOKE), cwd=workdir)
+    # Started as a run stopped before its first write would be resumed: an empty run directory and
+    # --resume, which starts it from step 0 (test_train_evaluate checks the console said so).
+    (workdir / "runs" / "sudoku4-smoke").mkdir(parents=True)
+    proc = run_cli("aop_ray.train", "--config", str(SMOKE), "--resume", cwd=workdir)
+    (workdir / "console.txt").write_text(proc.stdout + proc.stderr)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     # Tests that compare orders need a denoiser past the loss plateau: say so here, not as a puzzling 0 == 0 later.
     solved = [float(v) for v in re.findall(r"val_solve_rate=([0-9.]+)", proc.stdout + proc.stderr)]

@@ -252,7 +252,7 @@ CASES = [
         _files({"mine/notes.txt": "my notes"}),
         "ensemble",
         ["--out", "{tmp}/mine", str(BENCH / "sudoku9-policy"), str(BENCH / "sudoku9-policy-token-axis")],
-        "mine: exists and is not an aop-ray checkpoint; refusing to replace it",
+        "--out: {tmp}/mine: exists and is not an aop-ray checkpoint; refusing to replace it",
     ),
     (
         "evaluate --out is a file",

@@ -14,7 +14,6 @@ import os
 import re
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,16 +21,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT
+from conftest import ROOT, free_port, stop_shared_ray
 
 RAY = str(Path(sys.executable).with_name("ray"))
 RAY_ERROR_LINE = re.compile(r"\d E \d+ \d+\]")  # Ray's C++ log format: `[date time E pid tid] file.cc:...`
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _ray(*args: str, env: dict[str, str], timeout: int = 120) -> subprocess.CompletedProcess:
@@ -42,6 +35,7 @@ def _ray(*args: str, env: dict[str, str], timeout: int = 120) -> subprocess.Comp
 def cluster(tmp_path_factory):
     """A head (2 logical CPUs) and a second node (2 logical CPUs, its own temp dir) on loopback, and a copy
     of the checkout to submit as the job's working directory; the cluster is always stopped again."""
+    stop_shared_ray()  # one Ray cluster on this machine at a time (`ray stop` below stops every one)
     tmp = tmp_path_factory.mktemp("cluster")
     token = tmp / "auth_token"
     token.write_text(secrets.token_hex(32))
@@ -56,7 +50,7 @@ def cluster(tmp_path_factory):
         if (ROOT / name).is_file():
             (checkout / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, checkout / name)
-    gcs, dashboard = _free_port(), _free_port()
+    gcs, dashboard = free_port(), free_port()
     try:
         head = _ray(
             "start",
@@ -67,8 +61,8 @@ def cluster(tmp_path_factory):
             "--include-dashboard=true",
             "--dashboard-host=127.0.0.1",
             f"--dashboard-port={dashboard}",
-            f"--ray-client-server-port={_free_port()}",
-            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--ray-client-server-port={free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
             "--disable-usage-stats",
             env=env,
         )
@@ -79,7 +73,7 @@ def cluster(tmp_path_factory):
             "--node-ip-address=127.0.0.1",
             "--num-cpus=2",
             f"--temp-dir={tmp / 'node2'}",
-            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--dashboard-agent-listen-port={free_port()}",
             "--disable-usage-stats",
             env=env,
         )

@@ -66,7 +66,7 @@ def _start(workdir: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "aop_ray.train", "--config", str(SMOKE), *args],
         cwd=workdir,
-        env=cli_env(workdir),
+        env=cli_env(workdir, private_ray=True),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -147,7 +147,9 @@ def test_a_run_survives_a_killed_driver_a_corrupted_checkpoint_sigterm_and_a_kil
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 143, stopped[-4000:]
-    assert stopped.strip().splitlines()[-1] == "error: terminated (SIGTERM)" and "Traceback" not in stopped
+    # The last line is ours and no aop-ray frame failed. (Ray's own PlacementGroupCleaner actor sometimes
+    # logs a traceback when the local cluster is torn down under it: docs/reliability.md, not covered.)
+    assert stopped.strip().splitlines()[-1] == "error: terminated (SIGTERM)" and "aop_ray/" not in stopped
     assert f"stopped; continue from the last checkpoint with --resume ({run_dir})" in stopped
     assert f"{weights}: truncated or corrupted checkpoint" in stopped
     assert _resumed_at(stopped) == [older["metrics"]["step"]], stopped[-4000:]

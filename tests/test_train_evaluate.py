@@ -55,6 +55,17 @@ def test_rerun_without_resume_refuses_to_touch_the_old_run(trained):
     assert sorted(p.name for p in (trained / "runs" / "sudoku4-smoke").iterdir()) == before
 
 
+@pytest.mark.reliability
+def test_a_run_stopped_before_it_started_is_started_again_by_resume(trained):
+    """A run directory without its state file (the run's first write) holds no progress: `--resume` starts
+    the run from step 0 in it instead of refusing both a rerun and a resume. The suite's smoke run is
+    started that way (conftest.trained), so this costs no Ray run of its own."""
+    console = (trained / "console.txt").read_text()
+    assert "holds no run state (stopped before it started): starting it from step 0" in console
+    steps = yaml.safe_load(SMOKE.read_text())["train"]["steps"]
+    assert checkpoints.read_manifest(trained / "runs" / "sudoku4-smoke" / "final")["step"] == steps
+
+
 def test_an_evaluation_is_a_parent_run_with_one_child_run_per_order(trained, tmp_path):
     """MLflow's chart and compare views put runs side by side, so each order is a child run of the evaluation,
     every child with the same metric names (the reference's comparison with itself: 0/0, p = 1)."""

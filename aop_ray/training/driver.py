@@ -92,6 +92,8 @@ def run(
     task = cfg.build_task()
     check_durable("ray.storage_path", cfg.ray.storage_path)
     check_durable("output", cfg.output, "set output to an absolute path")
+    if cfg.output:  # checked now, not after the training: a checkpoint only replaces a checkpoint
+        checkpoints.check_replaceable(Path(cfg.output).expanduser().resolve(), "output")
     run_dir = _run_dir(cfg)
     state_file = run_dir / RUN_STATE
     if run_dir.exists() and not resume:
