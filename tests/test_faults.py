@@ -155,9 +155,10 @@ def test_a_run_survives_a_killed_driver_a_corrupted_checkpoint_sigterm_and_a_kil
     assert _resumed_at(stopped) == [older["metrics"]["step"]], stopped[-4000:]
     assert _run_status(trained, name) == "KILLED"
 
+    stopped_at = max((c["metrics"]["step"] for c in _registered(run_dir)), default=-1)
     proc = _start(trained, *args, "--resume")
     try:
-        killed_at = _wait_until_past(proc, run_dir, max(c["metrics"]["step"] for c in _registered(run_dir)))
+        killed_at = _wait_until_past(proc, run_dir, stopped_at)
         workers = _descendants_titled(proc.pid, b"ray::RayTrainWorker")
         assert len(workers) == 2, "the resumed run ended (or stalled) before the kill"
         os.kill(workers[0], signal.SIGKILL)
@@ -174,16 +175,17 @@ def test_a_run_survives_a_killed_driver_a_corrupted_checkpoint_sigterm_and_a_kil
 
 
 def _wait_until_past(proc: subprocess.Popen, run_dir: Path, step: int) -> int:
-    """Wait until a checkpoint after `step` is registered; its step."""
+    """Wait until a checkpoint after `step` is registered; its step. (Ray rewrites its snapshot while a run
+    starts: an unreadable or empty snapshot just means "not yet".)"""
+
+    def newest() -> int:
+        return max((c["metrics"]["step"] for c in _registered(run_dir)), default=-1)
+
     deadline = time.monotonic() + 300
-    while (
-        max(c["metrics"]["step"] for c in _registered(run_dir)) <= step
-        and proc.poll() is None
-        and time.monotonic() < deadline
-    ):
+    while newest() <= step and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert proc.poll() is None, "the run ended (or stalled) before the fault"
-    return max(c["metrics"]["step"] for c in _registered(run_dir))
+    assert proc.poll() is None and newest() > step, "the run ended (or stalled) before the fault"
+    return newest()
 
 
 def _run_status(workdir: Path, name: str) -> str:
