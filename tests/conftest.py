@@ -71,13 +71,10 @@ def stop_shared_ray() -> None:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
 
 
-def cli_env(cwd: Path, private_ray: bool = False) -> dict[str, str]:
-    """A subprocess environment with MLflow in `cwd`, joining the suite's shared Ray cluster, or with
-    `private_ray` starting a Ray of its own (`RAY_ADDRESS=local`): the fault tests kill a driver and
-    find its Train workers among its descendant processes."""
+def cli_env(cwd: Path) -> dict[str, str]:
+    """A subprocess environment with MLflow in `cwd`, joining the suite's shared Ray cluster."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "PYTHONUNBUFFERED": "1"}
-    env["RAY_ADDRESS"] = "local" if private_ray else shared_ray()
-    return env | ({} if private_ray else _ray_auth())
+    return env | {"RAY_ADDRESS": shared_ray()} | _ray_auth()
 
 
 def _ray_auth() -> dict[str, str]:

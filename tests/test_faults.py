@@ -27,27 +27,14 @@ STEPS = 250  # the smoke config's
 FAST = ["train.checkpoint_every=25", "train.log_every=25"]  # cadence only: the same training math as the reference
 
 
-def _parent(pid: int) -> int:
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    return int(stat.rsplit(")", 1)[1].split()[1])  # the field after the (command) is the state, then ppid
-
-
-def _descendants_titled(driver: int, title: bytes) -> list[int]:
-    """PIDs under `driver` whose command line starts with `title` (Linux /proc).
-
-    A local `ray.init` starts the raylet as the driver's child, so the Ray
-    workers of a run descend from its driver.
-    """
+def _titled(title: bytes) -> list[int]:
+    """PIDs whose command line starts with `title` (Linux /proc): the suite runs one Ray job at a time,
+    so every `ray::RayTrainWorker` on the machine is the run's."""
     pids = []
     for entry in Path("/proc").iterdir():
         try:
-            if not (entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(title)):
-                continue
-            pid = ancestor = int(entry.name)
-            while ancestor > 1 and ancestor != driver:
-                ancestor = _parent(ancestor)
-            if ancestor == driver:
-                pids.append(pid)
+            if entry.name.isdigit() and (entry / "cmdline").read_bytes().startswith(title):
+                pids.append(int(entry.name))
         except OSError:  # the process ended while we looked
             continue
     return pids
@@ -66,7 +53,7 @@ def _start(workdir: Path, *args: str) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "aop_ray.train", "--config", str(SMOKE), *args],
         cwd=workdir,
-        env=cli_env(workdir, private_ray=True),
+        env=cli_env(workdir),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -118,13 +105,13 @@ def test_a_run_survives_a_killed_driver_a_corrupted_checkpoint_sigterm_and_a_kil
     proc = _start(trained, *args)
     try:
         _wait_for_checkpoints(proc, run_dir, 2)
-        proc.send_signal(signal.SIGKILL)  # the local Ray processes share the driver's fate
+        proc.send_signal(signal.SIGKILL)  # Ray ends a job's actors when its driver dies
         proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
             proc.kill()
     deadline = time.monotonic() + 60
-    while _descendants_titled(1, b"ray::RayTrainWorker") and time.monotonic() < deadline:  # let the workers die
+    while _titled(b"ray::RayTrainWorker") and time.monotonic() < deadline:  # let the workers die
         time.sleep(0.5)
     older, newest = _registered(run_dir)[-2:]
     weights = run_dir / newest["checkpoint_dir_name"] / "denoiser.pt"
@@ -159,7 +146,7 @@ def test_a_run_survives_a_killed_driver_a_corrupted_checkpoint_sigterm_and_a_kil
     proc = _start(trained, *args, "--resume")
     try:
         killed_at = _wait_until_past(proc, run_dir, stopped_at)
-        workers = _descendants_titled(proc.pid, b"ray::RayTrainWorker")
+        workers = _titled(b"ray::RayTrainWorker")
         assert len(workers) == 2, "the resumed run ended (or stalled) before the kill"
         os.kill(workers[0], signal.SIGKILL)
         output, _ = proc.communicate(timeout=600)
