@@ -455,9 +455,10 @@ def find_input(ref: str) -> str:
     """A committed input (a checkpoint, an oracle, a shipped config) named by a relative path: found from
     the working directory when it is there, else from the project, so shipped configs work from any directory."""
     path = Path(ref).expanduser()
-    if path.is_absolute() or path.exists() or "://" in ref or not shipped(path).exists():
+    if path.is_absolute() or path.exists() or "://" in ref:
         return ref
-    return str(shipped(path))
+    ours = shipped(path)
+    return str(ours) if ours.exists() else ref
 
 
 def _resolve_refs(data: dict[str, Any], keys: tuple[str, ...], resolve: Any) -> None:

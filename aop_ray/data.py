@@ -153,9 +153,9 @@ def generate(
     options = dict(options or {})
     try:
         task.generate(0, seed, **options)  # validate options before forking
+    except InputError:
+        raise
     except (TypeError, ValueError) as err:
-        if isinstance(err, InputError):
-            raise
         raise InputError(f"generate options {short(options)}: {short(str(err), 200)}") from None
     processes = processes or min(os.cpu_count() or 1, max(1, n // 200))
     chunk = -(-n // processes)

@@ -55,8 +55,8 @@ def claim(directory: Path, setting: str) -> Iterator[None]:
 
 @contextlib.contextmanager
 def exclusive(directory: Path, setting: str, wait: bool = False) -> Iterator[None]:
-    """Hold `directory` (which must exist) for this process; another holder means refusal, or with
-    `wait` a (short) wait for it."""
+    """Hold `directory` (or any existing file used as a lock) for this process; another holder means
+    refusal, or with `wait` a (short) wait for it."""
     fd = os.open(directory, os.O_RDONLY)
     try:
         try:

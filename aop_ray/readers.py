@@ -7,6 +7,7 @@ accepted. Each refusal is an `InputError` naming the file and, where there is on
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import zlib
@@ -99,8 +100,6 @@ def ascii_int(word: str) -> int | None:
 
 def read_json_object(path: str | Path, what: str) -> dict[str, Any]:
     """A JSON file that must hold one object (a manifest, a run's saved state), or a one-line refusal."""
-    import json
-
     text = read_text(path)
     try:
         value = json.loads(text)
@@ -131,10 +130,11 @@ class _StrictLoader(yaml.SafeLoader):
         seen: set[Any] = set()
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if not isinstance(key, (str, int, float, bool)):  # only scalar keys can be compared here
+                continue
+            if key in seen:
                 raise yaml.MarkedYAMLError(problem=f"duplicate key {short(key)}", problem_mark=key_node.start_mark)
-            if isinstance(key, (str, int, float, bool)):
-                seen.add(key)
+            seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 

@@ -12,7 +12,6 @@ directories write to the same place. `MLFLOW_TRACKING_URI` or the config's
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -21,7 +20,6 @@ import subprocess
 import sys
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ import numpy as np
 
 from aop_ray.config import flatten
 from aop_ray.errors import InputError, Terminated
+from aop_ray.outputs import exclusive
 
 for _noisy in ("alembic", "mlflow.store.db.utils", "mlflow.tracking.fluent"):
     logging.getLogger(_noisy).setLevel(logging.WARNING)
@@ -256,23 +255,15 @@ def client_for(uri: str) -> Any:
         # MLflow creates a new sqlite store's schema when a client first opens it, and two processes doing
         # that at once collide ("table already exists"): opening is serialised by a lock beside the file.
         database = Path(uri[len("sqlite:///") :])
-        with _file_lock(database.with_name(database.name + ".lock")):
+        lock = database.with_name(database.name + ".lock")
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.touch()
+        with exclusive(lock, uri, wait=True):
             client = MlflowClient(tracking_uri=uri)
             client.search_experiments(max_results=1)
         return client
     except Exception as err:  # any store failure means "unreachable" to the user
         raise _unreachable(uri, err) from None
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    """An exclusive advisory lock on `path` (created if missing), held for the block."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
 
 
 def experiment_id(client: Any, uri: str, name: str, create: bool = False) -> str | None:

@@ -82,8 +82,14 @@ def _files(files: dict[str, str | bytes]) -> Callable[[Path], None]:
     return setup
 
 
+def _manifest_case(change: Callable[[dict], object]) -> Callable[[Path], None]:
+    """A tiny checkpoint whose manifest `change` rewrites (returning a new manifest, or editing it in place)."""
+    return _checkpoint_case(lambda path: edit_manifest(path, change))
+
+
 SAT = ["--task", "sat", "--param", "n_vars=20", "--param", "n_clauses=91"]
 EVAL = ["--data", "{tmp}/puzzles.txt", "--no-mlflow"]
+EVAL_CKPT = ["--checkpoint", "{tmp}/ckpt", *EVAL]
 CASES = [
     # (id, files, command, argv ({tmp} is the case's directory), what the one line must contain)
     ("config is a directory", _files({"adir/keep": "x"}), "train", ["--config", "{tmp}/adir"], "adir: cannot read"),
@@ -144,49 +150,49 @@ CASES = [
         "truncated weights",
         _checkpoint_case(_truncate),
         "evaluate",
-        ["--checkpoint", "{tmp}/ckpt", *EVAL],
+        EVAL_CKPT,
         "denoiser.pt: truncated or corrupted checkpoint",
     ),
     (
         "manifest is a list",
-        _checkpoint_case(lambda p: edit_manifest(p, lambda m: [m])),
+        _manifest_case(lambda m: [m]),
         "evaluate",
-        ["--checkpoint", "{tmp}/ckpt", *EVAL],
+        EVAL_CKPT,
         "manifest.json: corrupted manifest: expected a JSON object, got list",
     ),
     (
         "manifest without a task",
-        _checkpoint_case(lambda p: edit_manifest(p, lambda m: {k: v for k, v in m.items() if k != "task"})),
+        _manifest_case(lambda m: {k: v for k, v in m.items() if k != "task"}),
         "evaluate",
-        ["--checkpoint", "{tmp}/ckpt", *EVAL],
+        EVAL_CKPT,
         "manifest.json: field 'task' must be a JSON dict, got None",
     ),
     (
         "manifest task is a string",
-        _checkpoint_case(lambda p: edit_manifest(p, lambda m: m.update(task="sudoku"))),
+        _manifest_case(lambda m: m.update(task="sudoku")),
         "evaluate",
-        ["--checkpoint", "{tmp}/ckpt", *EVAL],
+        EVAL_CKPT,
         "manifest.json: field 'task' must be a JSON dict, got 'sudoku'",
     ),
     (
         "manifest without a model",
-        _checkpoint_case(lambda p: edit_manifest(p, lambda m: {k: v for k, v in m.items() if k != "model"})),
+        _manifest_case(lambda m: {k: v for k, v in m.items() if k != "model"}),
         "evaluate",
-        ["--checkpoint", "{tmp}/ckpt", *EVAL],
+        EVAL_CKPT,
         "manifest.json: field 'model' must be a JSON dict",
     ),
     (
         "manifest model wider than its weights",
-        _checkpoint_case(lambda p: edit_manifest(p, lambda m: m["model"].update(d_model=32))),
+        _manifest_case(lambda m: m["model"].update(d_model=32)),
         "evaluate",
-        ["--checkpoint", "{tmp}/ckpt", *EVAL],
+        EVAL_CKPT,
         "weights do not fit the model in its manifest",
     ),
     (
         "policy manifest without its policy",
-        _checkpoint_case(lambda p: edit_manifest(p, lambda m: m.update(kind="policy"))),
+        _manifest_case(lambda m: m.update(kind="policy")),
         "evaluate",
-        ["--checkpoint", "{tmp}/ckpt", *EVAL],
+        EVAL_CKPT,
         "field 'policy' must be a JSON dict, got None",
     ),
     (
@@ -258,14 +264,14 @@ CASES = [
         "evaluate --out is a file",
         _checkpoint_case(lambda p: (p.parent / "afile").write_text("mine")),
         "evaluate",
-        ["--checkpoint", "{tmp}/ckpt", *EVAL, "--out", "{tmp}/afile"],
+        [*EVAL_CKPT, "--out", "{tmp}/afile"],
         "--out: {tmp}/afile exists and is not a directory",
     ),
     (
         "evaluate --out under a file",
         _checkpoint_case(lambda p: (p.parent / "afile").write_text("mine")),
         "evaluate",
-        ["--checkpoint", "{tmp}/ckpt", *EVAL, "--out", "{tmp}/afile/sub"],
+        [*EVAL_CKPT, "--out", "{tmp}/afile/sub"],
         "--out: cannot write to {tmp}/afile/sub",
     ),
 ]

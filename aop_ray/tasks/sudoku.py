@@ -275,7 +275,11 @@ class Sudoku(TaskHooks):
         """A puzzle line: the board's cells, then optionally a `//` or `#` comment (public collections
         write `// source, date - level` after a puzzle)."""
         cells = _uncommented(line)
-        return len(cells) == self.seq_len and not re.sub(f"[{re.escape(_BLANKS)}1-{self.size}]", "", cells)
+        return len(cells) == self.seq_len and not self._bad_cells(cells)
+
+    def _bad_cells(self, cells: str) -> str:
+        """The characters of `cells` that are neither a digit of this board nor a blank."""
+        return re.sub(f"[{re.escape(_BLANKS)}1-{self.size}]", "", cells)
 
     def _line_records(self, path: Path, text: str) -> Iterator[tuple[int, str, str | None]]:
         for line_no, line in enumerate(text_lines(text), start=1):
@@ -327,7 +331,7 @@ class Sudoku(TaskHooks):
             raise located(
                 path, line_no, f"expected {self.seq_len} cells for a {self.size}x{self.size} Sudoku, got {len(cells)}"
             )
-        bad = re.sub(f"[{re.escape(_BLANKS)}1-{self.size}]", "", cells)
+        bad = self._bad_cells(cells)
         if bad:
             raise located(
                 path, line_no, f"bad character {bad[0]!r} (allowed: digits 1-{self.size}, '0' or '.' for blanks)"

@@ -100,14 +100,13 @@ def run(
         raise InputError(
             f"name: run directory {run_dir} already exists; pass --resume to continue it, or set name=<new name>"
         )
-    if resume and not state_file.is_file():
+    # The state file is the run's first write: a run directory without it never reached its first step.
+    restart = resume and not state_file.is_file()
+    if restart:
         if not run_dir.is_dir():
             raise InputError(f"--resume: no run to resume at {run_dir}")
-        # The state file is the run's first write: without it the run never reached its first step.
         say(f"{run_dir} holds no run state (stopped before it started): starting it from step 0")
-        resume, restart = False, True
-    else:
-        restart = False
+        resume = False
     if resume and (run_dir / "final" / checkpoints.MANIFEST).is_file():
         say(f"run {run_dir} already finished: final checkpoint {run_dir / 'final'}")
         return run_dir / "final"
