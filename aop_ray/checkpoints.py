@@ -27,8 +27,9 @@ from torch import nn
 
 from aop_ray.config import ModelConfig, PolicyConfig, make_task, parse_dataclass
 from aop_ray.errors import InputError
-from aop_ray.models.denoiser import Denoiser
+from aop_ray.models.denoiser import build_denoiser
 from aop_ray.models.policy import PolicyEnsemble, PolicyNet, make_policy
+from aop_ray.models.pretrained import identity
 from aop_ray.outputs import exclusive
 from aop_ray.readers import read_json_object, short
 from aop_ray.tasks import Task, task_params
@@ -147,7 +148,7 @@ def policy_manifest(
 
 def load_denoiser(
     path: str | Path, task: Task | None = None, map_location: str | torch.device = "cpu"
-) -> tuple[Denoiser, Task, dict[str, Any]]:
+) -> tuple[nn.Module, Task, dict[str, Any]]:
     """The denoiser at `path` (a denoiser or policy checkpoint), its task and manifest.
 
     Refuses a checkpoint for another `task`.
@@ -159,7 +160,13 @@ def load_denoiser(
     if task is not None:
         check_task(manifest, task, str(path))
     model_cfg = parse_dataclass(ModelConfig, manifest["model"], f"{path}: model")
-    model = materialise(lambda: Denoiser.for_task(ckpt_task, model_cfg), load_tensors(path, "denoiser"), path)
+    if model_cfg.pretrained is not None and not (Path(path) / "denoiser.pt").is_file():
+        from aop_ray.models import pretrained  # a frozen pretrained LM: its weights stay where they are
+
+        state = pretrained.load_weights(model_cfg.pretrained)
+    else:
+        state = load_tensors(path, "denoiser")
+    model = materialise(lambda: build_denoiser(ckpt_task, model_cfg), state, path)
     model.to(map_location).eval()  # load_state_dict copies into the parameters where they are: move after
     return model, ckpt_task, manifest
 
@@ -213,7 +220,7 @@ def load_policy(
     (an ensemble if its manifest lists `members`)."""
     manifest = read_policy_manifest(path)
     check_task(manifest, task, str(path))
-    check_same("denoiser model", manifest["model"], denoiser_model, str(path))
+    check_same("denoiser model", identity(manifest["model"]), identity(denoiser_model), str(path))
     cfg = parse_dataclass(PolicyConfig, manifest["policy"], f"{path}: policy")
     members = manifest.get("members")
     if members is not None and not (isinstance(members, list) and members):

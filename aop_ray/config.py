@@ -152,8 +152,29 @@ class DataConfig:
 
 
 @dataclasses.dataclass
+class PretrainedConfig:
+    """A pretrained masked LM used as the denoiser (`models/pretrained.py`), as its checkpoint records it.
+
+    Everything a worker needs to rebuild the model without the files is here (`config`, the token ids);
+    the weights come from `source` and must hash to `sha256`, or from the checkpoint's own `denoiser.pt`
+    once fine-tuned.
+    """
+
+    source: Literal["huggingface", "antiberty"]
+    path: str = ""  # huggingface: the model directory (absolute); antiberty: the installed package's copy
+    sha256: str = ""  # of the weight files, in name order
+    config: dict[str, Any] = dataclasses.field(default_factory=dict)  # the transformers config, as a dict
+    token_ids: list[int] = dataclasses.field(default_factory=list)  # model id of each task output token
+    mask_id: int = -1
+    cls_id: int = -1  # -1: the model takes no such token
+    sep_id: int = -1
+    pad_id: int = -1
+
+
+@dataclasses.dataclass
 class ModelConfig:
-    """Denoiser size. A pre-LN bidirectional transformer."""
+    """The denoiser: the project's pre-LN bidirectional transformer of this size, or a pretrained masked
+    LM (`pretrained`; `d_model` is then its hidden size and the other size fields are unused)."""
 
     d_model: int = 128
     n_layers: int = 4
@@ -161,6 +182,7 @@ class ModelConfig:
     ff_mult: int = 4
     dropout: float = 0.0
     relation_bias: bool = True  # per-head attention bias by shared structure group (row/col/box)
+    pretrained: PretrainedConfig | None = None
 
     def __post_init__(self) -> None:
         _positive(self, "d_model", "n_layers", "n_heads", "ff_mult", where="model")

@@ -27,8 +27,10 @@ from aop_ray import cli
 from aop_ray.cli import run_main, say
 from aop_ray.config import DatasetConfig, make_task, parse_assignments
 from aop_ray.errors import InputError
+from aop_ray.outputs import claim, write_atomic
 from aop_ray.readers import short
-from aop_ray.tasks import Instances, Task, task_params
+from aop_ray.tasks import Antibody, Instances, Task, task_params
+from aop_ray.tasks.antibody import CSV_COLUMN, identity_clusters, read_heavy_chains, split_by_cluster
 
 TASK_KEY = b"aop_ray.task"
 COLUMNS = ("tokens", "fixed", "target", "instance_id", "meta")
@@ -217,6 +219,26 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--processes", type=cli.positive_int, default=None, help="worker processes (default: all cores)")
     sub.choices["convert"].add_argument("--input", required=True, help="a file or a directory of files")
+    ab = sub.add_parser(
+        "antibodies",
+        help="CDR-H3 infilling sets from heavy chains (FASTA or CSV), split by CDR-H3 identity clusters",
+        description="Read heavy chains, find each CDR-H3 and write train / val / test Parquet sets whose "
+        "CDR-H3 identity clusters do not cross, plus split.json describing the split.",
+    )
+    cli.add_debug(ab)
+    ab.add_argument("--input", required=True, help="FASTA, or CSV such as CoV-AbDab's")
+    ab.add_argument("--column", default=CSV_COLUMN, help="CSV column holding the sequence (default %(default)s)")
+    ab.add_argument(
+        "--skip-invalid", action="store_true", help="leave out unusable chains (counted) instead of failing"
+    )
+    ab.add_argument(
+        "--length", type=cli.positive_int, default=Antibody.length, help="task.length (default %(default)s)"
+    )
+    ab.add_argument("--identity", type=float, default=0.8, help="CDR-H3 identity that joins a cluster (%(default)s)")
+    ab.add_argument("--val", type=float, default=0.1, help="fraction of chains for validation (%(default)s)")
+    ab.add_argument("--test", type=float, default=0.1, help="fraction of chains for test (%(default)s)")
+    ab.add_argument("--seed", type=int, default=0, help="split seed")
+    ab.add_argument("--out", required=True, help="output directory (must not exist)")
     return parser
 
 
@@ -225,7 +247,46 @@ def main(argv: list[str] | None = None) -> int:
     return run_main(lambda: build(args), args.debug)
 
 
+def antibody_sets(args: argparse.Namespace) -> None:
+    """`aop-data antibodies`: the CDR-H3 sets and the record of how they were split."""
+    if not (0 < args.identity <= 1 and 0 < args.val and 0 < args.test and args.val + args.test < 1):
+        raise InputError("--identity must be in (0, 1], --val and --test positive and together below 1")
+    task = Antibody(length=args.length)
+    chains, skipped = read_heavy_chains(args.input, task.length, args.column, args.skip_invalid)
+    loops = [c.seq[c.span[0] : c.span[1]] for c in chains]
+    clusters = identity_clusters(loops, args.identity)
+    fractions = {"test": args.test, "val": args.val, "train": 1.0}
+    split = split_by_cluster(clusters, fractions, args.seed)
+    if Path(args.out).exists():
+        raise InputError(f"--out: {args.out} already exists; refusing to overwrite a dataset")
+    with claim(Path(args.out), "--out"):
+        for name, rows in split.items():
+            write_shards(task.instances([chains[i] for i in rows], Path(args.input).name), task, Path(args.out) / name)
+        record = {
+            "input": str(args.input),
+            "column": args.column,
+            "task": task_params(task),
+            "chains": len(chains),
+            "skipped": skipped,
+            "clusters": len(set(clusters)),
+            "identity": args.identity,
+            "seed": args.seed,
+            "sizes": {name: len(rows) for name, rows in split.items()},
+            "mean_cdrh3_length": {
+                name: float(np.mean([len(loops[i]) for i in rows])) if rows else None for name, rows in split.items()
+            },
+        }
+        write_atomic(Path(args.out) / "split.json", json.dumps(record, indent=2).encode())
+    print(
+        f"wrote {len(chains)} chains in {len(set(clusters))} CDR-H3 clusters to {args.out}: "
+        + ", ".join(f"{name} {len(rows)}" for name, rows in split.items())
+        + (f" (skipped: {', '.join(f'{k} {v}' for k, v in skipped.items())})" if skipped else "")
+    )
+
+
 def build(args: argparse.Namespace) -> None:
+    if args.command == "antibodies":
+        return antibody_sets(args)
     task = make_task({"name": args.task, **parse_assignments(args.param, "--param")})
     if Path(args.out).exists():
         raise InputError(f"--out: {args.out} already exists; refusing to overwrite a dataset")

@@ -56,6 +56,13 @@ def neg_entropy(state: DecodeState) -> torch.Tensor:
     return (logp.exp() * logp).sum(-1)
 
 
+def left_to_right(state: DecodeState) -> torch.Tensor:
+    """The leftmost masked position first: the natural order for infilling a sequence (not a heuristic on
+    the denoiser; tasks over sequences offer it with their rule orders)."""
+    length = state.masked.shape[1]
+    return -torch.arange(length, device=state.masked.device, dtype=torch.float32).expand(state.masked.shape)
+
+
 HEURISTICS: dict[str, Order] = {
     "random": random_order,
     "confidence": confidence,

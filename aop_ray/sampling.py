@@ -174,13 +174,17 @@ def decode_dataset(
             order_temperature=decode.order_temperature,
             generator=generator,
         )
-        parts["solved"].append(task.verify(roll.tokens, x, f).cpu())
+        parts["solved"].append(task.solved(roll.tokens, x, f, y).cpu())
         seconds += time.perf_counter() - start
         scores = {**task.metrics(roll.tokens, x, f, roll.step_of), **(scorer(roll.tokens) if scorer else {})}
+        scored = ~f & (y >= 0)
+        accuracy = ((roll.tokens == y) & scored).sum(1) / scored.sum(1).clamp(min=1)
+        if task.scored_by_recovery:  # amino-acid recovery, and how likely the model finds what it wrote
+            scores["aar"] = accuracy
+            scores["loglik"] = (roll.logp_token * ~f).sum(1) / (~f).sum(1).clamp(min=1)
         for name, value in scores.items():
             metrics.setdefault(name, []).append(value.cpu())
-        scored = ~f & (y >= 0)
-        parts["acc"].append(((roll.tokens == y) & scored).sum(1).cpu() / scored.sum(1).clamp(min=1).cpu())
+        parts["acc"].append(accuracy.cpu())
         parts["step_of"].append(roll.step_of.cpu())
         if decode.planner_nll:  # NaN where the reference is unknown
             nll = torch.full((x.shape[0],), float("nan"))

@@ -54,3 +54,18 @@ class Denoiser(StructuredTransformer):
         hidden = self.encode(self.tok(tokens), tokens)
         logits = self.head(hidden)
         return (logits, hidden) if return_hidden else logits
+
+
+def build_denoiser(task: Task, cfg: ModelConfig) -> nn.Module:
+    """The denoiser `cfg` describes, randomly initialised: this project's transformer, or the architecture
+    of a pretrained masked LM (its weights are loaded by the caller)."""
+    if cfg.pretrained is not None:
+        from aop_ray.models import pretrained
+
+        return pretrained.build(task, cfg.pretrained)
+    return Denoiser.for_task(task, cfg)
+
+
+def frozen_pretrained(cfg: ModelConfig, stage: str) -> bool:
+    """A pretrained denoiser the stage does not train: checkpoints point at its weights instead of copying them."""
+    return cfg.pretrained is not None and stage in ("policy", "grpo")

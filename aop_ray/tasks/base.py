@@ -93,6 +93,9 @@ class TaskHooks:
 
     # Task-specific policy features the config may name in `policy.task_features` (none by default).
     feature_names: ClassVar[tuple[str, ...]] = ()
+    # Scored by recovering a native reference (antibody CDR-H3): results also carry `aar` (recovery) and
+    # `loglik` (the denoiser's mean log-probability of what it wrote).
+    scored_by_recovery: ClassVar[bool] = False
 
     def policy_features(self, tokens: torch.Tensor, probs: torch.Tensor, names: list[str]) -> torch.Tensor:
         """(B, L, len(names)) the named task features; only called with names from `feature_names`."""
@@ -101,6 +104,23 @@ class TaskHooks:
     def rule_orders(self) -> dict[str, Callable[[Any], torch.Tensor]]:
         """Orders written from the task's rules (Sudoku: `singles`, SAT: `unit`), by name; none by default."""
         return {}
+
+    def model_tokens(self) -> list[str] | None:
+        """The output tokens as a pretrained model's vocabulary spells them (amino acids: "A", "C", ...),
+        so a Hugging Face masked LM can be the denoiser; None: the task has no text form."""
+        return None
+
+    def padding_token(self) -> int | None:
+        """A prompt-only token meaning "no position here" (trailing, for sequences shorter than the task),
+        which a pretrained model's adapter attention-masks; None: every position is real."""
+        return None
+
+    def solved(
+        self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor:
+        """(B,) what `solve_rate` counts: `verify` by default; exact recovery of the reference for a task
+        that has no verifier of its own (antibody CDR-H3)."""
+        return self.verify(tokens, prompt, fixed)  # type: ignore[attr-defined]
 
 
 class Task(Protocol):
@@ -171,10 +191,19 @@ class Task(Protocol):
 
     # The optional hooks (defaults in `TaskHooks`, which every task inherits).
     feature_names: ClassVar[tuple[str, ...]]
+    scored_by_recovery: ClassVar[bool]
 
     def policy_features(self, tokens: torch.Tensor, probs: torch.Tensor, names: list[str]) -> torch.Tensor: ...
 
     def rule_orders(self) -> dict[str, Callable[[Any], torch.Tensor]]: ...
+
+    def model_tokens(self) -> list[str] | None: ...
+
+    def padding_token(self) -> int | None: ...
+
+    def solved(
+        self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor
+    ) -> torch.Tensor: ...
 
 
 def mask_id(task: Task) -> int:

@@ -40,7 +40,7 @@ def _strip_optimizer(src: Path, dst: Path) -> Path:
     """The final, inference-only checkpoint: the manifest and the model weights, no optimizer state."""
     manifest = checkpoints.read_manifest(src)
     manifest.pop("format", None)
-    names = ["denoiser"] + (["policy"] if manifest["kind"] == "policy" else [])
+    names = [n for n in ("denoiser", "policy") if (src / f"{n}.pt").is_file()]  # no copy of a frozen pretrained LM
     return checkpoints.write_checkpoint(dst, manifest, {n: checkpoints.load_tensors(src, n) for n in names})
 
 

@@ -28,7 +28,7 @@ from aop_ray.config import Config, TrainConfig
 from aop_ray.errors import InputError
 from aop_ray.grpo import grpo_step
 from aop_ray.losses import denoiser_loss
-from aop_ray.models.denoiser import Denoiser
+from aop_ray.models.denoiser import build_denoiser, frozen_pretrained
 from aop_ray.models.policy import PolicyNet, make_policy
 from aop_ray.orders import Order, get_order, order_names
 from aop_ray.sampling import decode_dataset
@@ -323,11 +323,13 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     tracker = Tracker(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else Tracker(None)
 
     torch.manual_seed(tc.seed)  # the same initial weights for every run of this seed (rank 0's are broadcast)
-    denoiser = Denoiser.for_task(task, cfg.model)
+    denoiser = build_denoiser(task, cfg.model)
     policy = make_policy(task, cfg.model.d_model, cfg.policy) if stage != "denoiser" else None
     if inputs["denoiser_state"] is not None:
         denoiser.load_state_dict(inputs["denoiser_state"])
     saved = {"denoiser": denoiser} if policy is None else {"denoiser": denoiser, "policy": policy}
+    if frozen_pretrained(cfg.model, stage):  # its checkpoint names the weights' source and digest instead
+        del saved["denoiser"]
     trained = {"denoiser": (denoiser, tc.lr)} if stage == "denoiser" else {"policy": (policy, tc.lr)}
     if stage == "joint":
         trained["denoiser"] = (denoiser, cfg.aop.denoiser_lr)
