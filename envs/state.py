@@ -174,7 +174,9 @@ class UnmaskBatch:
         solved = np.zeros(len(rows), dtype=bool)
         if terminated.any():
             done = rows_t[torch.as_tensor(terminated)]
-            solved[terminated] = self.task.verify(self.tokens[done], self.prompt[done], self.fixed[done]).numpy()
+            solved[terminated] = self.task.solved(
+                self.tokens[done], self.prompt[done], self.fixed[done], self.target[done]
+            ).numpy()
         return Outcome(
             reward=reward + solved,
             terminated=terminated,

@@ -102,7 +102,8 @@ def model_inputs(
         attention = torch.cat([torch.ones_like(attention[:, :1]), attention], 1)
         first = 1
     if sep_id >= 0:
-        ids = torch.cat([ids, ids[:, :1]], 1)  # one more column, for the longest rows' SEP
+        filler = table[pad_token] if pad_token >= 0 else table[0]  # attention-masked wherever it stays
+        ids = torch.cat([ids, filler.expand(batch, 1)], 1)  # one more column, for the longest rows' SEP
         attention = torch.cat([attention, torch.zeros_like(attention[:, :1])], 1)
         end = (first + real.sum(1))[:, None]
         ids = ids.scatter(1, end, sep_id)

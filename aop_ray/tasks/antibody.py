@@ -38,6 +38,7 @@ PAD = MASK + 1  # 21: prompt-only, "no residue here"
 MAX_CDRH3 = 38  # the longest IMGT CDR-H3 the rule looks for (human CDR-H3 rarely exceeds 30)
 CSV_COLUMN = "VH or VHH"  # CoV-AbDab's heavy-chain column
 KIND_COLUMN = "Ab or Nb"  # CoV-AbDab: antibody or nanobody
+FASTA_SUFFIXES = (".fasta", ".fa", ".faa", ".fas")
 _MOTIF = re.compile(r"(?=WG.G)")
 _INDEX = {aa: i for i, aa in enumerate(AMINO_ACIDS)}
 
@@ -133,7 +134,8 @@ def read_heavy_chains(
     path = Path(path)
     text = read_text(path)
     first = next((ln.strip() for ln in text_lines(text) if ln.strip()), "")
-    is_fasta = first.startswith(">") or first.startswith(";")
+    suffix = path.suffix.lower().removesuffix(".gz") or Path(path.stem).suffix.lower()
+    is_fasta = suffix in FASTA_SUFFIXES or (suffix != ".csv" and first.startswith((">", ";")))
     records = _fasta_records(path, text) if is_fasta else _csv_records(path, text, column, antibodies_only)
     chains: list[HeavyChain] = []
     skipped: dict[str, int] = {}
