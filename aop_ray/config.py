@@ -532,19 +532,24 @@ class DecodeConfig:
     threshold: float | None = None  # also reveal every masked position this confident (sampling.unmask)
     token_temperature: float = 0.0  # token sampling (proteins sample; every order at the same one)
     order_temperature: float = 0.0  # > 0: sample positions from softmax(score / T)
+    samples: int = 1  # completions per instance, decoded in one batch (a task's `diversity` compares them)
 
     def key(self, name: str) -> str:
         """How the user wrote field `name`: a config key here, a flag on the command line."""
         return f"evaluate.{name}"
 
     def __post_init__(self) -> None:
-        for name in ("k", "batch_size", *(("limit",) if self.limit is not None else ())):
+        for name in ("k", "batch_size", "samples", *(("limit",) if self.limit is not None else ())):
             if getattr(self, name) < 1:
                 raise InputError(f"{self.key(name)}: must be >= 1, got {getattr(self, name)}")
         for name in ("token_temperature", "order_temperature"):
             if getattr(self, name) < 0:
                 raise InputError(f"{self.key(name)}: must be >= 0, got {getattr(self, name)}")
         check_threshold(self.threshold, self.key("threshold"))
+        if self.samples > self.batch_size:
+            raise InputError(
+                f"{self.key('samples')}: {self.samples} completions do not fit a batch of {self.batch_size}"
+            )
 
 
 @dataclasses.dataclass(kw_only=True)

@@ -337,6 +337,9 @@ def _evaluate(ev: Evaluation) -> list[dict[str, Any]]:
     instances = data.load_instances(task, ev.data)
     if ev.limit is not None:
         instances = instances.take(slice(0, ev.limit))
+    if ev.samples > 1:  # each instance's completions side by side, never split across batches
+        instances = instances.take(list(np.repeat(np.arange(len(instances)), ev.samples)))
+        ev = dataclasses.replace(ev, batch_size=ev.batch_size // ev.samples * ev.samples)
     params = {
         "checkpoint": str(Path(checkpoint).resolve()),
         "policy": str(Path(policy_path).resolve()) if policy_path else None,
@@ -428,6 +431,7 @@ def evaluation_from_args(args: argparse.Namespace) -> Evaluation:
         seed=args.seed,
         token_temperature=args.token_temperature,
         order_temperature=args.order_temperature,
+        samples=args.samples,
         planner_nll=not args.no_planner_nll,
         device=args.device,
         threads=args.threads,
@@ -493,6 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
         "top-1 probability is >= T (the order's k best are revealed regardless)",
     )
     parser.add_argument("--limit", type=int, default=None, help="evaluate only the first N instances")
+    parser.add_argument(
+        "--samples",
+        type=cli.positive_int,
+        default=1,
+        help="completions per instance (with --token-temperature > 0): rows and solve rates count each "
+        "completion; antibody results add `diversity` between the completions of one chain",
+    )
     parser.add_argument(
         "--out",
         default=None,

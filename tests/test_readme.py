@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import shlex
 import subprocess
 import sys
+
+import pytest
 
 from conftest import ROOT, cli_env
 
@@ -32,3 +35,17 @@ def test_the_readme_example_runs_from_another_directory(tmp_path):
     assert ran.returncode == 0, ran.stderr[-3000:]
     printed = ast.literal_eval(ran.stdout.strip().splitlines()[-1])  # the last line: {order: solve rate}
     assert set(printed) == {"confidence", "margin", "learned"} and all(0 <= v <= 1 for v in printed.values())
+
+
+@pytest.mark.skipif(importlib.util.find_spec("antiberty") is None, reason="pip install -e '.[antibody]'")
+def test_the_readme_own_model_example_runs_from_another_directory(tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme[readme.index("## Your own masked model") :]
+    code = re.search(r"```python\n(.*?)```", section, flags=re.S).group(1)
+    ran = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    lines = ran.stdout.strip().splitlines()
+    assert [line.split()[0] for line in lines] == ["left_to_right", "confidence", "antiberty-cdrh3-policy"]
+    for line in lines:  # twelve residues in place of the twelve masks
+        loop = line.split()[1]
+        assert len(loop) == 12 and set(loop) <= set("ACDEFGHIKLMNPQRSTVWY")

@@ -25,3 +25,13 @@ def test_mcnemar_agreement_and_balance_give_p_one():
 def test_mcnemar_refuses_unpaired_inputs():
     with pytest.raises(ValueError, match="same instances"):
         mcnemar(torch.ones(3), torch.ones(4))
+
+
+def test_paired_permutation_p_is_small_for_a_consistent_gain_and_one_for_none():
+    from aop_ray.stats import paired_permutation
+
+    base = torch.linspace(0, 1, 40)
+    assert paired_permutation(base + 0.1, base) < 1e-3  # every instance gains: all 2^40 sign patterns but one smaller
+    assert paired_permutation(base, base) == 1.0
+    swapped = torch.tensor([0.1, -0.1] * 20)  # gains and losses cancel
+    assert paired_permutation(base + swapped, base) > 0.5

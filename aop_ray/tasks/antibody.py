@@ -291,7 +291,16 @@ class Antibody(TaskHooks):
     def metrics(
         self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor, step_of: torch.Tensor
     ) -> dict[str, torch.Tensor]:
-        return {}
+        """`diversity`: the mean fraction of CDR-H3 residues in which a completion differs from the other
+        completions of the same chain in the batch (evaluate --samples); NaN for a chain decoded once."""
+        same = (prompt[:, None] == prompt[None]).all(-1) & ~torch.eye(len(prompt), dtype=torch.bool)
+        free = (~fixed).float()
+        differ = ((tokens[:, None] != tokens[None]).float() * free[:, None]).sum(-1) / free.sum(-1).clamp(min=1)[
+            :, None
+        ]
+        others = same.sum(1)
+        diversity = (differ * same).sum(1) / others.clamp(min=1)
+        return {"diversity": torch.where(others > 0, diversity, torch.full_like(diversity, float("nan")))}
 
     def augment(
         self, tokens: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor, generator: torch.Generator
