@@ -20,7 +20,7 @@ from test_aop_train import metric_history
 
 from aop_ray import checkpoints
 
-from conftest import ROOT, SMOKE, cli_env, run_cli
+from conftest import ROOT, SMOKE, call_cli, cli_env, run_cli
 
 pytestmark = pytest.mark.reliability
 STEPS = 250  # the smoke config's
@@ -117,10 +117,11 @@ def test_a_run_survives_a_killed_driver_a_corrupted_checkpoint_sigterm_and_a_kil
     weights = run_dir / newest["checkpoint_dir_name"] / "denoiser.pt"
     weights.write_bytes(weights.read_bytes()[:100])
 
-    again = run_cli("aop_ray.train", "--config", str(SMOKE), *args, cwd=trained, timeout=120)
+    env = cli_env(trained)  # refusals: in this process, they end before any Ray or compute
+    again = call_cli("aop_ray.train", "--config", str(SMOKE), *args, cwd=trained, env=env)
     assert again.returncode == 2 and "already exists; pass --resume" in again.stderr
-    changed = run_cli(
-        "aop_ray.train", "--config", str(SMOKE), *args, "train.lr=0.01", "--resume", cwd=trained, timeout=120
+    changed = call_cli(
+        "aop_ray.train", "--config", str(SMOKE), *args, "train.lr=0.01", "--resume", cwd=trained, env=env
     )
     assert changed.returncode == 2 and changed.stderr.strip().count("\n") == 0
     assert "--resume: train.lr is 0.01 but the run was started with 0.003" in changed.stderr

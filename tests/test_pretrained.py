@@ -341,3 +341,24 @@ def test_left_to_right_reveals_the_leftmost_masked_position():
                         hidden=None, step=0)  # fmt: skip
     positions, valid = select(left_to_right(state), masked, k=2)
     assert positions.tolist() == [[1, 2], [0, 3]] and valid.all()
+
+
+def test_an_esm_model_runs_evaluate_and_an_environment_episode(models, tmp_path):
+    import gymnasium as gym
+
+    import envs  # noqa: F401 - registers aop/Unmask-v0
+    from aop_ray.evaluate import Evaluation, run_evaluation
+
+    task = Antibody(length=130)
+    data.write_shards(task.generate(4, seed=2), task, tmp_path / "chains")
+    ckpt = wrap(f"hf:{models['esm']}", {"name": "antibody", "length": 130}, tmp_path / "esm-ck")
+    rows = run_evaluation(
+        Evaluation(checkpoint=str(ckpt), data=str(tmp_path / "chains"), orders="left_to_right,margin", mlflow=False)
+    )
+    assert [r["order"] for r in rows] == ["left_to_right", "margin"] and all(r["n"] == 4 for r in rows)
+    env = gym.make("aop/Unmask-v0", denoiser_checkpoint=str(ckpt), data=str(tmp_path / "chains"))
+    obs, _ = env.reset(seed=0, options={"index": 1})
+    free = int(obs["action_mask"].sum())
+    for _ in range(free):
+        obs, reward, done, truncated, info = env.step(int(np.flatnonzero(obs["action_mask"])[-1]))  # right to left
+    assert done and not (obs["tokens"] == MASK).any()
