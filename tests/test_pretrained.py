@@ -6,6 +6,8 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +21,7 @@ from aop_ray.tasks import Antibody
 from aop_ray.tasks.antibody import AMINO_ACIDS, MASK, PAD, cdrh3_span, read_heavy_chains
 from aop_ray.wrap import wrap
 
-from conftest import ROOT, call_cli, run_cli
+from conftest import ROOT, call_cli, cli_env
 
 BERT_VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *AMINO_ACIDS]  # AntiBERTy's layout
 COV_ABDAB = ROOT.parent / "shared" / "data" / "antibody" / "CoV-AbDab_050821.csv"
@@ -217,6 +219,7 @@ def test_policy_and_joint_stages_evaluate_and_an_env_episode_on_a_hugging_face_m
     import gymnasium as gym
 
     import envs  # noqa: F401 - registers aop/Unmask-v0
+    from aop_ray.evaluate import Evaluation, run_evaluation
 
     task = Antibody(length=130)
     data.write_shards(task.generate(48, seed=0), task, tmp_path / "data" / "train")
@@ -235,25 +238,44 @@ def test_policy_and_joint_stages_evaluate_and_an_env_episode_on_a_hugging_face_m
         "train.checkpoint_every=4",
         "train.eval_instances=8",
     ]
-    policy = run_cli("aop_ray.train", *common, "name=hf-policy", "--no-mlflow", cwd=tmp_path)
-    assert policy.returncode == 0, policy.stdout[-3000:] + policy.stderr[-3000:]
+    # Both stages at once on the shared cluster, a CPU each (their start-up is most of their time).
+    runs = {
+        stage: subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "aop_ray.train",
+                *common,
+                f"name=hf-{stage}",
+                f"train.stage={stage}",
+                "ray.cpus_per_worker=1.0",
+                "ray.torch_threads=1",
+                *(["aop.target=ce"] if stage == "joint" else []),
+                "--no-mlflow",
+            ],
+            cwd=tmp_path,
+            env=cli_env(tmp_path),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )  # fmt: skip
+        for stage in ("policy", "joint")
+    }
+    for stage, proc in runs.items():
+        output = proc.communicate(timeout=600)[0]
+        assert proc.returncode == 0, f"{stage}: {output[-3000:]}"
     final = tmp_path / "runs" / "hf-policy" / "final"
     assert sorted(p.name for p in final.iterdir()) == ["manifest.json", "policy.pt"]  # the frozen LM is not copied
     out = tmp_path / "eval"
-    proc = run_cli(
-        "aop_ray.evaluate",
-        "--checkpoint",
-        str(final),
-        "--data",
-        str(tmp_path / "data" / "val"),
-        "--orders",
-        "learned,left_to_right,confidence",
-        "--out",
-        str(out),
-        "--no-mlflow",
-        cwd=tmp_path,
+    run_evaluation(
+        Evaluation(
+            checkpoint=str(final),
+            data=str(tmp_path / "data" / "val"),
+            orders="learned,left_to_right,confidence",
+            out=str(out),
+            mlflow=False,
+        )
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {r["order"]: r for r in json.loads((out / "results.json").read_text())}
     assert set(rows) == {"learned", "left_to_right", "confidence"}
     for row in rows.values():
@@ -269,10 +291,6 @@ def test_policy_and_joint_stages_evaluate_and_an_env_episode_on_a_hugging_face_m
     assert steps == int((~val.fixed[2]).sum()) and not (obs["tokens"] == MASK).any()
     assert info["solved"] == bool((obs["tokens"] == val.target[2]).all())  # exact recovery, the task's `solved`
 
-    joint = run_cli(
-        "aop_ray.train", *common, "name=hf-joint", "train.stage=joint", "aop.target=ce", "--no-mlflow", cwd=tmp_path
-    )
-    assert joint.returncode == 0, joint.stdout[-3000:] + joint.stderr[-3000:]
     tuned, _, _ = checkpoints.load_denoiser(tmp_path / "runs" / "hf-joint" / "final")
     frozen, _, _ = checkpoints.load_denoiser(ckpt)
     moved = [k for k, v in tuned.state_dict().items() if not torch.equal(v, frozen.state_dict()[k])]
@@ -362,3 +380,14 @@ def test_an_esm_model_runs_evaluate_and_an_environment_episode(models, tmp_path)
     for _ in range(free):
         obs, reward, done, truncated, info = env.step(int(np.flatnonzero(obs["action_mask"])[-1]))  # right to left
     assert done and not (obs["tokens"] == MASK).any()
+
+
+def test_a_policy_keeps_fitting_a_moved_model_but_not_other_weights():
+    weights = {"source": "huggingface", "path": "/a", "sha256": "1" * 64, "token_ids": [5, 6]}
+    model = {"d_model": 32, "pretrained": {**weights, "config": {"transformers_version": "5.25.0"}}}
+    moved = {**model, "pretrained": {**model["pretrained"], "path": "/b", "config": {"transformers_version": "5.26"}}}
+    assert pretrained.identity(moved) == pretrained.identity(model)
+    other = {**model, "pretrained": {**model["pretrained"], "sha256": "2" * 64}}
+    assert pretrained.identity(other) != pretrained.identity(model)
+    with pytest.raises(InputError, match=r"field 'pretrained'"):
+        checkpoints.check_same("denoiser model", pretrained.identity(other), pretrained.identity(model), "ck")

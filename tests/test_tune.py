@@ -156,10 +156,10 @@ def sweep(trained) -> dict:
     workdir = trained  # it holds the 4x4 smoke denoiser at runs/sudoku4-smoke/final
     sweep_dir = workdir / "runs" / "tune" / "smoke"
     # The config's references to its training configs resolve against the config file, not the working
-    # directory. One trial at a time: a heuristic trial has finished by the time the learned trial trains.
-    configs = ["resources.max_concurrent_trials=1"]
+    # directory. Two trials at a time (the config's): interrupted once a trial has finished and a learned
+    # trial has started training.
     proc = subprocess.Popen(
-        [sys.executable, "-m", "aop_ray.tune", "--config", str(SMOKE_SWEEP), *configs],
+        [sys.executable, "-m", "aop_ray.tune", "--config", str(SMOKE_SWEEP)],
         cwd=workdir,
         env=cli_env(workdir),
         stdout=subprocess.PIPE,
@@ -167,7 +167,9 @@ def sweep(trained) -> dict:
         text=True,
     )
     deadline = time.time() + 300
-    while not list(sweep_dir.glob("train/*/aop_run.json")) and proc.poll() is None and time.time() < deadline:
+    while proc.poll() is None and time.time() < deadline:
+        if list(sweep_dir.glob("train/*/aop_run.json")) and list(sweep_dir.glob("evaluations/*/results.json")):
+            break
         time.sleep(0.5)
     proc.send_signal(signal.SIGINT)
     first_out = proc.communicate(timeout=300)[0]

@@ -120,12 +120,16 @@ def parse_source(text: str) -> tuple[str, str]:
     raise InputError(f"--model: expected 'antiberty' or 'hf:DIR', got {short(text)}")
 
 
+IDENTITY = ("source", "sha256", "token_ids", "mask_id", "cls_id", "sep_id", "pad_id")
+
+
 def identity(model: dict[str, Any]) -> dict[str, Any]:
-    """A manifest's model dict without where its pretrained weights sit: moving a model directory keeps
-    its policies valid, the digest still says whether the weights are the same."""
+    """What makes two denoisers the same model, for a policy's check: for a pretrained one, its weights'
+    digest and token mapping, not where the directory sits (moving it keeps its policies valid) nor the
+    transformers version that wrote its config dict."""
     if not isinstance(model.get("pretrained"), dict):
         return model
-    return {**model, "pretrained": {k: v for k, v in model["pretrained"].items() if k != "path"}}
+    return {**model, "pretrained": {k: v for k, v in model["pretrained"].items() if k in IDENTITY}}
 
 
 def model_dir(source: str, path: str = "") -> Path:
