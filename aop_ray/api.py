@@ -40,16 +40,17 @@ class Model:
 
 
 def load_model(source: str | Path, task: str | dict[str, Any] = "antibody", device: str = "cpu") -> Model:
-    """`antiberty`, `hf:DIR` (a Hugging Face masked LM, for `task`), or a checkpoint directory (its own task)."""
+    """`antiberty`, `hf:DIR` (a Hugging Face masked LM, for `task`), `py:MODULE:FUNCTION` (a factory), or a
+    checkpoint directory (its own task)."""
     text = str(source)
-    if text == "antiberty" or text.startswith("hf:"):
+    if text == "antiberty" or text.startswith(("hf:", "py:")):
         from aop_ray.models import pretrained
         from aop_ray.models.denoiser import build_denoiser
 
         task_obj = make_task({"name": task} if isinstance(task, str) else task)
         cfg = pretrained.model_config(task_obj, text)
         assert cfg.pretrained is not None  # model_config always describes a pretrained model
-        state = pretrained.load_weights(cfg.pretrained)
+        state = pretrained.load_weights(cfg.pretrained, task_obj)
         denoiser = checkpoints.materialise(lambda: build_denoiser(task_obj, cfg), state, text)
         manifest = checkpoints.denoiser_manifest(task_obj, cfg)
     else:

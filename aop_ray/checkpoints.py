@@ -163,7 +163,7 @@ def load_denoiser(
     if model_cfg.pretrained is not None and not (Path(path) / "denoiser.pt").is_file():
         from aop_ray.models import pretrained  # a frozen pretrained LM: its weights stay where they are
 
-        state = pretrained.load_weights(model_cfg.pretrained)
+        state = pretrained.load_weights(model_cfg.pretrained, ckpt_task)
     else:
         state = load_tensors(path, "denoiser")
     model = materialise(lambda: build_denoiser(ckpt_task, model_cfg), state, path)

@@ -160,8 +160,8 @@ class PretrainedConfig:
     once fine-tuned.
     """
 
-    source: Literal["huggingface", "antiberty"]
-    path: str = ""  # huggingface: the model directory (absolute); antiberty: the installed package's copy
+    source: Literal["huggingface", "antiberty", "factory"]
+    path: str = ""  # huggingface: the model directory (absolute); antiberty: ""; factory: MODULE:FUNCTION
     sha256: str = ""  # of the weight files, in name order
     config: dict[str, Any] = dataclasses.field(default_factory=dict)  # the transformers config, as a dict
     token_ids: list[int] = dataclasses.field(default_factory=list)  # model id of each task output token

@@ -22,7 +22,12 @@ from aop_ray.models import pretrained
 
 def build_parser() -> argparse.ArgumentParser:
     parser = cli.parser("aop_ray.wrap", description="Wrap a pretrained masked LM as a denoiser checkpoint.")
-    parser.add_argument("--model", required=True, help="'antiberty' (pip install -e '.[antibody]') or hf:DIR")
+    parser.add_argument(
+        "--model",
+        required=True,
+        help="'antiberty' (pip install -e '.[antibody]'), hf:DIR (a Hugging Face masked LM) or py:MODULE:FUNCTION "
+        "(FUNCTION(task) returns a module with the denoiser interface)",
+    )
     parser.add_argument("--task", default="antibody", help="task name (default %(default)s)")
     parser.add_argument("--param", action="append", metavar="KEY=VALUE", help="task parameter, e.g. length=144")
     parser.add_argument("--out", required=True, help="checkpoint directory to write")

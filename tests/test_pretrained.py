@@ -152,7 +152,7 @@ def test_adapter_equals_the_model_called_directly_and_padding_changes_nothing(mo
         assert (spec.cls_id, spec.sep_id, spec.pad_id) == (2, 3, 0)
     else:  # ESM: <cls> ... <eos>, its own mask token
         assert (spec.cls_id, spec.sep_id, spec.mask_id) == (0, 2, 32)
-    denoiser = checkpoints.materialise(lambda: pretrained.build(task, spec), pretrained.load_weights(spec), "x")
+    denoiser = checkpoints.materialise(lambda: pretrained.build(task, spec), pretrained.load_weights(spec, task), "x")
     denoiser.eval()
     inst = task.generate(3, seed=1)
     tokens = torch.tensor(inst.tokens)
@@ -391,3 +391,48 @@ def test_a_policy_keeps_fitting_a_moved_model_but_not_other_weights():
     assert pretrained.identity(other) != pretrained.identity(model)
     with pytest.raises(InputError, match=r"field 'pretrained'"):
         checkpoints.check_same("denoiser model", pretrained.identity(other), pretrained.identity(model), "ck")
+
+
+FACTORY_MODULE = """
+import torch
+from torch import nn
+
+SEED = 0
+
+
+class TinyMLM(nn.Module):
+    def __init__(self, task):
+        super().__init__()
+        self.d_model = 8
+        self.emb = nn.Embedding(task.vocab_size + 2, 8)
+        self.head = nn.Linear(8, task.vocab_size)
+
+    def forward(self, tokens, return_hidden=False):
+        hidden = self.emb(tokens)
+        return (self.head(hidden), hidden) if return_hidden else self.head(hidden)
+
+
+def build(task):
+    torch.manual_seed(SEED)
+    return TinyMLM(task)
+"""
+
+
+def test_a_factory_model_is_wrapped_and_loads_only_when_trusted(tmp_path, monkeypatch):
+    (tmp_path / "my_mlm.py").write_text(FACTORY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delenv(pretrained.TRUST_FACTORY_ENV, raising=False)
+    ckpt = wrap("py:my_mlm:build", {"name": "antibody", "length": 130}, tmp_path / "ck")
+    with pytest.raises(InputError, match=r"model factory 'my_mlm:build': loading it imports and runs that code"):
+        checkpoints.load_denoiser(ckpt)
+    monkeypatch.setenv(pretrained.TRUST_FACTORY_ENV, "1")
+    model = api.load_model(ckpt)
+    chain = Antibody().render(Antibody().generate(1, seed=0).tokens[0])
+    assert "_" not in api.infill(model, [chain], "confidence")[0]
+    import my_mlm
+
+    monkeypatch.setattr(my_mlm, "SEED", 1)  # the same function now makes other weights
+    with pytest.raises(InputError, match=r"its weights changed since the checkpoint was made"):
+        checkpoints.load_denoiser(ckpt)
+    with pytest.raises(InputError, match=r"cannot import it"):
+        wrap("py:no_such_module:build", {"name": "antibody"}, tmp_path / "ck2")

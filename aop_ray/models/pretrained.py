@@ -17,16 +17,25 @@ environments) calls `denoiser(tokens)` for logits over the task's tokens and
 digest) into a `PretrainedConfig`, which a checkpoint manifest records; workers
 rebuild the architecture from it and receive the weights from the driver, and
 `load_weights` refuses files whose digest changed. Nothing is downloaded.
+
+Anything else comes in through a factory, `py:MODULE:FUNCTION`: `FUNCTION(task)`
+returns an `nn.Module` that already has the denoiser interface (logits over the
+task's output tokens, `return_hidden`) and a `d_model` attribute (its hidden
+width). The manifest names the function, so loading such a checkpoint imports
+user code: it is refused unless `AOP_RAY_TRUST_FACTORY=1` says the user trusts it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import importlib.util
 import json
+import os
+import typing
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 from torch import nn
@@ -38,6 +47,8 @@ from aop_ray.tasks import Task, input_vocab_size, mask_id
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")  # or their sharded forms, `*.safetensors`
 ANTIBERTY = "antiberty"  # the AntiBERTy package (pip install antiberty==0.1.3): weights inside the wheel
+FACTORY = "factory"  # py:MODULE:FUNCTION, FUNCTION(task) -> a module with the denoiser interface
+TRUST_FACTORY_ENV = "AOP_RAY_TRUST_FACTORY"
 _SPECIALS = {  # vocabulary names of special tokens, for a directory with a bare vocab.txt
     "mask_id": ("[MASK]", "<mask>"),
     "cls_id": ("[CLS]", "<cls>", "<s>"),
@@ -112,12 +123,48 @@ def model_inputs(
 
 
 def parse_source(text: str) -> tuple[str, str]:
-    """`antiberty` or `hf:DIR` (a directory `save_pretrained` wrote) as (source, path)."""
+    """`antiberty`, `hf:DIR` (a directory `save_pretrained` wrote) or `py:MODULE:FUNCTION`, as (source, path)."""
     if text == ANTIBERTY:
         return ANTIBERTY, ""
     if text.startswith("hf:") and len(text) > 3:
         return "huggingface", text[3:]
-    raise InputError(f"--model: expected 'antiberty' or 'hf:DIR', got {short(text)}")
+    if text.startswith("py:") and text.count(":") == 2 and all(text.split(":")[1:]):
+        return FACTORY, text[3:]
+    raise InputError(f"--model: expected 'antiberty', 'hf:DIR' or 'py:MODULE:FUNCTION', got {short(text)}")
+
+
+def factory(path: str, trusted: bool = False) -> Callable[[Task], nn.Module]:
+    """The function `MODULE:FUNCTION` names. Importing it runs code: from a manifest only when trusted."""
+    if not trusted and os.environ.get(TRUST_FACTORY_ENV) != "1":
+        raise InputError(
+            f"model factory {short(path)}: loading it imports and runs that code; set {TRUST_FACTORY_ENV}=1 "
+            "if you trust this checkpoint"
+        )
+    module_name, _, name = path.partition(":")
+    try:
+        function = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise InputError(f"model factory {short(path)}: cannot import it ({short(str(err), 160)})") from None
+    if not callable(function):
+        raise InputError(f"model factory {short(path)}: not a function")
+    return typing.cast(Callable[[Task], nn.Module], function)
+
+
+def state_digest(state: dict[str, torch.Tensor]) -> str:
+    """sha256 over a state dict's names, shapes and bytes: a factory model's weights have no files."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        h.update(f"{name}:{tuple(tensor.shape)}:{tensor.dtype}".encode())
+        h.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+    return h.hexdigest()
+
+
+def _factory_model(task: Task, path: str, trusted: bool) -> nn.Module:
+    model = factory(path, trusted)(task)
+    if not isinstance(model, nn.Module) or not isinstance(getattr(model, "d_model", None), int):
+        raise InputError(f"model factory {short(path)}: must return an nn.Module with an int `d_model` (hidden width)")
+    return model
 
 
 IDENTITY = ("source", "sha256", "token_ids", "mask_id", "cls_id", "sep_id", "pad_id")
@@ -191,6 +238,11 @@ def vocabulary(directory: Path) -> tuple[dict[str, int], dict[str, int]]:
 
 def describe(task: Task, source: str, path: str = "") -> PretrainedConfig:
     """Read the model at `source`/`path` once: its architecture, its ids for the task's tokens, its digest."""
+    if source == FACTORY:  # the user named it on the command line: trusted
+        model = _factory_model(task, path, trusted=True)
+        return PretrainedConfig(
+            source="factory", path=path, sha256=state_digest(model.state_dict()), config={"hidden_size": model.d_model}
+        )
     directory = model_dir(source, path)
     if not directory.is_dir():
         raise InputError(f"{directory}: no such model directory")
@@ -247,8 +299,11 @@ def _load_config(directory: Path) -> dict[str, Any]:
     return data
 
 
-def build(task: Task, spec: PretrainedConfig) -> MaskedLMDenoiser:
-    """The architecture `spec` records, randomly initialised (weights come from `load_weights` or a state)."""
+def build(task: Task, spec: PretrainedConfig) -> nn.Module:
+    """The architecture `spec` records, randomly initialised (weights come from `load_weights` or a state);
+    a factory's model as its function makes it (trusted: the driver checked the manifest)."""
+    if spec.source == FACTORY:
+        return _factory_model(task, spec.path, trusted=True)
     from transformers import AutoConfig, AutoModelForMaskedLM
 
     config = dict(spec.config)
@@ -261,9 +316,14 @@ def build(task: Task, spec: PretrainedConfig) -> MaskedLMDenoiser:
     return MaskedLMDenoiser(lm, task, spec)
 
 
-def load_weights(spec: PretrainedConfig) -> dict[str, torch.Tensor]:
-    """The masked LM's weights from its directory, as a state dict of `MaskedLMDenoiser`, refused in one
-    line if they are not the ones the checkpoint was made with."""
+def load_weights(spec: PretrainedConfig, task: Task) -> dict[str, torch.Tensor]:
+    """The masked LM's weights from its directory, as a state dict of `MaskedLMDenoiser` (a factory's: of its
+    model), refused in one line if they are not the ones the checkpoint was made with."""
+    if spec.source == FACTORY:
+        state = _factory_model(task, spec.path, trusted=False).state_dict()
+        if spec.sha256 and state_digest(state) != spec.sha256:
+            raise InputError(f"model factory {short(spec.path)}: its weights changed since the checkpoint was made")
+        return state
     from transformers import AutoModelForMaskedLM
 
     directory = model_dir(spec.source, spec.path)
