@@ -436,3 +436,21 @@ def test_a_factory_model_is_wrapped_and_loads_only_when_trusted(tmp_path, monkey
         checkpoints.load_denoiser(ckpt)
     with pytest.raises(InputError, match=r"cannot import it"):
         wrap("py:no_such_module:build", {"name": "antibody"}, tmp_path / "ck2")
+
+
+def test_antibody_sets_keep_each_cdrh3_cluster_on_one_side(tmp_path):
+    task = Antibody()
+    chains = task.generate(60, seed=3)
+    fasta = tmp_path / "chains.fasta"
+    first = task.render(chains.target[0])  # its loop starts at 96: "AR" and 6-14 random residues
+    twin = first[:98] + ("A" if first[98] != "A" else "C") + first[99:]  # one loop residue off: >= 87% identical
+    lines = [f">c{i}\n{task.render(t)}" for i, t in enumerate(chains.target)] + [f">twin\n{twin}"]
+    fasta.write_text("\n".join(lines) + "\n")
+    proc = call_cli("aop_ray.data", "antibodies", "--input", str(fasta), "--out", str(tmp_path / "sets"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "sets" / "split.json").read_text())
+    assert record["chains"] == 61 and sum(record["sizes"].values()) == 61 and record["clusters"] <= 60
+    sides = {name: data.load_instances(task, tmp_path / "sets" / name) for name in ("train", "val", "test")}
+    where = {i: name for name, inst in sides.items() for i in inst.ids}
+    assert where["twin"] == where["c0"]  # one cluster, one side
+    assert all(len(sides[name]) >= 1 for name in ("val", "test"))
