@@ -295,6 +295,7 @@ def _load_config(directory: Path) -> dict[str, Any]:
     except Exception as err:
         raise InputError(f"{directory / 'config.json'}: not a transformers config ({short(str(err), 160)})") from None
     data = config.to_dict()
+    data.pop("_name_or_path", None)  # where this machine had it: not part of the architecture
     json.dumps(data)  # the manifest holds it
     return data
 
