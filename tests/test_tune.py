@@ -277,6 +277,8 @@ def test_mlflow_ui_serves_one_run_per_trial_and_the_pngs(sweep):
             "127.0.0.1",
             "--port",
             str(port),
+            "--workers",
+            "1",  # the default 4 server processes take about 20 s to start on 2 cores
         ],
         cwd=sweep["workdir"],
         stdout=subprocess.DEVNULL,
