@@ -37,7 +37,9 @@ def test_the_readme_example_runs_from_another_directory(tmp_path):
     assert set(printed) == {"confidence", "margin", "learned"} and all(0 <= v <= 1 for v in printed.values())
 
 
-@pytest.mark.skipif(importlib.util.find_spec("antiberty") is None, reason="pip install -e '.[antibody]'")
+@pytest.mark.skipif(
+    importlib.util.find_spec("antiberty") is None, reason="needs the antibody extra (pip install -e '.[antibody]')"
+)
 def test_the_readme_own_model_example_runs_from_another_directory(tmp_path):
     readme = (ROOT / "README.md").read_text()
     section = readme[readme.index("## Your own masked model") :]

@@ -329,9 +329,10 @@ def load_weights(spec: PretrainedConfig, task: Task) -> dict[str, torch.Tensor]:
 
     directory = model_dir(spec.source, spec.path)
     files = weight_files(directory)
-    if spec.sha256 and digest(files) != spec.sha256:
+    found = digest(files) if spec.sha256 else ""
+    if found != spec.sha256:
         raise InputError(
-            f"{files[0]}: weights changed since the checkpoint was made (sha256 {digest(files)[:12]}..., "
+            f"{files[0]}: weights changed since the checkpoint was made (sha256 {found[:12]}..., "
             f"the manifest records {spec.sha256[:12]}...)"
         )
     try:

@@ -294,13 +294,13 @@ class Antibody(TaskHooks):
         """`diversity`: the mean fraction of CDR-H3 residues in which a completion differs from the other
         completions of the same chain in the batch (evaluate --samples); absent when no chain has two."""
         same = (prompt[:, None] == prompt[None]).all(-1) & ~torch.eye(len(prompt), dtype=torch.bool)
+        others = same.sum(1)
+        if not others.any():  # every chain decoded once (greedy evaluation): no diversity, no (B, B, L) pass
+            return {}
         free = (~fixed).float()
         differ = ((tokens[:, None] != tokens[None]).float() * free[:, None]).sum(-1) / free.sum(-1).clamp(min=1)[
             :, None
         ]
-        others = same.sum(1)
-        if not others.any():  # every chain decoded once: no diversity to report
-            return {}
         diversity = (differ * same).sum(1) / others.clamp(min=1)
         return {"diversity": torch.where(others > 0, diversity, torch.full_like(diversity, float("nan")))}
 

@@ -22,6 +22,7 @@ from aop_ray.cli import say
 from aop_ray.config import Config, ModelConfig, flatten, parse_dataclass
 from aop_ray.errors import InputError, Terminated
 from aop_ray.locations import check_durable, check_tracking_uri, on_this_node
+from aop_ray.models.denoiser import frozen_pretrained
 from aop_ray.orders import order_names
 from aop_ray.outputs import write_atomic
 from aop_ray.readers import read_json_object
@@ -40,7 +41,9 @@ def _strip_optimizer(src: Path, dst: Path) -> Path:
     """The final, inference-only checkpoint: the manifest and the model weights, no optimizer state."""
     manifest = checkpoints.read_manifest(src)
     manifest.pop("format", None)
-    names = [n for n in ("denoiser", "policy") if (src / f"{n}.pt").is_file()]  # no copy of a frozen pretrained LM
+    model = parse_dataclass(ModelConfig, manifest["model"], f"{src}: model")
+    frozen = frozen_pretrained(model, manifest.get("stage", "denoiser"))  # the loop saved no copy of it
+    names = (["denoiser"] if not frozen else []) + (["policy"] if manifest["kind"] == "policy" else [])
     return checkpoints.write_checkpoint(dst, manifest, {n: checkpoints.load_tensors(src, n) for n in names})
 
 
