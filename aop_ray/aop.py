@@ -152,7 +152,7 @@ def aop_step(
     masked = xt == mask_id
     with torch.set_grad_enabled(joint and torch.is_grad_enabled()):
         logits, hidden = denoiser(xt, return_hidden=True)
-    state = DecodeState(tokens=xt, masked=masked, logits=logits.detach(), hidden=hidden.detach(), step=0)
+    state = DecodeState(tokens=xt, masked=masked, logits=logits.detach().float(), hidden=hidden.detach(), step=0)
     cost = position_costs(logits, x0, cfg.target)
     ranked = shortlist(state) if cfg.objective == "pairwise" and shortlist is not None else None
     return policy_objective(policy(state), masked, cost if joint else cost.detach(), cfg, ranked)

@@ -24,6 +24,7 @@ from aop_ray import checkpoints
 from aop_ray.config import find_input, make_task
 from aop_ray.errors import InputError
 from aop_ray.orders import Order, get_order, order_names
+from aop_ray.precision import autocast
 from aop_ray.sampling import unmask
 from aop_ray.tasks import Task, mask_id
 
@@ -98,9 +99,10 @@ def infill(
     token_temperature: float = 0.0,
     seed: int = 0,
     batch_size: int = 32,
+    precision: str = "auto",
 ) -> list[str]:
     """Fill every `_` of each sequence, `k` positions per forward in the order's choice; argmax tokens, or
-    sampled at `token_temperature`."""
+    sampled at `token_temperature`. `precision` is the forwards' (aop_ray/precision.py)."""
     order_fn = load_order(order, model) if isinstance(order, (str, Path)) else order
     strings = model.task.model_tokens() or []
     tokens = encode(model, sequences)
@@ -109,15 +111,16 @@ def infill(
     out = []
     for lo in range(0, len(sequences), batch_size):
         batch = tokens[lo : lo + batch_size].to(device)
-        roll = unmask(
-            model.denoiser,
-            order_fn,
-            batch,
-            mask_id(model.task),
-            k=k,
-            token_temperature=token_temperature,
-            generator=generator,
-        )
+        with autocast(precision, device):
+            roll = unmask(
+                model.denoiser,
+                order_fn,
+                batch,
+                mask_id(model.task),
+                k=k,
+                token_temperature=token_temperature,
+                generator=generator,
+            )
         for row, seq in zip(roll.tokens.cpu().tolist(), sequences[lo : lo + batch_size]):
             out.append("".join(strings[t] for t in row[: len(seq)]))
     return out

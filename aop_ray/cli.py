@@ -13,6 +13,7 @@ import threading
 import traceback
 from typing import Any, Callable
 
+from aop_ray.allocator import keep_freed_memory
 from aop_ray.errors import InputError, Terminated
 from aop_ray.readers import short
 
@@ -80,6 +81,7 @@ def run_main(body: Callable[[], object], debug: bool = False) -> int:
     the main thread so every `finally` runs (an MLflow run is marked KILLED, temporary files go). Any
     other exception is a bug, not the user's input: one line and the file its traceback was saved to,
     exit 1 (`debug` or `AOP_RAY_DEBUG=1` lets it propagate instead)."""
+    keep_freed_memory()  # every command's tensors reuse freed memory (aop_ray/allocator.py)
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:

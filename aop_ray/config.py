@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal, Union
 
 from aop_ray.errors import InputError
+from aop_ray.precision import Precision
 from aop_ray.readers import load_yaml, read_text, short
 from aop_ray.tasks import TASKS, Task, task_params
 
@@ -302,6 +303,9 @@ class TrainConfig:
     eval_every: int = 0  # 0: only at the end
     eval_instances: int = 200
     eval_order: str = "margin"
+    # Network forwards (and backward) in bf16 autocast or fp32; auto: bf16 where the device has bf16 units
+    # (aop_ray/precision.py). Losses and checkpoints stay fp32 either way.
+    precision: Precision = "auto"
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "log_every", "checkpoint_every", "checkpoint_keep", where="train")
@@ -533,6 +537,7 @@ class DecodeConfig:
     token_temperature: float = 0.0  # token sampling (proteins sample; every order at the same one)
     order_temperature: float = 0.0  # > 0: sample positions from softmax(score / T)
     samples: int = 1  # completions per instance, decoded in one batch (a task's `diversity` compares them)
+    precision: Precision = "auto"  # denoiser and policy forwards in bf16 autocast or fp32 (aop_ray/precision.py)
 
     def key(self, name: str) -> str:
         """How the user wrote field `name`: a config key here, a flag on the command line."""

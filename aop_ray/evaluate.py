@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from aop_ray import checkpoints, cli, data
+from aop_ray import checkpoints, cli, data, precision
 from aop_ray.cli import run_main, say
 from aop_ray.config import DecodeConfig, find_input
 from aop_ray.errors import InputError
@@ -39,6 +39,7 @@ from aop_ray.models.policy import PolicyEnsemble, PolicyNet
 from aop_ray.orders import Order, get_order, order_names
 from aop_ray.outputs import claim, write_atomic
 from aop_ray.paired import SOLVED_CSV, solved_csv
+from aop_ray.precision import PRECISIONS
 from aop_ray.sampling import Decoded, decode_dataset
 from aop_ray.stats import mcnemar
 from aop_ray.tasks import Instances, Task
@@ -54,6 +55,7 @@ FIELDS = (
     "k",
     "threshold",
     "forwards_per_instance",
+    "precision",
     "policy",
     "reference",
     "only_solved",
@@ -77,6 +79,7 @@ def summarize(order: str, decoded: Decoded, k: int, threshold: float | None = No
         "k": k,
         "threshold": threshold,
         "forwards_per_instance": float(steps.float().mean()),
+        "precision": decoded.precision,
         **{name: float(torch.nanmean(value)) for name, value in decoded.metrics.items()},
     }
 
@@ -326,6 +329,7 @@ def _evaluate(ev: Evaluation) -> list[dict[str, Any]]:
     uri = resolve_uri() if ev.mlflow else None
     check_tracking_uri(uri)
     device = torch.device(ev.device)
+    say(f"device {device.type}, {precision.describe(ev.precision, device)}")
     checkpoint = find_input(ev.checkpoint)  # a committed checkpoint is found from any directory
     denoiser, task, manifest = checkpoints.load_denoiser(checkpoint, map_location=device)
     policy_path = find_input(ev.policy) if ev.policy else (checkpoint if manifest["kind"] == "policy" else None)
@@ -354,6 +358,7 @@ def _evaluate(ev: Evaluation) -> list[dict[str, Any]]:
         "order_temperature": ev.order_temperature,
         "task": manifest["task"],
         "reference": ev.reference,
+        "precision": precision.resolve(ev.precision, device),
     }
     tags = {"aop_ray.stage": "evaluate", "aop_ray.task": task.name}
     parent = Tracker.start(
@@ -434,6 +439,7 @@ def evaluation_from_args(args: argparse.Namespace) -> Evaluation:
         samples=args.samples,
         planner_nll=not args.no_planner_nll,
         device=args.device,
+        precision=args.precision,
         threads=args.threads,
         experiment=args.experiment,
         run_name=args.run_name,
@@ -532,6 +538,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--device",
         default="cuda" if torch.cuda.is_available() else "cpu",
         help="torch device (default: cuda if available, else cpu)",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="network forwards in fp32 or bf16 autocast; auto (default): bf16 where the device has bf16 units "
+        "(a GPU with them, a CPU with avx512_bf16 or amx_bf16), else fp32",
     )
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's)")
     parser.add_argument("--experiment", default="aop-ray-eval", help="MLflow experiment (default %(default)s)")

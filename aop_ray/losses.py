@@ -60,7 +60,9 @@ def mdm_loss(
     number of free positions (a per-token ELBO in nats), averaged over the batch.
     `mean`: the mean CE over all masked positions in the batch.
     """
-    ce = F.cross_entropy(logits.transpose(1, 2), output_targets(x0, logits.shape[-1]), reduction="none")  # (B, L)
+    ce = F.cross_entropy(  # (B, L); in fp32 whatever the forward ran in (aop_ray/precision.py)
+        logits.float().transpose(1, 2), output_targets(x0, logits.shape[-1]), reduction="none"
+    )
     ce = ce * masked
     if weighting == "mean":
         return ce.sum() / masked.sum().clamp(min=1)

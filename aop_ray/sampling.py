@@ -14,12 +14,14 @@ the order-dependent likelihood of the reference under teacher forcing
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from typing import Callable
 
 import torch
 from torch import nn
 
+from aop_ray import precision
 from aop_ray.config import DecodeConfig
 from aop_ray.orders import DecodeState, Order, select
 from aop_ray.tasks import Task, mask_id
@@ -135,6 +137,7 @@ class Decoded:
     step_of: torch.Tensor  # (N, L) reveal step per position, -1 for prompt
     metrics: dict[str, torch.Tensor]  # the task's own (N,) scores, e.g. SAT's fraction of clauses satisfied
     seconds: float  # decoding and verifying only (not the planner-NLL pass)
+    precision: str  # what the forwards ran in: fp32 or bf16 (`auto` resolved)
 
 
 def decode_dataset(
@@ -154,26 +157,29 @@ def decode_dataset(
 
     Generator state carries across batches, so results depend on the batch
     size only through floating-point reduction order. `scorer` adds per-instance
-    metrics of the decoded sequences (a protein family's oracle).
+    metrics of the decoded sequences (a protein family's oracle). The forwards run in
+    `decode.precision` (the sampler itself reads fp32 logits either way).
     """
     device = next(denoiser.parameters()).device
+    forwards = functools.partial(precision.autocast, decode.precision, device)
     seconds = 0.0
     parts: dict[str, list[torch.Tensor]] = {"solved": [], "acc": [], "nll": [], "step_of": []}
     metrics: dict[str, list[torch.Tensor]] = {}
     for lo in range(0, tokens.shape[0], decode.batch_size):
         x, f, y = (a[lo : lo + decode.batch_size].to(device) for a in (tokens, fixed, target))
         start = time.perf_counter()
-        roll = unmask(
-            denoiser,
-            order,
-            x,
-            mask_id(task),
-            k=decode.k,
-            threshold=decode.threshold,
-            token_temperature=decode.token_temperature,
-            order_temperature=decode.order_temperature,
-            generator=generator,
-        )
+        with forwards():
+            roll = unmask(
+                denoiser,
+                order,
+                x,
+                mask_id(task),
+                k=decode.k,
+                threshold=decode.threshold,
+                token_temperature=decode.token_temperature,
+                order_temperature=decode.order_temperature,
+                generator=generator,
+            )
         parts["solved"].append(task.solved(roll.tokens, x, f, y).cpu())
         seconds += time.perf_counter() - start
         scores = {**task.metrics(roll.tokens, x, f, roll.step_of), **(scorer(roll.tokens) if scorer else {})}
@@ -190,18 +196,19 @@ def decode_dataset(
             nll = torch.full((x.shape[0],), float("nan"))
             known = ((y >= 0) | f).all(1)
             if known.any():
-                forced = unmask(
-                    denoiser,
-                    order,
-                    x[known],
-                    mask_id(task),
-                    k=decode.k,
-                    threshold=decode.threshold,
-                    target=y[known],
-                    teacher_force=True,
-                    order_temperature=decode.order_temperature,
-                    generator=generator,
-                )
+                with forwards():
+                    forced = unmask(
+                        denoiser,
+                        order,
+                        x[known],
+                        mask_id(task),
+                        k=decode.k,
+                        threshold=decode.threshold,
+                        target=y[known],
+                        teacher_force=True,
+                        order_temperature=decode.order_temperature,
+                        generator=generator,
+                    )
                 nll[known.cpu()] = forced.planner_nll().cpu()
             parts["nll"].append(nll)
         if on_batch is not None:
@@ -213,6 +220,7 @@ def decode_dataset(
         step_of=torch.cat(parts["step_of"]),
         metrics={name: torch.cat(values) for name, values in metrics.items()},
         seconds=seconds,
+        precision=precision.resolve(decode.precision, device),
     )
 
 

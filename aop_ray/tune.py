@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from aop_ray import checkpoints, cli, data, ray_session, report
+from aop_ray.allocator import keep_freed_memory
 from aop_ray.cli import run_main, say
 from aop_ray.config import Config, Domain, SweepConfig, apply_override, load_config, make_task, parse_dataclass
 from aop_ray.errors import InputError
@@ -113,6 +114,7 @@ def run_trial(config: dict[str, Any], state: SweepState, inputs: dict[str, Any])
 
     from aop_ray.training import driver
 
+    keep_freed_memory()  # a trial runs in its own Ray worker process (aop_ray/allocator.py)
     spec = state.spec
     trial_id = tune.get_context().get_trial_id()
     order, seed, search = config["order"], config["seed"], config.get("search", {})
@@ -165,12 +167,14 @@ def run_trial(config: dict[str, Any], state: SweepState, inputs: dict[str, Any])
         tracker.log_metrics(metrics, step=int(final.get("step", 0)))
         tracker.log_artifact(out, "evaluation")
         tracker.set_tag("aop_ray.checkpoint", str(checkpoint))
+        tracker.set_tag("aop_ray.precision", rows[0]["precision"])
         tune.report(
             {
                 **{k: v for k, v in final.items() if isinstance(v, (int, float))},
                 **metrics,
                 "order": order,
                 "group": group,
+                "precision": rows[0]["precision"],
                 "checkpoint": str(checkpoint),
             }
         )

@@ -22,6 +22,7 @@ from torch import nn
 
 from aop_ray.errors import InputError
 from aop_ray.orders import DecodeState, confidence, margin, neg_entropy
+from aop_ray.precision import autocast
 from aop_ray.tasks import Instances, Task, mask_id
 
 FEATURES = ("confidence", "margin", "entropy")  # columns of obs["features"]
@@ -81,13 +82,22 @@ class Outcome:
 class UnmaskBatch:
     """`n` boards being unmasked by one frozen denoiser."""
 
-    def __init__(self, denoiser: nn.Module, task: Task, instances: Instances, n: int, reward: RewardConfig) -> None:
+    def __init__(
+        self,
+        denoiser: nn.Module,
+        task: Task,
+        instances: Instances,
+        n: int,
+        reward: RewardConfig,
+        precision: str = "auto",
+    ) -> None:
         """The boards live on the CPU (observations are numpy arrays); only the forward runs where the
         denoiser is: a step moves n*L token ids there and n*L*V logits back."""
         if len(instances) == 0:
             raise InputError("the environment's data holds no instances")
         self.denoiser, self.task, self.instances, self.reward = denoiser, task, instances, reward
         self.device = next(denoiser.parameters()).device
+        self.precision = precision
         self.mask_id = mask_id(task)
         length = task.seq_len
         self.tokens = torch.full((n, length), self.mask_id, dtype=torch.long)
@@ -115,7 +125,8 @@ class UnmaskBatch:
     @torch.no_grad()
     def refresh(self) -> None:
         """The one denoiser forward per step: logits for filling cells, features for the observation."""
-        self.logits = self.denoiser(self.tokens.to(self.device)).float().cpu()
+        with autocast(self.precision, self.device):
+            self.logits = self.denoiser(self.tokens.to(self.device)).float().cpu()
         state = DecodeState(tokens=self.tokens, masked=self.masked, logits=self.logits, hidden=None, step=0)
         self.features = torch.stack([confidence(state), margin(state), -neg_entropy(state)], dim=-1)
 

@@ -14,7 +14,8 @@ denoiser fills it (argmax, or sampled at `token_temperature`). Reward: see
 action pays a penalty by default, or raises with `illegal_action="error"`). An episode is
 one instance and ends when nothing is masked (truncated after 2L steps, which only illegal
 actions can reach). `device="cuda"` runs the denoiser forward on a GPU; the boards and the
-observations stay on the host.
+observations stay on the host. `precision` ("auto", "fp32", "bf16") is the forward's, as for
+`evaluate --precision` (aop_ray/precision.py); observations are fp32 either way.
 
 The task (Sudoku size, vocabulary) comes from the checkpoint, never from a flag.
 """
@@ -32,6 +33,7 @@ from gymnasium.vector.utils import batch_space
 
 from aop_ray import checkpoints, data
 from aop_ray.errors import InputError
+from aop_ray.precision import resolve
 from aop_ray.tasks import Task, input_vocab_size
 from envs.state import FEATURES, RewardConfig, UnmaskBatch, feature_bounds
 
@@ -81,6 +83,7 @@ class _Episodes:
         puzzles: str,
         limit: int | None,
         device: str,
+        precision: str,
     ) -> None:
         if puzzles not in PUZZLE_ORDERS:
             raise InputError(f"puzzles: must be one of {', '.join(PUZZLE_ORDERS)}, got {puzzles!r}")
@@ -90,12 +93,13 @@ class _Episodes:
             where = torch.device(device)
         except RuntimeError:
             raise InputError(f"device: not a torch device: {device!r}") from None
+        resolve(precision, where)  # refuses a bad value now, not at the first step
         denoiser, self.task, _ = checkpoints.load_denoiser(denoiser_checkpoint, map_location=where)
         instances = data.load_instances(self.task, data_path)
         if limit is not None:
             instances = instances.take(slice(0, limit))
         reward = RewardConfig(dense=dense_reward, dense_weight=dense_weight, illegal=illegal_action)  # type: ignore[arg-type]
-        self.batch = UnmaskBatch(denoiser, self.task, instances, n, reward)
+        self.batch = UnmaskBatch(denoiser, self.task, instances, n, reward, precision)
         self.token_temperature = token_temperature
         self.puzzles = puzzles
         self.next = 0
@@ -138,6 +142,7 @@ def _kwargs(
     puzzles: str,
     limit: int | None,
     device: str,
+    precision: str,
 ) -> dict[str, Any]:
     return {
         "dense_reward": dense_reward,
@@ -147,6 +152,7 @@ def _kwargs(
         "puzzles": puzzles,
         "limit": limit,
         "device": device,
+        "precision": precision,
     }
 
 
@@ -168,6 +174,7 @@ class UnmaskEnv(gym.Env):
         limit: int | None = None,
         render_mode: str | None = None,
         device: str = "cpu",
+        precision: Literal["auto", "fp32", "bf16"] = "auto",
     ) -> None:
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise InputError(f"render_mode: must be one of {self.metadata['render_modes']}, got {render_mode!r}")
@@ -175,7 +182,7 @@ class UnmaskEnv(gym.Env):
             str(denoiser_checkpoint),
             str(data),
             1,
-            **_kwargs(dense_reward, dense_weight, illegal_action, token_temperature, puzzles, limit, device),
+            **_kwargs(dense_reward, dense_weight, illegal_action, token_temperature, puzzles, limit, device, precision),
         )
         self.task = self.episodes.task
         self.render_mode = render_mode
@@ -248,6 +255,7 @@ class UnmaskVectorEnv(VectorEnv):
         limit: int | None = None,
         render_mode: str | None = None,
         device: str = "cpu",
+        precision: Literal["auto", "fp32", "bf16"] = "auto",
     ) -> None:
         if num_envs < 1:
             raise InputError(f"num_envs: must be >= 1, got {num_envs}")
@@ -255,7 +263,7 @@ class UnmaskVectorEnv(VectorEnv):
             str(denoiser_checkpoint),
             str(data),
             num_envs,
-            **_kwargs(dense_reward, dense_weight, illegal_action, token_temperature, puzzles, limit, device),
+            **_kwargs(dense_reward, dense_weight, illegal_action, token_temperature, puzzles, limit, device, precision),
         )
         self.task = self.episodes.task
         self.num_envs = num_envs

@@ -19,6 +19,7 @@ CORE = [
     "aop_ray.sampling",
     "aop_ray.aop",
     "aop_ray.grpo",
+    "aop_ray.precision",
 ]
 SHELLS = ("ray", "mlflow", "aop_ray.tracking", "aop_ray.training", "aop_ray.tune", "aop_ray.ray_session")
 

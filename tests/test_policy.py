@@ -1,6 +1,7 @@
 """The learned order, the Sudoku rule features and `singles`, trajectories, policy checkpoints."""
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -13,9 +14,18 @@ from aop_ray.config import TOKEN_AXIS_FEATURES, AopConfig, ModelConfig, PolicyCo
 from aop_ray.errors import InputError
 from aop_ray.losses import correctness_loss, pairwise_rank_loss
 from aop_ray.models.denoiser import Denoiser
-from aop_ray.models.policy import Policy, TokenAxisPolicy, make_policy
+from aop_ray.models.policy import (
+    Policy,
+    TokenAxisPolicy,
+    group_pooled,
+    make_policy,
+    position_stats,
+    revealed_one_hot,
+)
+from aop_ray.models.transformer import registered_groups
 from aop_ray.orders import DecodeState, get_order, margin, select
 from aop_ray.sampling import teacher_forced_state, unmask
+from aop_ray.tasks.protein import Protein
 from aop_ray.tasks.sat import Sat
 
 SMALL = ModelConfig(d_model=16, n_layers=1, n_heads=2, ff_mult=2)
@@ -90,6 +100,75 @@ def test_token_axis_policy_is_invariant_under_the_tasks_symmetries(sudoku9):
     assert 0 < kept.sum() < len(kept)
     torch.testing.assert_close(moved_scores[kept], scores.gather(1, index)[kept], rtol=1e-4, atol=1e-4)
     assert not torch.allclose(moved_scores[~kept], scores.gather(1, index)[~kept], atol=1e-3)
+
+
+def reference_token_axis(policy: TokenAxisPolicy, state: DecodeState) -> torch.Tensor:
+    """The token-axis encoder as its docstring defines it, every concatenation built: each (position, token)
+    pair's features and each round's input [h, G peer means, mean and max over tokens] in full. The module
+    computes the same function without materialising them; this is what it must equal."""
+    groups = registered_groups(policy)
+    n_groups, length = len(groups), state.tokens.shape[1]
+    peers = group_pooled(torch.ones(1, length, 1), groups).clamp(min=1)[:, :, :, None, None]  # (1, L, G, 1, 1)
+
+    def peer_mean(x: torch.Tensor) -> torch.Tensor:  # (B, L, V, C) -> (B, L, V, G*C)
+        b, l, v, c = x.shape
+        pooled = group_pooled(x.reshape(b, l, v * c), groups).reshape(b, l, n_groups, v, c) / peers
+        return pooled.transpose(2, 3).reshape(b, l, v, n_groups * c)
+
+    probs, masked = state.probs.float(), state.masked
+    vocab = probs.shape[-1]
+    revealed = revealed_one_hot(state.tokens, masked, vocab, probs.dtype)
+    stats = position_stats(probs, masked)
+    per_token = lambda value: value[..., None, None].expand(-1, -1, vocab, 1)  # noqa: E731
+    belief = revealed + probs * masked[..., None]
+    pairs = torch.cat(
+        [
+            (probs * masked[..., None])[..., None],
+            revealed[..., None],
+            per_token(masked.float()),
+            peer_mean(revealed[..., None]),
+            peer_mean(belief[..., None]),
+            per_token(stats[..., 1]),
+            per_token(stats[..., 4]),
+        ],
+        dim=-1,
+    )
+    h = policy.embed(pairs)
+    for layer in policy.rounds:
+        mixed = [h, peer_mean(h), h.mean(2, keepdim=True).expand_as(h), h.amax(2, keepdim=True).expand_as(h)]
+        h = h + layer(torch.cat(mixed, dim=-1))
+    readout = [h.mean(2), h.amax(2), stats]
+    if policy.cfg.task_features:
+        readout.append(policy.task.policy_features(state.tokens, probs, policy.cfg.task_features).float())
+    return 50.0 * margin(state) + policy.head(torch.cat(readout, dim=-1)).squeeze(-1)
+
+
+@pytest.mark.parametrize("task_name", ["sudoku4", "sudoku9", "protein"])
+def test_token_axis_policy_computes_its_definition(task_name, request):
+    """The fast path (no concatenation, group totals spread by matmul, position-major) equals the definition
+    written out, on random weights everywhere (so every column of every layer counts), for Sudoku's three
+    group kinds and for a protein's one-position groups (no peers at all)."""
+    task = Protein(length=12) if task_name == "protein" else request.getfixturevalue(task_name)
+    torch.manual_seed(0)
+    policy = make_policy(task, 16, dataclasses.replace(TOKEN_AXIS, n_layers=2)).eval()
+    with torch.no_grad():
+        for p in policy.parameters():
+            if p.requires_grad:
+                p.normal_(0, 0.5)
+        policy.log_scale.fill_(math.log(50.0))
+    if task_name == "protein":
+        g = torch.Generator().manual_seed(4)
+        target = torch.randint(0, task.vocab_size, (5, task.length), generator=g)
+        masked = torch.rand(target.shape, generator=g) < 0.5
+        tokens = torch.where(masked, task.vocab_size, target)
+        logits = torch.randn(*tokens.shape, task.vocab_size, generator=g) * 3
+        state = DecodeState(tokens=tokens, masked=masked, logits=logits, hidden=None, step=0)
+    else:
+        state, _ = random_state(task, 5)
+    with torch.no_grad():
+        fast, reference = policy(state), reference_token_axis(policy, state)
+    assert reference.std() > 1.0  # the residual is far from zero
+    torch.testing.assert_close(fast, reference, rtol=1e-5, atol=1e-4)
 
 
 def test_token_axis_encoder_refusals():

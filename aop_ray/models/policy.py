@@ -174,6 +174,14 @@ class Policy(StructuredTransformer):
         return over_base(self.log_scale, self.base, state, residual)
 
 
+def accumulate(out: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, alpha: float = 1.0) -> None:
+    """out += alpha * x @ weight.T over the last axes, in place (no new activation-sized tensor), in `out`'s
+    dtype: bf16 under autocast, which does not cast in-place ops itself."""
+    out.view(-1, weight.shape[0]).addmm_(
+        x.reshape(-1, weight.shape[1]).to(out.dtype), weight.t().to(out.dtype), alpha=alpha
+    )
+
+
 def mlp(d_in: int, d_out: int, d_hidden: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d_hidden), nn.GELU(), nn.Linear(d_hidden, d_out))
 
@@ -201,7 +209,7 @@ class TokenAxisPolicy(nn.Module):
         n_groups, width = len(self.group_names), cfg.d_model
         ones = torch.ones(1, task.seq_len, 1, device="cpu")  # structure data, on the CPU even in a meta context
         peers = group_pooled(ones, registered_groups(self)).clamp(min=1)  # (1, L, G)
-        self.register_buffer("peers", peers[:, :, None, :, None], persistent=False)  # (1, L, 1, G, 1)
+        self._register_structure(registered_groups(self), peers[0])
         self.embed = mlp(3 + 2 * n_groups + 2, width, 2 * width)
         self.rounds = nn.ModuleList(mlp((3 + n_groups) * width, width, 2 * width) for _ in range(cfg.n_layers))
         self.head = mlp(2 * width + 5 + len(cfg.task_features), 1, 2 * width)
@@ -210,47 +218,83 @@ class TokenAxisPolicy(nn.Module):
         self.log_scale = base_log_scale(cfg)
         self.base = HEURISTICS[cfg.base_order]
 
-    def peer_mean(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, L, V, W) -> (B, L, V, G*W): per group, the mean over the position's peers of the same token."""
-        b, length, vocab, width = x.shape
-        pooled = group_pooled(x.reshape(b, length, vocab * width), registered_groups(self))
-        pooled = pooled.reshape(b, length, len(self.group_names), vocab, width).transpose(2, 3)
-        peers = self.get_buffer("peers")
-        return (pooled / peers).reshape(b, length, vocab, -1)
+    def _register_structure(self, groups: list[torch.Tensor], peers: torch.Tensor) -> None:
+        """The structure matrices of `peer_linear`: `member` (K, L) sums each group's positions (the K groups of
+        every kind, kind by kind), `spread` (L, K) hands each position its groups' totals times 1 / peers."""
+        scale = 1.0 / peers  # (L, G)
+        if not torch.equal(scale, scale[:1].expand_as(scale)):
+            raise InputError("policy.encoder: token_axis needs the groups of each kind to be of one size")
+        kinds = [torch.nn.functional.one_hot(ids, int(ids.max()) + 1).float() for ids in groups]  # (L, K_g) each
+        self.kind_sizes = [kind.shape[1] for kind in kinds]
+        self.register_buffer("member", torch.cat(kinds, dim=1).t().contiguous(), persistent=False)
+        self.register_buffer(
+            "spread", torch.cat([k * scale[:, g, None] for g, k in enumerate(kinds)], 1), persistent=False
+        )
+        self.register_buffer("peer_scale", scale[0].clone(), persistent=False)  # (G,)
+
+    def peer_linear(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """(L, B, V, O): sum over the group kinds g of (mean of `x` (L, B, V, C) over the position's group-g peers,
+        same token) @ weight[:, g].T, for `weight` (O, G, C).
+
+        The peer mean is s * (group total - own value), linear in x, so the weight is applied to the few group
+        totals (27 for Sudoku, against 81 positions x 9 tokens), which one matmul spreads back to the positions,
+        and the own-value part is one more matmul: the (L, B, V, G x C) concatenation of the peer means, which
+        made this layer memory-bound on a CPU, is never built. Positions lead the layout so that both
+        structure sums are single matmuls over the position axis."""
+        length, batch, vocab, width = x.shape
+        totals = self.get_buffer("member") @ x.reshape(length, -1)  # (K, B V C)
+        projected = torch.cat(
+            [part.reshape(-1, width) @ weight[:, g].t() for g, part in enumerate(totals.split(self.kind_sizes))]
+        )  # (K B V, O)
+        spread = self.get_buffer("spread") @ projected.view(totals.shape[0], -1)  # (L, B V O)
+        own = torch.einsum("ogc,g->oc", weight, self.get_buffer("peer_scale"))
+        accumulate(spread, x, own, alpha=-1)
+        return spread.view(length, batch, vocab, -1)
+
+    def embed_pairs(
+        self, probs: torch.Tensor, revealed: torch.Tensor, masked: torch.Tensor, stats: torch.Tensor
+    ) -> torch.Tensor:
+        """`embed` of every (position, token) pair, position-major (L, B, V, W). Its input columns are
+        [probs if masked, revealed, mask flag, G x revealed peers, G x belief peers, margin, fraction masked];
+        the per-position ones are applied once per position, not once per token."""
+        first, second = self.embed[0], self.embed[2]
+        assert isinstance(first, nn.Linear) and isinstance(second, nn.Linear)
+        n_groups, weight = len(self.group_names), first.weight
+        belief = revealed + probs * masked[..., None]  # as in group_probs: revealed peers count as one-hot
+        peer_w = weight[:, 3 : 3 + 2 * n_groups].reshape(-1, 2, n_groups).transpose(1, 2)  # (O, G, 2)
+        hidden = self.peer_linear(torch.stack([revealed, belief], dim=-1), peer_w)
+        own = torch.stack([probs * masked[..., None], revealed], dim=-1)
+        accumulate(hidden, own, weight[:, :2])
+        per_position = torch.stack([masked.float(), stats[..., 1], stats[..., 4]], dim=-1)
+        columns = [2, 3 + 2 * n_groups, 4 + 2 * n_groups]
+        per_position = torch.addmm(first.bias, per_position.view(-1, 3), weight[:, columns].t())
+        hidden += per_position.view(*masked.shape, 1, -1)
+        return second(nn.functional.gelu(hidden))
+
+    def round(self, layer: nn.Module, h: torch.Tensor) -> torch.Tensor:
+        """`h + layer([h, G x peer means of h, mean over tokens, max over tokens])` on h (L, B, V, W), the
+        concatenation never built (`peer_linear`), its per-position columns applied once per position."""
+        length, batch, vocab, width = h.shape
+        assert isinstance(layer, nn.Sequential)
+        first, second = layer[0], layer[2]
+        assert isinstance(first, nn.Linear) and isinstance(second, nn.Linear)
+        n_groups, weight = len(self.group_names), first.weight
+        local = (1 + n_groups) * width
+        hidden = self.peer_linear(h, weight[:, width:local].reshape(-1, n_groups, width))
+        accumulate(hidden, h, weight[:, :width])
+        pooled = torch.cat([h.mean(2), h.amax(2)], dim=-1).view(-1, 2 * width)
+        hidden += torch.addmm(first.bias, pooled, weight[:, local:].t()).view(length, batch, 1, -1)
+        return h + second(nn.functional.gelu(hidden))
 
     def forward(self, state: DecodeState) -> torch.Tensor:
         probs, masked = state.probs.float(), state.masked
         vocab = probs.shape[-1]
         revealed = revealed_one_hot(state.tokens, masked, vocab, probs.dtype)
         stats = position_stats(probs, masked)
-        per_token = lambda value: value[..., None, None].expand(-1, -1, vocab, 1)  # noqa: E731
-        belief = revealed + probs * masked[..., None]  # as in group_probs: revealed peers count as one-hot
-        pairs = torch.cat(
-            [
-                (probs * masked[..., None])[..., None],
-                revealed[..., None],
-                per_token(masked.float()),
-                self.peer_mean(revealed[..., None]),
-                self.peer_mean(belief[..., None]),
-                per_token(stats[..., 1]),
-                per_token(stats[..., 4]),
-            ],
-            dim=-1,
-        )
-        h = self.embed(pairs)
+        h = self.embed_pairs(*(t.transpose(0, 1) for t in (probs, revealed, masked, stats)))
         for layer in self.rounds:
-            h = h + layer(
-                torch.cat(
-                    [
-                        h,
-                        self.peer_mean(h),
-                        h.mean(2, keepdim=True).expand_as(h),
-                        h.max(2, keepdim=True).values.expand_as(h),
-                    ],
-                    dim=-1,
-                )
-            )
-        readout = [h.mean(2), h.max(2).values, stats]
+            h = self.round(layer, h)
+        readout = [h.mean(2).transpose(0, 1), h.amax(2).transpose(0, 1), stats]
         if self.cfg.task_features:
             readout.append(self.task.policy_features(state.tokens, probs, self.cfg.task_features).float())
         residual = self.head(torch.cat(readout, dim=-1)).squeeze(-1)

@@ -8,7 +8,6 @@ and noise are functions of (seed, rank, step), so a resumed run continues the sa
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import math
@@ -21,7 +20,8 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from aop_ray import checkpoints
+from aop_ray import checkpoints, precision
+from aop_ray.allocator import keep_freed_memory
 from aop_ray.aop import Trajectories, aop_step, chosen_costs, uniform_states
 from aop_ray.cli import say
 from aop_ray.config import Config, TrainConfig
@@ -31,7 +31,7 @@ from aop_ray.losses import denoiser_loss
 from aop_ray.models.denoiser import build_denoiser, frozen_pretrained
 from aop_ray.models.policy import PolicyNet, make_policy
 from aop_ray.orders import Order, get_order, order_names
-from aop_ray.sampling import decode_dataset
+from aop_ray.sampling import DEFAULT_DECODE, decode_dataset
 from aop_ray.tasks import mask_id
 from aop_ray.tracking import Tracker
 
@@ -109,12 +109,6 @@ def _load_last_good(
     raise InputError(f"no readable checkpoint to resume from in {parent}: " + "; ".join(errors))
 
 
-def _autocast(device: torch.device) -> contextlib.AbstractContextManager:
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
 def _all_sum(values: list[float], device: torch.device) -> list[float]:
     import torch.distributed as dist
 
@@ -146,16 +140,16 @@ def _validate(
     x, f, y = (torch.tensor(val[k][rows]).to(device) for k in ("tokens", "fixed", "target"))
     solved = accurate = 0.0
     if len(x):
-        with _autocast(device):
-            decoded = decode_dataset(
-                denoiser,
-                task,
-                x,
-                f,
-                y,
-                order,
-                generator=torch.Generator().manual_seed(cfg.train.seed),
-            )
+        decoded = decode_dataset(
+            denoiser,
+            task,
+            x,
+            f,
+            y,
+            order,
+            dataclasses.replace(DEFAULT_DECODE, precision=cfg.train.precision),
+            generator=torch.Generator().manual_seed(cfg.train.seed),
+        )
         solved, accurate = decoded.solved.float().sum().item(), decoded.cell_accuracy.sum().item()
     solved, accurate, n = _all_sum([solved, accurate, float(len(x))], device)  # exact over unequal slices
     solve, acc = solved / n, accurate / n
@@ -312,6 +306,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     import ray.train.torch
 
     _quiet_ray_train()
+    keep_freed_memory()  # a Ray worker is its own process (aop_ray/allocator.py)
     cfg = Config.from_dict(loop_config["config"])
     inputs = ray.get(loop_config["inputs"])  # train set, validation set, denoiser weights: from the driver
     torch.set_num_threads(cfg.ray.torch_threads)
@@ -359,7 +354,11 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     if torch.distributed.is_initialized():
         torch.distributed.all_gather_object(nodes, nodes[0])
     if rank == 0:
-        say(f"{world} worker(s) on {len(set(nodes))} node(s), device {device.type}")
+        say(
+            f"{world} worker(s) on {len(set(nodes))} node(s), device {device.type}, "
+            + precision.describe(tc.precision, device)
+        )
+        tracker.set_tag("aop_ray.precision", precision.resolve(tc.precision, device))
 
     # Batches and noise are functions of (seed, rank, step): a resumed run continues the same run.
     generator = torch.Generator()
@@ -391,7 +390,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         factor = lr_at(step, tc) / tc.lr
         for group in optimizer.param_groups:
             group["lr"] = group["base_lr"] * factor
-        with _autocast(device):
+        with precision.autocast(tc.precision, device):
             loss, stats = STEPS[stage](models, x0, fixed, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
