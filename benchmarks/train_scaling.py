@@ -116,7 +116,7 @@ def run(
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
-    rates = [float(m) for m in re.findall(r"\[aop-ray\] step=\d+ .*?samples_per_s=([0-9.e+]+)", proc.stdout)]
+    rates = [float(m) for m in re.findall(r"\[aop-ray\] step \d+/\d+ .*?samples_per_s=([0-9.e+]+)", proc.stdout)]
     return rates[1:]  # the first window includes start-up
 
 

@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
-from aop_ray import checkpoints
+from aop_ray import checkpoints, precision
 
 from conftest import ROOT, call_cli, run_cli
 
@@ -24,6 +25,13 @@ def metric_history(workdir: Path, run_name: str, key: str) -> list:
     run_id = json.loads((workdir / "runs" / run_name / "aop_run.json").read_text())["mlflow_run_id"]
     client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
     return client.get_metric_history(run_id, key)
+
+
+def run_tags(workdir: Path, run_name: str) -> dict[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    run_id = json.loads((workdir / "runs" / run_name / "aop_run.json").read_text())["mlflow_run_id"]
+    return MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}").get_run(run_id).data.tags
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +68,7 @@ def test_policy_from_scratch_picks_better_cells_than_random(trained, from_scratc
         assert len(metric_history(trained, name, f"val_chosen_error/{order}")) == 3
     manifest = checkpoints.read_manifest(trained / "runs" / name / "final")
     assert manifest["kind"] == "policy" and manifest["step"] == 60
+    assert run_tags(trained, name)["aop_ray.precision"] == precision.resolve("auto", torch.device("cpu"))
     assert manifest["policy"]["base_scale"] == 0 and manifest["policy"]["features"] == ["probs", "stats"]
 
 

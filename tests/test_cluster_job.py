@@ -124,7 +124,7 @@ def test_main_job_runs_on_two_nodes_and_leaves_its_outputs_where_pointed(cluster
         "ray.placement_strategy=STRICT_SPREAD",
     )
     assert code == 0 and "succeeded" in console.lower(), console[-5000:]
-    assert "2 worker(s) on 2 node(s)" in console, console[-5000:]
+    assert "2 worker(s) on 2 node(s), device cpu, precision " in console, console[-5000:]
     assert console.count("step 20/20 ") == 1  # one progress line per report, from rank 0 only
     assert "Traceback" not in console and not RAY_ERROR_LINE.search(console), console[-5000:]
     (final,) = (out / "runs").glob("quick-*-policy/final/manifest.json")

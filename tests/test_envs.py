@@ -113,6 +113,21 @@ def test_bad_constructor_arguments_name_the_argument(world):
         gym.make("aop/Unmask-v0", denoiser_checkpoint=str(world[0]), data="/nonexistent")
     with pytest.raises(InputError, match="device: not a torch device: 'gpu0'"):
         make(world, device="gpu0")
+    with pytest.raises(InputError, match="precision: must be one of auto, fp32, bf16, got 'fp16'"):
+        make(world, precision="fp16")
+
+
+def test_a_bf16_env_plays_the_same_episode_interface(world):
+    """`precision="bf16"` runs the forward under bf16 autocast; observations stay float32 and in their space."""
+    env = make(world, precision="bf16", puzzles="sequential")
+    obs, _ = env.reset(seed=0)
+    assert obs["features"].dtype == np.float32 and env.observation_space.contains(obs)
+    done = False
+    while not done:
+        obs, reward, terminated, truncated, _ = env.step(int(np.flatnonzero(obs["action_mask"])[0]))
+        assert env.observation_space.contains(obs)
+        done = terminated or truncated
+    assert terminated and not obs["action_mask"].any()
 
 
 def test_vector_env_matches_single_envs_step_for_step(world):

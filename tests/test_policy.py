@@ -111,9 +111,9 @@ def reference_token_axis(policy: TokenAxisPolicy, state: DecodeState) -> torch.T
     peers = group_pooled(torch.ones(1, length, 1), groups).clamp(min=1)[:, :, :, None, None]  # (1, L, G, 1, 1)
 
     def peer_mean(x: torch.Tensor) -> torch.Tensor:  # (B, L, V, C) -> (B, L, V, G*C)
-        b, l, v, c = x.shape
-        pooled = group_pooled(x.reshape(b, l, v * c), groups).reshape(b, l, n_groups, v, c) / peers
-        return pooled.transpose(2, 3).reshape(b, l, v, n_groups * c)
+        b, positions, v, c = x.shape
+        pooled = group_pooled(x.reshape(b, positions, v * c), groups).reshape(b, positions, n_groups, v, c) / peers
+        return pooled.transpose(2, 3).reshape(b, positions, v, n_groups * c)
 
     probs, masked = state.probs.float(), state.masked
     vocab = probs.shape[-1]

@@ -181,9 +181,10 @@ class _States:
         fixed, target = self._draw(self.cfg.aop.trajectory_instances)
         was_training = denoiser.training
         denoiser.eval()
-        new = Trajectories.collect(
-            denoiser, order, torch.where(fixed, target, self.mask_id), fixed, target, self.mask_id
-        )
+        with precision.autocast(self.cfg.train.precision, self.device):
+            new = Trajectories.collect(
+                denoiser, order, torch.where(fixed, target, self.mask_id), fixed, target, self.mask_id
+            )
         denoiser.train(was_training)
         self.trajectories = new if self.trajectories is None else Trajectories.concat([self.trajectories, new])
 
@@ -432,7 +433,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
                 module.eval()
             metrics.update(_validate(denoiser, eval_order, cfg, val, rank, world, device))
             if policy is not None:
-                metrics.update(_diagnostics(denoiser, policy, task, val, rank, world, device))
+                with precision.autocast(tc.precision, device):
+                    metrics.update(_diagnostics(denoiser, policy, task, val, rank, world, device))
             for module, _ in trained.values():
                 module.train()
         window, window_n, window_start = {}, 0, time.perf_counter()
