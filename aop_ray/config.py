@@ -304,8 +304,9 @@ class TrainConfig:
     eval_instances: int = 200
     eval_order: str = "margin"
     # Network forwards (and backward) in bf16 autocast or fp32; auto: bf16 where the device has bf16 units
-    # (aop_ray/precision.py). Losses and checkpoints stay fp32 either way.
-    precision: Precision = "auto"
+    # (aop_ray/precision.py). fp32 by default: a denoiser trained under bf16 autocast trailed fp32 at every
+    # logged step of docs/results/precision.md. Losses and checkpoints stay fp32 either way.
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         _positive(self, "steps", "batch_size", "log_every", "checkpoint_every", "checkpoint_keep", where="train")

@@ -43,7 +43,7 @@ from aop_ray.allocator import keep_freed_memory
 OUT = ROOT / "out" / "precision"
 REPORT = ROOT / "docs" / "results" / "precision.md"
 DENOISER_CONFIG = "tune_configs/sudoku9_denoiser.yaml"
-PROGRESS = re.compile(r"step (\d+)/\d+ loss=([0-9.e+-]+) samples_per_s=([0-9.e+-]+)(?: val_solve_rate=([0-9.e+-]+))?")
+PROGRESS = re.compile(r"step +(\d+)/\d+ loss=([0-9.e+-]+) samples_per_s=([0-9.e+-]+)(?: val_solve_rate=([0-9.e+-]+))?")
 
 
 def record(part: str, command: str, results: dict) -> None:
@@ -86,7 +86,7 @@ def train_run(precision: str, steps: int, workdir: Path) -> dict:
         for s, loss, rate, v in PROGRESS.findall(proc.stdout)
     ]
     first = next((ln for ln in proc.stdout.splitlines() if "worker(s) on" in ln), "")
-    return {"precision": precision, "seconds": seconds, "curve": curve, "first_line": first.strip()}
+    return {"precision": precision, "seconds": seconds, "curve": curve, "first_line": first[first.find("[aop-ray]") :]}
 
 
 def part_train(args: argparse.Namespace) -> None:
@@ -162,6 +162,13 @@ def matmul_peak(dtype, n: int = 2048) -> float:
     return 2 * n**3 / best(lambda: a @ b, 3) / 1e9
 
 
+def fixed_set_tokens(task, n: int):
+    """The first `n` hard puzzles' tokens."""
+    from aop_ray import data
+
+    return data.load_instances(task, ROOT / hard_set()).tokens[:n]
+
+
 def compile_gain(module, argument) -> dict:
     """Seconds of one call eager and under `torch.compile` (inductor, C++ on the CPU), and the compile time."""
     import torch
@@ -232,7 +239,7 @@ def part_speed(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     keep_freed_memory()
-    results: dict = {"threads": args.threads, "puzzles": args.puzzles}
+    results: dict = {"threads": args.threads, "puzzles": args.puzzles, "overhead_batch": args.overhead_batch}
     results["matmul_gflops"] = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
     print("matmul", results["matmul_gflops"], flush=True)
 
@@ -252,13 +259,14 @@ def part_speed(args: argparse.Namespace) -> None:
         print("decode", name, decode[name], flush=True)
     results["decode_per_s"] = decode
 
-    overhead = {}
+    overhead, batch_tokens = {}, torch.as_tensor(fixed_set_tokens(task, args.overhead_batch))
     for name in ("confidence", "learned"):
-        m = measure(denoiser, get_order(name, policy=policy, task=task), tokens, task.vocab_size, 3, name == "learned")
+        order = get_order(name, policy=policy, task=task)
+        m = measure(denoiser, order, batch_tokens, task.vocab_size, 2, name == "learned")
         overhead[name] = {k: m[k] for k in ("rollout", "forwards", "ratio", "policy", "steps")}
         print("overhead", name, overhead[name], flush=True)
     definition = lambda state: reference_token_axis(policy, state)  # noqa: E731
-    m = measure(denoiser, definition, tokens, task.vocab_size, 3, True)
+    m = measure(denoiser, definition, batch_tokens, task.vocab_size, 2, True)
     overhead["learned, as defined (every concatenation built)"] = {
         k: m[k] for k in ("rollout", "forwards", "ratio", "policy", "steps")
     }
@@ -417,7 +425,8 @@ def speed_sections(speed: dict) -> list[str]:
     lines += [
         "",
         "Measured as in `benchmarks/sampler_overhead.py` (every denoiser and policy call timed where it runs), "
-        "medians of 3 rollouts of the hard puzzles. The last row runs the policy as `tests/test_policy.py` writes "
+        f"medians of 2 rollouts of the first {speed['overhead_batch']} hard puzzles in one batch. The last row "
+        "runs the policy as `tests/test_policy.py` writes "
         "out its definition, every concatenation built, as the module computed it before this change.",
         "",
         f"Same decisions: on the first {same['puzzles']} hard puzzles, {same['identical_rollouts']} rollouts are "
@@ -432,7 +441,7 @@ def speed_sections(speed: dict) -> list[str]:
     learned = speed["overhead"]["learned"]
     steps = learned["steps"]
     lines.append(
-        f"| decoding (one step, batch of {speed.get('puzzles', 64)}) | denoiser forward | "
+        f"| decoding (one step of a batch of {speed['overhead_batch']}, the mean) | denoiser forward | "
         f"{learned['forwards'] / steps:.4f} |"
     )
     lines.append(f"| | policy forward (features, pooling, trunk) | {learned['policy'] / steps:.4f} |")
@@ -544,6 +553,9 @@ def main() -> int:
     parser.add_argument("--puzzles", type=int, default=64, help="speed: hard puzzles decoded per timing (default 64)")
     parser.add_argument(
         "--same", type=int, default=256, help="speed: puzzles decoded by both policy forms (default 256)"
+    )
+    parser.add_argument(
+        "--overhead-batch", type=int, default=256, help="speed: rollout batch of the overhead ratio (default 256)"
     )
     parser.add_argument("--train-batch", type=int, default=64, help="speed: samples per training step (default 64)")
     args = parser.parse_args()

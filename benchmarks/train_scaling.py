@@ -7,9 +7,10 @@ Runs the real training entry point, `python -m aop_ray.train --config CONFIG`, f
 (denoiser: tune_configs/sudoku9_denoiser.yaml; policy: tune_configs/sudoku9_policy.yaml on the
 committed denoiser) at the config's global batch, in one invocation. On CPU the layouts are
   1 worker x 2 torch threads, 1 worker x 1 thread, 2 workers x 1 thread (gloo all-reduce);
-with `--gpu`, one worker on one GPU (NCCL, bf16 autocast). samples/s is read from each run's
-progress lines (the global batch over the wall time of a logging window, all ranks); the first
-window holds the start-up (and the policy stage's first trajectory decoding) and is left out.
+with `--gpu`, one worker on one GPU (NCCL; `train.precision=auto`, bf16 autocast where the GPU has bf16
+units). samples/s is read from each run's progress lines (the global batch over the wall time of a
+logging window, all ranks); the first window holds the start-up (and the policy stage's first
+trajectory decoding) and is left out.
 
 Achieved FLOP/s = samples/s x the model FLOPs of one training sample, counted by
 `torch.utils.flop_counter` on one step of the stage's own loss (forward + backward of the trained
@@ -106,6 +107,7 @@ def run(
         f"ray.torch_threads={threads}",
         f"ray.cpus_per_worker={cpus}",
         f"ray.use_gpu={str(gpu).lower()}",
+        f"train.precision={'auto' if gpu else 'fp32'}",  # auto: bf16 on a GPU with bf16 units
         f"data.train.path={ROOT / train}",
         f"data.val.path={ROOT / val}",
     ]
@@ -116,7 +118,7 @@ def run(
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
-    rates = [float(m) for m in re.findall(r"\[aop-ray\] step \d+/\d+ .*?samples_per_s=([0-9.e+]+)", proc.stdout)]
+    rates = [float(m) for m in re.findall(r"\[aop-ray\] step +\d+/\d+ .*?samples_per_s=([0-9.e+]+)", proc.stdout)]
     return rates[1:]  # the first window includes start-up
 
 
