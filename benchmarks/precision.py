@@ -3,6 +3,7 @@
     python benchmarks/precision.py train     # a denoiser trained in bf16 vs fp32, same steps (Ray Train)
     python benchmarks/precision.py quality   # every order on the 1,000 hard puzzles, bf16 vs fp32, paired
     python benchmarks/precision.py speed     # side by side: matmul peak, decode/s, train samples/s, overhead
+    python benchmarks/precision.py compile   # a whole decode with the denoiser eager and under torch.compile
     python benchmarks/precision.py report    # only rewrite the report from the parts measured so far
 
 Each part writes its measurements (with date, machine, command and commit) to out/precision/<part>.json,
@@ -329,6 +330,34 @@ def part_speed(args: argparse.Namespace) -> None:
     record("speed", f"python benchmarks/precision.py speed --threads {args.threads}", results)
 
 
+def part_compile(args: argparse.Namespace) -> None:
+    """A whole greedy decode (confidence, the first --overhead-batch hard puzzles) with the denoiser eager
+    and under `torch.compile(dynamic=True)`, twice each: the first compiled run pays the compile, and
+    decoding shrinks the batch as puzzles finish, so a fixed-shape forward says little on its own."""
+    import torch
+
+    from aop_ray import checkpoints
+    from aop_ray.orders import get_order
+    from aop_ray.sampling import unmask
+
+    torch.set_num_threads(args.threads)
+    keep_freed_memory()
+    denoiser, task, _ = checkpoints.load_denoiser(ROOT / HEADLINE)
+    tokens = torch.as_tensor(fixed_set_tokens(task, args.overhead_batch))
+    order, runs = get_order("confidence"), {}
+    for label, module in (("eager", denoiser), ("compiled", torch.compile(denoiser, dynamic=True))):
+        runs[label] = []
+        for _ in range(2):
+            start = time.perf_counter()
+            rollout = unmask(module, order, tokens, task.vocab_size)
+            runs[label].append(time.perf_counter() - start)
+        runs[label + "_tokens"] = rollout.tokens
+    same = int((runs.pop("eager_tokens") == runs.pop("compiled_tokens")).all(1).sum())
+    print(runs, same, flush=True)
+    command = f"python benchmarks/precision.py compile --threads {args.threads} --overhead-batch {args.overhead_batch}"
+    record("compile", command, {"puzzles": args.overhead_batch, "seconds": runs, "identical_rollouts": same})
+
+
 FORWARD = """
 import json, sys, time, torch
 from aop_ray import checkpoints, data
@@ -468,6 +497,9 @@ def speed_sections(speed: dict) -> list[str]:
             for name, c in compiled.items()
         ),
         "",
+        "One forward at a fixed batch of the first hard puzzles (`--puzzles`), the fastest of 3 after the compile.",
+        *compile_decode_lines(),
+        "",
         "## The allocator",
         "",
         f"The denoiser's forward on 256 boards, each mode in its own process, alternated twice: glibc's defaults "
@@ -475,6 +507,20 @@ def speed_sections(speed: dict) -> list[str]:
         f"(**{speed['allocator']['default'] / speed['allocator']['keep']:.2f}x**).",
     ]
     return lines
+
+
+def compile_decode_lines() -> list[str]:
+    measured = load("compile")
+    if measured is None:
+        return []
+    eager, compiled = measured["seconds"]["eager"], measured["seconds"]["compiled"]
+    return [
+        "",
+        f"A whole confidence decode of {measured['puzzles']} hard puzzles ({provenance(measured)}): eager "
+        f"{eager[0]:.1f} s then {eager[1]:.1f} s; with the denoiser under `torch.compile(dynamic=True)` "
+        f"{compiled[0]:.1f} s (the compile included) then {compiled[1]:.1f} s; "
+        f"{measured['identical_rollouts']} of {measured['puzzles']} rollouts identical.",
+    ]
 
 
 def quality_section(quality: dict) -> list[str]:
@@ -542,7 +588,13 @@ def part_report(args: argparse.Namespace | None = None) -> None:
     print(f"wrote {REPORT}")
 
 
-PARTS = {"train": part_train, "quality": part_quality, "speed": part_speed, "report": part_report}
+PARTS = {
+    "train": part_train,
+    "quality": part_quality,
+    "speed": part_speed,
+    "compile": part_compile,
+    "report": part_report,
+}
 
 
 def main() -> int:

@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
-from aop_ray import checkpoints, precision
+from aop_ray import checkpoints
 
 from conftest import ROOT, call_cli, run_cli
 
@@ -68,7 +67,7 @@ def test_policy_from_scratch_picks_better_cells_than_random(trained, from_scratc
         assert len(metric_history(trained, name, f"val_chosen_error/{order}")) == 3
     manifest = checkpoints.read_manifest(trained / "runs" / name / "final")
     assert manifest["kind"] == "policy" and manifest["step"] == 60
-    assert run_tags(trained, name)["aop_ray.precision"] == precision.resolve("auto", torch.device("cpu"))
+    assert run_tags(trained, name)["aop_ray.precision"] == "fp32"  # train.precision defaults to fp32
     assert manifest["policy"]["base_scale"] == 0 and manifest["policy"]["features"] == ["probs", "stats"]
 
 
