@@ -12,16 +12,19 @@ directories write to the same place. `MLFLOW_TRACKING_URI` or the config's
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import math
 import os
+import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
@@ -96,8 +99,47 @@ def _local_artifact_root(uri: str) -> str | None:
     return None
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+@contextlib.contextmanager
+def _writes_finish() -> Iterator[None]:
+    """Act on a Ctrl-C or SIGTERM that arrives during an MLflow write after the write, not inside it.
+
+    Interrupted mid-transaction, a sqlite store's connection is left holding its write lock, and the
+    `end("KILLED")` that follows in a `finally` then waits on it: an interrupted evaluation hung instead
+    of exiting. Python signal handlers run in the main thread only, so this guards writes made there
+    (a CLI's); Ray Train workers log from another thread, where signals never land."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda number, _: caught.append(number)) for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        if caught:
+            handler = previous[caught[0]]
+            if callable(handler):
+                handler(caught[0], None)  # Python's KeyboardInterrupt, the CLI's Terminated
+            elif handler == signal.SIG_DFL:
+                signal.raise_signal(caught[0])
+
+
+def _uninterrupted(method: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(method)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with _writes_finish():
+            return method(*args, **kwargs)
+
+    return wrapper
+
+
 class Tracker:
-    """One MLflow run. A disabled tracker (`uri=None`) accepts every call and does nothing."""
+    """One MLflow run. A disabled tracker (`uri=None`) accepts every call and does nothing. Its writes
+    finish before a Ctrl-C or SIGTERM is acted on (`_writes_finish`)."""
 
     def __init__(self, uri: str | None, run_id: str | None = None) -> None:
         self.uri = uri
@@ -139,11 +181,13 @@ class Tracker:
             tracker.run_id = found[0].info.run_id
             tracker.reopen()
             return tracker
-        run = client.create_run(exp_id, run_name=run_name, tags=tags)
-        tracker.run_id = run.info.run_id
-        tracker.log_params(params or {})
+        with _writes_finish():
+            run = client.create_run(exp_id, run_name=run_name, tags=tags)
+            tracker.run_id = run.info.run_id
+            tracker.log_params(params or {})
         return tracker
 
+    @_uninterrupted
     def log_params(self, params: dict[str, Any]) -> None:
         if self._client is None or not params:
             return
@@ -163,6 +207,7 @@ class Tracker:
         steps = [m.step for key in keys for m in self._client.get_metric_history(self.run_id, key)]
         self._logged_through = max(steps, default=-1)
 
+    @_uninterrupted
     def log_metrics(self, metrics: dict[str, float], step: int) -> None:
         if self._client is None or step <= self._logged_through:
             return
@@ -177,6 +222,7 @@ class Tracker:
         if items:
             self._client.log_batch(self.run_id, metrics=items)
 
+    @_uninterrupted
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         if self._client is None:
             return
@@ -186,6 +232,7 @@ class Tracker:
         else:
             self._client.log_artifact(self.run_id, str(path), artifact_path)
 
+    @_uninterrupted
     def log_artifact_bytes(self, content: bytes, name: str) -> None:
         """One in-memory file (a heat map) as an artifact at the run's root."""
         if self._client is None:
@@ -196,6 +243,7 @@ class Tracker:
             (Path(tmp) / name).write_bytes(content)
             self._client.log_artifact(self.run_id, str(Path(tmp) / name))
 
+    @_uninterrupted
     def log_dataset(self, arrays: dict[str, np.ndarray], name: str, source: str | Path, context: str) -> None:
         """Record a dataset as the run's input (MLflow's Datasets panel): its name, source path and a
         content digest, so two runs can be checked to have seen the same instances."""
@@ -211,6 +259,7 @@ class Tracker:
             self.run_id, [DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", context)])]
         )
 
+    @_uninterrupted
     def set_tag(self, key: str, value: str) -> None:
         if self._client is not None:
             self._client.set_tag(self.run_id, key, value)
@@ -221,11 +270,13 @@ class Tracker:
             return "MLflow: off (--no-mlflow)"
         return f"MLflow run {self.run_id} at {self.uri}"
 
+    @_uninterrupted
     def reopen(self) -> None:
         """Mark an ended run RUNNING again: a resumed sweep continues its parent run."""
         if self._client is not None and self.run_id is not None:
             self._client.update_run(self.run_id, status="RUNNING")
 
+    @_uninterrupted
     def end(self, status: str = "FINISHED") -> None:
         if self._client is not None and self.run_id is not None:
             self._client.set_terminated(self.run_id, status=status)

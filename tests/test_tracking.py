@@ -1,5 +1,7 @@
 """MLflow URIs: the driver pins relative stores, because Ray workers run in another directory."""
 
+import pytest
+
 from aop_ray.tracking import resolve_uri
 
 
@@ -29,3 +31,22 @@ def test_processes_opening_a_new_sqlite_store_together_all_succeed(tmp_path):
     ]
     results = [proc.communicate(timeout=120) for proc in procs]
     assert [proc.returncode for proc in procs] == [0, 0, 0], [err[-500:] for _, err in results]
+
+
+def test_a_ctrl_c_during_an_mlflow_write_is_acted_on_after_the_write():
+    """Interrupted mid-transaction, a sqlite store stays locked and the run cannot be marked KILLED: the
+    write finishes first, then the KeyboardInterrupt is raised (and a second one nests the same way)."""
+    import signal
+
+    from aop_ray.tracking import _writes_finish
+
+    done = []
+    with pytest.raises(KeyboardInterrupt):
+        with _writes_finish():
+            signal.raise_signal(signal.SIGINT)
+            with _writes_finish():
+                signal.raise_signal(signal.SIGINT)
+                done.append("inner write")
+            done.append("outer write")
+    assert done == ["inner write", "outer write"]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is back
