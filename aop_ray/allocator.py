@@ -3,8 +3,8 @@
 glibc serves each allocation above its mmap threshold (128 KB, rising to at most 32 MB) with a fresh
 `mmap` and returns it with `munmap` when freed. A forward of the 9x9 denoiser on 256 boards allocates
 about 420 MB of activations that way, so every forward page-faults about 100,000 fresh pages, each
-zeroed by the kernel: measured on 2 cores, 102,100 minor faults per forward, and the forward ran 1.3 to
-1.8x faster once the memory was kept (docs/results/precision.md). PyTorch has no caching allocator on
+zeroed by the kernel: measured on 2 cores, 102,100 minor faults per forward, and the forward ran 1.46x
+faster once the memory was kept (docs/results/precision.md). PyTorch has no caching allocator on
 the CPU; this is the cheapest one: tell glibc never to mmap (`M_MMAP_MAX` 0) and not to trim the heap
 below 2 GB of free top (`M_TRIM_THRESHOLD`), so freed blocks are reused by the next op.
 

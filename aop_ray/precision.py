@@ -2,7 +2,7 @@
 
 bf16 halves the bytes every matmul moves and, on hardware with bf16 units (CUDA since Ampere, Intel
 CPUs with AVX512-BF16 or AMX), runs matmuls 2-3x faster. On a CPU without those units oneDNN
-*emulates* bf16, and the same matmul is several times slower than fp32 (measured 62 against 253-323
+*emulates* bf16, and the same matmul is several times slower than fp32 (measured 60 against 241
 GFLOP/s on a 2-core Xeon that hides AVX512-BF16; docs/results/precision.md). So `auto` cannot be
 "bf16 on every CPU": it asks the processor's feature flags. What the flags say is reported in the
 run's first line and in its results, so a number is never read without its precision.
