@@ -15,6 +15,7 @@ policy is the DAgger / on-policy variant.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -27,13 +28,20 @@ from aop_ray.sampling import teacher_forced_state, unmask
 
 @dataclasses.dataclass
 class Trajectories:
-    """Teacher-forced rollouts: the instances, the step each position was revealed at, and its CE then."""
+    """Teacher-forced rollouts: the instances, the step each position was revealed at, and its CE then.
+
+    With `keep_logits`, also the denoiser's logits at every state the rollouts visited. A fixed pool is
+    sampled many times over (1,500 steps of 64 states from 600 Sudoku trajectories of about 50 states each:
+    every state three times), and a frozen denoiser's outputs at a state never change, so a policy step can
+    read them instead of running the denoiser again; collecting already computed each of them once.
+    """
 
     tokens: torch.Tensor  # (N, L) prompt + mask
     fixed: torch.Tensor
     target: torch.Tensor
     step_of: torch.Tensor  # (N, L)
     chosen_ce: torch.Tensor  # (N, L) -log p(reference) when the order revealed the position; 0 for prompt
+    logits: torch.Tensor | None = None  # (S, L, V) at every state, in `all_states` order
 
     @classmethod
     def collect(
@@ -45,31 +53,45 @@ class Trajectories:
         target: torch.Tensor,
         mask_id: int,
         batch_size: int = 256,
+        keep_logits: bool = False,
     ) -> Trajectories:
-        rollouts = [
-            unmask(
-                denoiser,
+        parts = []
+        for lo in range(0, len(tokens), batch_size):
+            recorder = _Recorder(denoiser) if keep_logits else None
+            rollout = unmask(
+                recorder or denoiser,
                 order,
                 tokens[lo : lo + batch_size],
                 mask_id,
                 target=target[lo : lo + batch_size],
                 teacher_force=True,
             )
-            for lo in range(0, len(tokens), batch_size)
-        ]
-        if not rollouts:  # no instances: a worker's slice of a validation set smaller than the worker count
+            parts.append((rollout, recorder))
+        if not parts:  # no instances: a worker's slice of a validation set smaller than the worker count
             return cls(tokens, fixed, target, torch.zeros_like(tokens), torch.zeros(tokens.shape, device=tokens.device))
+        rollouts = [rollout for rollout, _ in parts]
+        logits = None
+        if keep_logits:
+            logits = torch.cat([pool_order(r.step_of, rec.outputs) for r, rec in parts if rec is not None])
         return cls(
             tokens,
             fixed,
             target,
             torch.cat([r.step_of for r in rollouts]),
             torch.cat([-r.logp_target for r in rollouts if r.logp_target is not None]),
+            logits,
         )
 
     @staticmethod
     def concat(parts: list[Trajectories]) -> Trajectories:
-        return Trajectories(*(torch.cat([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Trajectories)))
+        """One pool of `parts`, in order; it keeps logits only if every part has them."""
+        logits = [p.logits for p in parts]
+        joined = {
+            f.name: torch.cat([getattr(p, f.name) for p in parts])
+            for f in dataclasses.fields(Trajectories)
+            if f.name != "logits"
+        }
+        return Trajectories(**joined, logits=None if any(x is None for x in logits) else torch.cat(logits))  # type: ignore[arg-type]
 
     def all_states(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_t, x0) for every state of every trajectory, in order: a fixed evaluation set."""
@@ -79,10 +101,15 @@ class Trajectories:
         step = torch.arange(len(rows), device=n_steps.device) - first
         return teacher_forced_state(self.tokens[rows], self.step_of[rows], self.target[rows], step), self.target[rows]
 
+    def first_states(self) -> torch.Tensor:
+        """(N,) the index of each instance's step-0 state in `all_states` order."""
+        n_steps = self.step_of.max(dim=1).values + 1
+        return n_steps.cumsum(0) - n_steps
+
     def sample(
         self, batch: int, generator: torch.Generator, focus: float = 0.0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(x_t, x0, fixed) for random (instance, step) pairs.
+        """(x_t, x0, index) for random (instance, step) pairs, `index` the state's place in `all_states`.
 
         A `1 - focus` share of the batch is uniform over each instance's steps.
         The `focus` share is prioritised (as in prioritised replay) by the CE of
@@ -105,7 +132,34 @@ class Trajectories:
             step = torch.cat([step, (flat % length).to(rows.device)])
         rows, step = rows.to(self.tokens.device), step.to(self.tokens.device)
         state = teacher_forced_state(self.tokens[rows], self.step_of[rows], self.target[rows], step)
-        return state, self.target[rows], self.fixed[rows]
+        return state, self.target[rows], self.first_states()[rows] + step
+
+
+class _Recorder(nn.Module):
+    """The denoiser, keeping the float logits of every forward it runs (`Trajectories.collect`)."""
+
+    def __init__(self, denoiser: nn.Module) -> None:
+        super().__init__()
+        self.denoiser = denoiser
+        self.outputs: list[torch.Tensor] = []
+
+    def forward(self, tokens: torch.Tensor, return_hidden: bool = False) -> Any:
+        out = self.denoiser(tokens, return_hidden=True) if return_hidden else self.denoiser(tokens)
+        self.outputs.append((out[0] if return_hidden else out).detach().float())
+        return out
+
+
+def pool_order(step_of: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tensor:
+    """(S, L, V) a one-position-per-step rollout's forwards in `all_states` order (instance-major).
+
+    Forward s ran on the instances still decoding at step s (those with more than s free positions),
+    in instance order, so its row r is the state (instance r of them, step s)."""
+    n_steps = step_of.max(dim=1).values + 1
+    first = n_steps.cumsum(0) - n_steps
+    pooled = outputs[0].new_empty(int(n_steps.sum()), *outputs[0].shape[1:])
+    for step, logits in enumerate(outputs):
+        pooled[first[(n_steps > step).nonzero().squeeze(1)] + step] = logits
+    return pooled
 
 
 def uniform_states(x0: torch.Tensor, fixed: torch.Tensor, mask_id: int, generator: torch.Generator) -> torch.Tensor:
@@ -132,6 +186,22 @@ def policy_objective(
     return loss, stats
 
 
+def state_costs(
+    xt: torch.Tensor,
+    logits: torch.Tensor,
+    x0: torch.Tensor,
+    target: str,
+    dead_ends: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """(B, L) the cost of revealing each position of `xt` now: `losses.position_costs`, or for `dead_end`
+    whether the denoiser's argmax there leaves the instance unsolvable (`dead_ends`, the task's solver)."""
+    if target != "dead_end":
+        return position_costs(logits, x0, target)  # type: ignore[arg-type]
+    if dead_ends is None:
+        raise ValueError("aop.target dead_end needs the task's dead_ends")
+    return dead_ends(xt, logits.argmax(-1)).float()
+
+
 def aop_step(
     denoiser: nn.Module,
     policy: nn.Module,
@@ -141,8 +211,14 @@ def aop_step(
     cfg: AopConfig,
     joint: bool,
     shortlist: Order | None = None,
+    logits: torch.Tensor | None = None,
+    dead_ends: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The AOP loss on states `xt` (plus the MDM term in joint training, if `cfg.mdm_lambda`).
+
+    `logits`: the frozen denoiser's outputs at `xt`, when the caller has them (`Trajectories.denoised`);
+    the step then runs no denoiser forward. Policies that read the hidden state cannot use them.
+    `dead_ends`: the task's `dead_ends`, which target `dead_end` asks about the denoiser's argmax.
 
     With `objective: pairwise` the loss ranks the `k` best positions by the
     `shortlist` order (the policy's base heuristic) instead (`losses.pairwise_rank_loss`);
@@ -150,10 +226,15 @@ def aop_step(
     that the denoiser is right there (`losses.correctness_loss`).
     """
     masked = xt == mask_id
-    with torch.set_grad_enabled(joint and torch.is_grad_enabled()):
-        logits, hidden = denoiser(xt, return_hidden=True)
-    state = DecodeState(tokens=xt, masked=masked, logits=logits.detach().float(), hidden=hidden.detach(), step=0)
-    cost = position_costs(logits, x0, cfg.target)
+    hidden: torch.Tensor | None = None
+    if logits is None:
+        with torch.set_grad_enabled(joint and torch.is_grad_enabled()):
+            logits, hidden = denoiser(xt, return_hidden=True)
+        hidden = hidden.detach()
+    elif joint:
+        raise ValueError("aop_step: cached logits are a frozen denoiser's; joint training needs the forward")
+    state = DecodeState(tokens=xt, masked=masked, logits=logits.detach().float(), hidden=hidden, step=0)
+    cost = state_costs(xt, logits, x0, cfg.target, dead_ends)
     ranked = shortlist(state) if cfg.objective == "pairwise" and shortlist is not None else None
     return policy_objective(policy(state), masked, cost if joint else cost.detach(), cfg, ranked)
 
@@ -165,8 +246,10 @@ def chosen_costs(
     x0: torch.Tensor,
     mask_id: int,
     batch_size: int = 512,
+    dead_ends: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """For each order: mean error and CE of the position it would reveal at each state.
+    """For each order: mean error and CE (and with the task's `dead_ends`, dead-end rate) of the position it
+    would reveal at each state.
 
     The validation diagnostic of policy training: a policy that helps should
     pick positions the denoiser gets right more often than the heuristics do.
@@ -174,7 +257,8 @@ def chosen_costs(
     """
     live = (xt == mask_id).any(dim=1)
     xt, x0 = xt[live], x0[live]
-    sums = {name: {"error": 0.0, "ce": 0.0} for name in ["random", *orders]}
+    kinds = ["error", "ce", *(["dead_end"] if dead_ends is not None else [])]
+    sums = {name: dict.fromkeys(kinds, 0.0) for name in ["random", *orders]}
     with torch.no_grad():
         for lo in range(0, len(xt), batch_size):
             x, y = xt[lo : lo + batch_size], x0[lo : lo + batch_size]
@@ -182,6 +266,8 @@ def chosen_costs(
             logits, hidden = denoiser(x, return_hidden=True)
             state = DecodeState(tokens=x, masked=masked, logits=logits.float(), hidden=hidden, step=0)
             costs = {"ce": position_costs(logits, y, "ce"), "error": position_costs(logits, y, "error")}
+            if dead_ends is not None:
+                costs["dead_end"] = state_costs(x, logits, y, "dead_end", dead_ends)
             for kind, cost in costs.items():
                 sums["random"][kind] += ((cost * masked).sum(1) / masked.sum(1)).sum().item()
             for name, order in orders.items():

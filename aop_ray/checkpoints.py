@@ -28,7 +28,7 @@ from torch import nn
 from aop_ray.config import ModelConfig, PolicyConfig, make_task, parse_dataclass
 from aop_ray.errors import InputError
 from aop_ray.models.denoiser import build_denoiser
-from aop_ray.models.policy import PolicyEnsemble, PolicyNet, make_policy
+from aop_ray.models.policies import PolicyEnsemble, PolicyNet, make_policy
 from aop_ray.models.pretrained import identity
 from aop_ray.outputs import exclusive
 from aop_ray.readers import read_json_object, short

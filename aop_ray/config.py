@@ -195,6 +195,7 @@ class ModelConfig:
 
 GENERIC_FEATURES = ("probs", "stats", "hidden", "group_probs", "group_tokens")  # see models/policy.py
 TOKEN_AXIS_FEATURES = ("probs", "stats", "group_probs", "group_tokens")  # what encoder token_axis reads
+CLAUSE_GRAPH_FEATURES = ("probs", "stats")  # what encoder clause_graph reads (models/clause_graph.py)
 
 
 @dataclasses.dataclass
@@ -205,10 +206,12 @@ class PolicyConfig:
     initialised to zero, so training starts from the heuristic. `encoder`
     `transformer` mixes positions by structured attention; `token_axis` embeds
     every (position, token) pair with shared weights and pools over group peers and
-    tokens (models/policy.py), `d_model` its per-pair width and `n_layers` its rounds.
+    tokens (models/policy.py), `d_model` its per-pair width and `n_layers` its rounds;
+    `clause_graph` (3-SAT) passes messages over the formula's literal-clause graph
+    (models/clause_graph.py), `d_model` its node width and `n_layers` its rounds.
     """
 
-    encoder: Literal["transformer", "token_axis"] = "transformer"
+    encoder: Literal["transformer", "token_axis", "clause_graph"] = "transformer"
     d_model: int = 48
     n_layers: int = 2  # 0: a per-position MLP that cannot mix information across positions
     n_heads: int = 4
@@ -229,9 +232,10 @@ class PolicyConfig:
                 raise InputError(f"policy.features: unknown feature {name!r} (known: {', '.join(GENERIC_FEATURES)})")
         if not self.features and not self.task_features:
             raise InputError("policy.features: the policy needs at least one feature")
-        if self.encoder == "token_axis" and sorted(self.features) != sorted(TOKEN_AXIS_FEATURES):
+        reads = {"token_axis": TOKEN_AXIS_FEATURES, "clause_graph": CLAUSE_GRAPH_FEATURES}.get(self.encoder)
+        if reads is not None and sorted(self.features) != sorted(reads):
             raise InputError(
-                f"policy.features: encoder token_axis reads exactly {', '.join(TOKEN_AXIS_FEATURES)} "
+                f"policy.features: encoder {self.encoder} reads exactly {', '.join(reads)} "
                 f"(got {', '.join(self.features) or 'none'})"
             )
 
@@ -240,8 +244,11 @@ class PolicyConfig:
 class AopConfig:
     """The AOP loss and where its training states come from (stages `policy` and `joint`)."""
 
-    denoiser_checkpoint: str | None = None  # required: the (pre-trained) denoiser
-    target: Literal["ce", "error", "both"] = "ce"  # per-position cost the policy minimises
+    # the (pre-trained) denoiser: required by the policy stages; stage denoiser continues training it
+    denoiser_checkpoint: str | None = None
+    # per-position cost the policy minimises: the reference's CE, 1[argmax != reference], both, or
+    # `dead_end`: 1[revealing the argmax leaves no solution], decided by the task's solver (sat)
+    target: Literal["ce", "error", "both", "dead_end"] = "ce"
     # E_pi[cost], rank the base order's top k, or fit P(argmax right) at every masked position (losses.py)
     objective: Literal["expected", "pairwise", "correctness"] = "expected"
     pairwise_k: int = 8  # objective pairwise: the shortlist size
@@ -252,6 +259,9 @@ class AopConfig:
     trajectory_instances: int = 256  # per worker and refresh
     refresh_every: int = 0  # DAgger: re-collect trajectories with the current policy every N steps
     focus: float = 0.0  # share of each batch drawn by the chosen cell's CE (prioritised replay; aop.py)
+    # stage policy, trajectory states: the frozen denoiser's logits at every pool state are computed once,
+    # not at every step (Trajectories.denoised); skipped for policies that read its hidden state
+    cache_logits: bool = True
     mdm_lambda: float = 0.0  # joint: + lambda * MDM loss on uniform states
     denoiser_lr: float = 1e-4  # joint
 
@@ -388,7 +398,16 @@ class Config:
                 f"aop.objective: {self.aop.objective} uses the costs only as labels, so it gives the "
                 "denoiser no gradient; stage joint needs objective expected"
             )
-        if self.aop.objective == "correctness" and self.aop.target != "error":
+        if self.policy.encoder == "clause_graph" and task.name != "sat":
+            raise InputError(
+                f"policy.encoder: clause_graph reads a 3-SAT formula; the {task.name} task has none, "
+                "use encoder transformer or token_axis"
+            )
+        if self.aop.target == "dead_end" and not task.has_dead_ends:
+            raise InputError(f"aop.target: dead_end needs a task with a solver (sat); the {task.name} task has none")
+        if self.aop.target == "dead_end" and self.train.stage == "joint":
+            raise InputError("aop.target: dead_end gives the denoiser no gradient; stage joint needs ce or both")
+        if self.aop.objective == "correctness" and self.aop.target not in ("error", "dead_end"):
             raise InputError(
                 f"aop.target: objective correctness fits the probability that the argmax is right, "
                 f"so its target is the error indicator ('error'), got {self.aop.target!r}"

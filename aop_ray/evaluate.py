@@ -35,7 +35,7 @@ from aop_ray.cli import run_main, say
 from aop_ray.config import DecodeConfig, find_input
 from aop_ray.errors import InputError
 from aop_ray.locations import check_durable, check_tracking_uri
-from aop_ray.models.policy import PolicyEnsemble, PolicyNet
+from aop_ray.models.policies import PolicyEnsemble, PolicyNet
 from aop_ray.orders import Order, get_order, order_names
 from aop_ray.outputs import claim, write_atomic
 from aop_ray.paired import SOLVED_CSV, solved_csv
@@ -188,8 +188,11 @@ def parse_orders(text: str, task: Task, policy: PolicyNet | PolicyEnsemble | Non
 def policy_description(policy: PolicyNet | PolicyEnsemble) -> str:
     cfg = policy.cfg
     ensemble = f"mean of {len(policy.members)} policies, each: " if isinstance(policy, PolicyEnsemble) else ""
+    plural = "s" if cfg.n_layers != 1 else ""
     if cfg.encoder == "token_axis":
-        mixing = f"token-axis encoder, {cfg.n_layers} pooling round{'s' if cfg.n_layers != 1 else ''}"
+        mixing = f"token-axis encoder, {cfg.n_layers} pooling round{plural}"
+    elif cfg.encoder == "clause_graph":
+        mixing = f"clause-graph encoder, {cfg.n_layers} message-passing round{plural}"
     else:
         mixing = f"{cfg.n_layers}-layer transformer" if cfg.n_layers else "per-position MLP"
     return (

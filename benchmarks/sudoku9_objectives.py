@@ -39,7 +39,7 @@ from aop_ray.aop import Trajectories, policy_objective  # noqa: E402
 from aop_ray.checkpoints import load_denoiser  # noqa: E402
 from aop_ray.config import TOKEN_AXIS_FEATURES, AopConfig, PolicyConfig, TrainConfig  # noqa: E402
 from aop_ray.data import generate  # noqa: E402
-from aop_ray.models.policy import PolicyNet, make_policy  # noqa: E402
+from aop_ray.models.policies import PolicyNet, make_policy  # noqa: E402
 from aop_ray.orders import DecodeState, Order, get_order, select  # noqa: E402
 from aop_ray.sampling import decode_dataset  # noqa: E402
 from aop_ray.stats import mcnemar  # noqa: E402

@@ -38,7 +38,7 @@ from aop_ray.aop import aop_step, uniform_states
 from aop_ray.config import Config, load_config
 from aop_ray.losses import denoiser_loss
 from aop_ray.models.denoiser import Denoiser
-from aop_ray.models.policy import make_policy
+from aop_ray.models.policies import make_policy
 
 CONFIGS = {"denoiser": "tune_configs/sudoku9_denoiser.yaml", "policy": "tune_configs/sudoku9_policy.yaml"}
 CPU_LAYOUTS = [(1, 2), (1, 1), (2, 1)]  # (workers, torch threads per worker)

@@ -50,6 +50,12 @@ def test_defaults_and_overrides(tmp_path):
         ),
         ("aop: {objective: correctness, target: ce}", "aop.target: objective correctness fits the probability"),
         ("policy: {encoder: token_axis}", "policy.features: encoder token_axis reads exactly"),
+        ("policy: {encoder: clause_graph}", "policy.encoder: clause_graph reads a 3-SAT formula; the sudoku task"),
+        (
+            "policy: {encoder: clause_graph, features: [probs]}",
+            "policy.features: encoder clause_graph reads exactly probs, stats",
+        ),
+        ("aop: {target: dead_end}", "aop.target: dead_end needs a task with a solver \\(sat\\); the sudoku task"),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, extra, message):

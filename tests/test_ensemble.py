@@ -9,7 +9,7 @@ from aop_ray import checkpoints, ensemble
 from aop_ray.config import TOKEN_AXIS_FEATURES, ModelConfig, PolicyConfig
 from aop_ray.evaluate import policy_description
 from aop_ray.models.denoiser import Denoiser
-from aop_ray.models.policy import PolicyEnsemble, make_policy
+from aop_ray.models.policies import PolicyEnsemble, make_policy
 from aop_ray.orders import DecodeState
 from aop_ray.sampling import unmask
 

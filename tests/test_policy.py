@@ -14,11 +14,11 @@ from aop_ray.config import TOKEN_AXIS_FEATURES, AopConfig, ModelConfig, PolicyCo
 from aop_ray.errors import InputError
 from aop_ray.losses import correctness_loss, pairwise_rank_loss
 from aop_ray.models.denoiser import Denoiser
+from aop_ray.models.policies import make_policy
 from aop_ray.models.policy import (
     Policy,
     TokenAxisPolicy,
     group_pooled,
-    make_policy,
     position_stats,
     revealed_one_hot,
 )
@@ -235,10 +235,35 @@ def test_teacher_forced_states_rebuild_the_rollout(sudoku4):
     tokens, target, traj = margin_trajectories(sudoku4, 4)
     assert torch.equal(teacher_forced_state(tokens, traj.step_of, target, torch.zeros(4, dtype=torch.long)), tokens)
     assert torch.equal(teacher_forced_state(tokens, traj.step_of, target, torch.full((4,), 99)), target)
-    xt, x0, f = traj.sample(64, torch.Generator().manual_seed(1))
+    xt, x0, index = traj.sample(64, torch.Generator().manual_seed(1))
     masked = xt == 4
     assert masked.any(1).all()  # every sampled state still has a decision to make
-    assert torch.equal(xt[~masked], x0[~masked]) and not (masked & f).any()
+    rows = torch.repeat_interleave(torch.arange(4), traj.step_of.max(dim=1).values + 1)[index]
+    assert torch.equal(xt[~masked], x0[~masked]) and not (masked & traj.fixed[rows]).any()
+    assert torch.equal(traj.all_states()[0][index], xt)  # `index` names the state in the pool's fixed order
+
+
+def test_cached_logits_are_the_frozen_denoisers_and_give_the_same_training_step(sudoku4):
+    """The logits a collection computed (`keep_logits`) replace the frozen denoiser's forward in a policy step."""
+    inst = sudoku4.generate(9, seed=0, clues=[4, 12])
+    tokens, fixed, target = (torch.as_tensor(a) for a in (inst.tokens, inst.fixed, inst.target))
+    torch.manual_seed(0)
+    model = Denoiser(4, sudoku4.position_groups(), SMALL).eval()
+    # batches of 4: the last holds one instance; puzzles of unequal length leave the forwards early
+    traj = Trajectories.collect(model, get_order("margin"), tokens, fixed, target, 4, batch_size=4, keep_logits=True)
+    cached = traj.logits
+    assert cached is not None and cached.shape == (len(traj.all_states()[0]), sudoku4.seq_len, sudoku4.vocab_size)
+    with torch.no_grad():
+        torch.testing.assert_close(cached, model(traj.all_states()[0]).float())  # every state, in pool order
+    xt, x0, index = traj.sample(32, torch.Generator().manual_seed(0))
+    policy = Policy(sudoku4, SMALL.d_model, PolicyConfig(d_model=16, n_heads=2))
+    torch.nn.init.normal_(policy.head[-1].weight)
+    cfg = AopConfig(target="error")
+    with_forward, _ = aop_step(model, policy, xt, x0, 4, cfg, joint=False)
+    with_cache, _ = aop_step(model, policy, xt, x0, 4, cfg, joint=False, logits=cached[index])
+    torch.testing.assert_close(with_cache, with_forward)
+    with pytest.raises(ValueError, match="joint training needs the forward"):
+        aop_step(model, policy, xt, x0, 4, cfg, joint=True, logits=cached[index])
 
 
 def test_pairwise_objective_ranks_the_base_orders_shortlist_in_the_training_step(sudoku4):

@@ -16,7 +16,7 @@ from aop_ray.aop import aop_step, uniform_states
 from aop_ray.config import AopConfig, PolicyConfig, TrainConfig, parse_dataclass
 from aop_ray.errors import InputError
 from aop_ray.losses import denoiser_loss
-from aop_ray.models.policy import make_policy
+from aop_ray.models.policies import make_policy
 from aop_ray.orders import DecodeState, get_order
 from aop_ray.sampling import unmask
 from aop_ray.tasks import mask_id

@@ -336,3 +336,54 @@ def test_inference_gathers_the_token_bias_and_matches_the_trained_one_hot_path()
     torch.testing.assert_close(gathered, trained, atol=1e-5, rtol=1e-5)
     trained.sum().backward()
     assert denoiser.blocks[0].token_bias.grad.abs().sum() > 0
+
+
+def brute_force_dead_ends(task: Sat, tokens: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor:
+    """`dead_ends` by enumerating every assignment (small formulas only)."""
+    var, positive = task.literals(tokens)
+    dead = torch.zeros(tokens.shape, dtype=torch.bool)
+    for row in range(len(tokens)):
+        values = tokens[row, task.n_literals :]
+        solutions = []
+        for code in range(2**task.n_vars):
+            assignment = torch.tensor([(code >> v) & 1 for v in range(task.n_vars)])
+            if (assignment[var[row]] == positive[row].long()).any(-1).all() and all(
+                values[v] == 2 or values[v] == assignment[v] for v in range(task.n_vars)
+            ):
+                solutions.append(assignment)
+        for v in range(task.n_vars):
+            if values[v] == 2:
+                wanted = proposal[row, task.n_literals + v]
+                dead[row, task.n_literals + v] = not any(s[v] == wanted for s in solutions)
+    return dead
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10**6))
+def test_dead_ends_agree_with_enumerating_every_assignment(seed):
+    """Random formulas (some unsatisfiable, some variables in no clause), random partial assignments."""
+    task = Sat(n_vars=5, n_clauses=12)
+    g = torch.Generator().manual_seed(seed)
+    import random
+
+    rng = random.Random(seed)
+    formulas = [task.random_formula(rng) for _ in range(4)]
+    rows = task._instances(formulas, [None] * 4, [str(i) for i in range(4)], [{}] * 4).tokens
+    tokens = torch.as_tensor(rows).repeat_interleave(2, dim=0)  # two states per formula: rows share a solver
+    values = torch.randint(0, 2, (len(tokens), task.n_vars), generator=g)
+    tokens[:, task.n_literals :] = torch.where(torch.rand(values.shape, generator=g) < 0.6, 2, values)
+    proposal = torch.randint(0, 2, tokens.shape, generator=g)
+    assert torch.equal(task.dead_ends(tokens, proposal), brute_force_dead_ends(task, tokens, proposal))
+
+
+def test_dead_ends_on_a_hand_checked_case(sat4):
+    """(1 v 2 v -3) (-1 v 2 v 4) (3 v -4 v 1) (-2 v -3 v -4) with x2 = False, x4 = True: x1 = False would force
+    x3 = False (clause 1), which breaks clause 3; so the solutions are x1 = True with either x3."""
+    prompt = torch.as_tensor(sat4._instances([CLAUSES], [None], ["f"], [{}]).tokens)
+    tokens = prompt.clone()
+    tokens[0, sat4.n_literals :] = torch.tensor([2, 0, 2, 1])
+    true, false = torch.ones_like(tokens), torch.zeros_like(tokens)
+    lit = sat4.n_literals
+    assert sat4.dead_ends(tokens, false)[0, lit:].tolist() == [True, False, False, False]
+    assert sat4.dead_ends(tokens, true)[0, lit:].tolist() == [False, False, False, False]
+    assert not sat4.dead_ends(tokens, false)[0, :lit].any()  # literal positions are never dead ends

@@ -299,32 +299,3 @@ class TokenAxisPolicy(nn.Module):
             readout.append(self.task.policy_features(state.tokens, probs, self.cfg.task_features).float())
         residual = self.head(torch.cat(readout, dim=-1)).squeeze(-1)
         return over_base(self.log_scale, self.base, state, residual)
-
-
-PolicyNet = Policy | TokenAxisPolicy  # either encoder: an Order with .cfg, .base and .needs_hidden
-
-
-class PolicyEnsemble(nn.Module):
-    """An `Order`: the mean score of policies of one config trained apart (seeds) on one denoiser.
-
-    A policy's residual is fitted to the few hundred trajectory states where its
-    base order errs, so its solve rate moves by several points from one training
-    seed to the next. Each member scores `scale * base + residual`; their mean keeps
-    the base and averages the residuals, which averages that seed noise out
-    (docs/results/sudoku9_ensemble.md). Built from trained checkpoints by
-    `python -m aop_ray.ensemble`; it is not trained as one.
-    """
-
-    def __init__(self, members: list[PolicyNet]) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(members)
-        self.cfg = members[0].cfg
-        self.needs_hidden = members[0].needs_hidden
-
-    def forward(self, state: DecodeState) -> torch.Tensor:
-        return torch.stack([member(state) for member in self.members]).mean(0)
-
-
-def make_policy(task: Task, hidden_dim: int, cfg: PolicyConfig) -> PolicyNet:
-    """The policy network `cfg.encoder` names."""
-    return (TokenAxisPolicy if cfg.encoder == "token_axis" else Policy)(task, hidden_dim, cfg)

@@ -115,6 +115,15 @@ class TaskHooks:
         which a pretrained model's adapter attention-masks; None: every position is real."""
         return None
 
+    # Whether `dead_ends` is implemented: the task has a solver (SAT), so `aop.target: dead_end` can use it.
+    has_dead_ends: ClassVar[bool] = False
+
+    def dead_ends(self, tokens: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor:
+        """(B, L) bool: True at each masked position where revealing `proposal` there leaves the instance
+        with no solution that keeps the tokens already revealed. The failure event of a decoder on a task
+        with many solutions, where differing from one reference solution is not an error."""
+        raise InputError("aop.target: dead_end needs a task with a solver (sat)")
+
     def solved(
         self, tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor, target: torch.Tensor
     ) -> torch.Tensor:
@@ -196,6 +205,10 @@ class Task(Protocol):
     def policy_features(self, tokens: torch.Tensor, probs: torch.Tensor, names: list[str]) -> torch.Tensor: ...
 
     def rule_orders(self) -> dict[str, Callable[[Any], torch.Tensor]]: ...
+
+    has_dead_ends: ClassVar[bool]
+
+    def dead_ends(self, tokens: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor: ...
 
     def model_tokens(self) -> list[str] | None: ...
 

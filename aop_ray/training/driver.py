@@ -126,10 +126,13 @@ def run(
         check_reachable(uri, cfg.mlflow.experiment)
 
     denoiser_state = None
-    if cfg.train.stage != "denoiser":  # the denoiser's architecture comes from its checkpoint
+    if cfg.aop.denoiser_checkpoint:  # the denoiser's architecture comes from its checkpoint
         denoiser, _, manifest = checkpoints.load_denoiser(on_this_node(cfg.aop.denoiser_checkpoint), task)
         cfg = dataclasses.replace(cfg, model=parse_dataclass(ModelConfig, manifest["model"], "model"))
         denoiser_state = denoiser.state_dict()
+        if cfg.train.stage == "denoiser":
+            say(f"continuing the denoiser {cfg.aop.denoiser_checkpoint} (its step {manifest.get('step', '?')})")
+    if cfg.train.stage != "denoiser":
         if cfg.aop.trajectory_order not in order_names(task) or cfg.aop.trajectory_order == "learned":
             raise InputError(
                 f"aop.trajectory_order: unknown order {cfg.aop.trajectory_order!r} "

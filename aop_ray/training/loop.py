@@ -29,7 +29,7 @@ from aop_ray.errors import InputError
 from aop_ray.grpo import grpo_step
 from aop_ray.losses import denoiser_loss
 from aop_ray.models.denoiser import build_denoiser, frozen_pretrained
-from aop_ray.models.policy import PolicyNet, make_policy
+from aop_ray.models.policies import PolicyNet, make_policy
 from aop_ray.orders import Order, get_order, order_names
 from aop_ray.sampling import DEFAULT_DECODE, decode_dataset
 from aop_ray.tasks import mask_id
@@ -156,6 +156,9 @@ def _validate(
     return {"val_solve_rate": solve, "val_cell_accuracy": acc}
 
 
+CACHE_BYTES = 2 * 2**30  # a worker's cached pool logits (`aop.cache_logits`): 0.1 GiB for 600 Sudoku trajectories
+
+
 class _States:
     """Training states for the policy stages: forward-process or teacher-forced trajectories.
 
@@ -164,10 +167,16 @@ class _States:
     """
 
     def __init__(
-        self, cfg: Config, mask_id: int, batches: Iterator[dict[str, torch.Tensor]], device: torch.device
+        self,
+        cfg: Config,
+        mask_id: int,
+        batches: Iterator[dict[str, torch.Tensor]],
+        device: torch.device,
+        cache_logits: bool,
     ) -> None:
         self.cfg, self.mask_id, self.batches, self.device = cfg, mask_id, batches, device
         self.trajectories: Trajectories | None = None
+        self.cache_logits = cache_logits  # keep the denoiser's logits at every pool state (`aop.cache_logits`)
 
     def _draw(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
         parts: list[dict[str, torch.Tensor]] = []
@@ -183,19 +192,31 @@ class _States:
         denoiser.eval()
         with precision.autocast(self.cfg.train.precision, self.device):
             new = Trajectories.collect(
-                denoiser, order, torch.where(fixed, target, self.mask_id), fixed, target, self.mask_id
+                denoiser,
+                order,
+                torch.where(fixed, target, self.mask_id),
+                fixed,
+                target,
+                self.mask_id,
+                keep_logits=self.cache_logits,
             )
         denoiser.train(was_training)
-        self.trajectories = new if self.trajectories is None else Trajectories.concat([self.trajectories, new])
+        pool = new if self.trajectories is None else Trajectories.concat([self.trajectories, new])
+        if pool.logits is not None and 4 * pool.logits.numel() > CACHE_BYTES:
+            say(f"not caching the denoiser's logits: {pool.logits.numel() / 2**28:.1f} GiB per worker would exceed "
+                f"{CACHE_BYTES / 2**30:g}; every step runs the denoiser")  # fmt: skip
+            self.cache_logits, pool.logits = False, None
+        self.trajectories = pool
 
     def sample(
         self, x0: torch.Tensor, fixed: torch.Tensor, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(x_t, x0): uniform forward-process states of this batch, or trajectory states."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(x_t, x0, the denoiser's logits at x_t if cached): uniform forward-process states of this batch, or
+        trajectory states."""
         if self.trajectories is None:
-            return uniform_states(x0, fixed, self.mask_id, generator), x0
-        xt, y, _ = self.trajectories.sample(len(x0), generator, self.cfg.aop.focus)
-        return xt, y
+            return uniform_states(x0, fixed, self.mask_id, generator), x0, None
+        xt, y, index = self.trajectories.sample(len(x0), generator, self.cfg.aop.focus)
+        return xt, y, None if self.trajectories.logits is None else self.trajectories.logits[index]
 
 
 class Progress:
@@ -265,9 +286,18 @@ def aop_stage_step(
 ) -> tuple[torch.Tensor, dict[str, Any]]:
     """The AOP loss on training states; `joint` also trains the denoiser (+ mdm_lambda x its MDM loss)."""
     joint = m.cfg.train.stage == "joint"
-    xt, y = m.states.sample(x0, fixed, generator)
+    xt, y, logits = m.states.sample(x0, fixed, generator)
     loss, stats = aop_step(
-        m.nets["denoiser"], m.nets["policy"], xt, y, mask_id(m.task), m.cfg.aop, joint=joint, shortlist=m.policy.base
+        m.nets["denoiser"],
+        m.nets["policy"],
+        xt,
+        y,
+        mask_id(m.task),
+        m.cfg.aop,
+        joint=joint,
+        shortlist=m.policy.base,
+        logits=logits,
+        dead_ends=m.task.dead_ends,
     )
     if joint and m.cfg.aop.mdm_lambda:
         mdm = denoiser_loss(m.nets["denoiser"], x0, fixed, mask_id(m.task), m.cfg.train.loss_weighting, generator)
@@ -370,7 +400,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     shard = {key: value.to(device) for key, value in worker_rows(inputs["train"], rank, world, draw).items()}
     batches = _batches(shard, draw, tc.seed + rank, step)
     val = inputs["val"]
-    states = _States(cfg, mask_id(task), batches, device) if stage in ("policy", "joint") else None
+    cache = cfg.aop.cache_logits and stage == "policy" and policy is not None and not policy.needs_hidden
+    states = _States(cfg, mask_id(task), batches, device, cache) if stage in ("policy", "joint") else None
     if states is not None and cfg.aop.states == "trajectory":
         states.refresh(denoiser, get_order(cfg.aop.trajectory_order, task=task))
         if cfg.aop.refresh_every and step >= cfg.aop.refresh_every:  # resumed after a DAgger round
@@ -497,7 +528,9 @@ def _diagnostics(
     xt, x0 = trajectories.all_states()
     orders = {name: get_order(name, task=task) for name in order_names(task) if name not in ("learned", "random")}
     orders["learned"] = policy
-    costs = chosen_costs(orders, denoiser, xt, x0, mask_id(task))
+    costs = chosen_costs(
+        orders, denoiser, xt, x0, mask_id(task), dead_ends=task.dead_ends if task.has_dead_ends else None
+    )
     keys = [(name, kind) for name in sorted(costs) for kind in sorted(costs[name])]
     n = float((xt == mask_id(task)).any(dim=1).sum())
     *sums, total = _all_sum([costs[name][kind] * n for name, kind in keys] + [n], device)
