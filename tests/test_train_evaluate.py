@@ -46,6 +46,24 @@ def test_two_worker_run_checkpoints_and_logs(trained):
     assert artifacts == {"checkpoint/denoiser.pt", "checkpoint/manifest.json"}
 
 
+def test_the_denoiser_stage_continues_a_trained_denoiser(trained):
+    """`aop.denoiser_checkpoint` in stage denoiser: the weights start from it (at a learning rate of 1e-12
+    they stay there), its architecture replaces the config's, and the run says so."""
+    source = trained / "runs" / "sudoku4-smoke" / "final"
+    proc = run_cli(
+        "aop_ray.train", "--config", str(SMOKE), f"aop.denoiser_checkpoint={source}", "model.d_model=64",
+        "train.steps=2", "train.lr=1e-12", "train.warmup_steps=1", "train.log_every=1", "train.checkpoint_every=2",
+        "train.eval_every=0", "ray.num_workers=1", "name=continued", "mlflow.enabled=false", cwd=trained,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert f"continuing the denoiser {source} (its step 250)" in proc.stdout
+    before, _, _ = checkpoints.load_denoiser(source)
+    after, _, manifest = checkpoints.load_denoiser(trained / "runs" / "continued" / "final")
+    assert manifest["model"]["d_model"] == 32  # the checkpoint's, not the override's 64
+    for (name, a), b in zip(before.state_dict().items(), after.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6, msg=name)
+
+
 @pytest.mark.reliability
 def test_rerun_without_resume_refuses_to_touch_the_old_run(trained):
     before = sorted(p.name for p in (trained / "runs" / "sudoku4-smoke").iterdir())
