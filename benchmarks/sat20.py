@@ -3,8 +3,10 @@
     python benchmarks/sat20.py [--reuse]   # evaluate the committed checkpoints, write docs/results/sat20.md
 
 The denoiser (benchmarks/checkpoints/sat20) was trained on generated formulas only
-(tune_configs/sat20_denoiser.yaml); the policies next to it by tune_configs/sat20_policy.yaml,
-with generic features only (sat20-policy) and with the SAT rule features (sat20-policy-task).
+(tune_configs/sat20_denoiser.yaml). The policies next to it: sat20-policy, the clause-graph encoder with the
+solver's dead_end target (tune_configs/sat20_policy_graph.yaml); the transformer policies of
+tune_configs/sat20_policy.yaml, with generic features only (sat20-policy-transformer) and with the SAT rule
+features (sat20-policy-task).
 Every number comes from `python -m aop_ray.evaluate` on the SATLIB files as shipped; the
 commands are in the report. Orders whose checkpoint is missing are left out, and said so.
 """
@@ -21,11 +23,11 @@ from common import ROOT, commit, describe_model, evaluate, machine, reuse_argume
 SATLIB = ROOT.parent / "shared" / "data" / "satlib" / "uf20-91"
 DENOISER = "benchmarks/checkpoints/sat20"
 POLICIES = {
-    "generic features": "benchmarks/checkpoints/sat20-policy",
-    "generic + SAT rule features": "benchmarks/checkpoints/sat20-policy-task",
-    "clause graph, generic features, dead_end target": "benchmarks/checkpoints/sat20-policy-graph",
+    "transformer, generic features": "benchmarks/checkpoints/sat20-policy-transformer",
+    "transformer, generic + SAT rule features": "benchmarks/checkpoints/sat20-policy-task",
+    "clause graph, generic features, dead_end target": "benchmarks/checkpoints/sat20-policy",
 }
-GRAPH = "benchmarks/checkpoints/sat20-policy-graph"  # paired with margin and `unit` on SATLIB and on unsat formulas
+GRAPH = "benchmarks/checkpoints/sat20-policy"  # paired with margin and `unit` on SATLIB and on unsat formulas
 UNSAT = "out/sat20/unsat-cnf"  # generated uf20-91-shaped formulas that have no solution
 N_UNSAT = 200
 HEURISTICS = "random,confidence,margin,entropy,unit"
