@@ -44,7 +44,7 @@ def main() -> int:
     if not SATLIB.is_dir():
         print(f"error: {SATLIB} not found (the SATLIB uf20-91 instances)", file=sys.stderr)
         return 1
-    run_dir = args.run or ROOT / "runs" / f"sat20-denoiser-continued-{time.strftime('%Y%m%d-%H%M%S')}"
+    run_dir = (args.run or ROOT / "runs" / f"sat20-denoiser-continued-{time.strftime('%Y%m%d-%H%M%S')}").resolve()
     train_cmd = (
         f"python -m aop_ray.train --config tune_configs/sat20_denoiser.yaml aop.denoiser_checkpoint={SOURCE} "
         f"train.steps={args.steps} train.lr=1e-3 train.warmup_steps=20 train.eval_every=200 "
