@@ -17,7 +17,8 @@ inputs, per position, all from the same denoiser forward:
 - optional task features, named in the config (Sudoku: candidate count,
   naked/hidden single, argmax legal), never on by default.
 
-Two encoders read them. `Policy` (encoder `transformer`) embeds each position's
+Two encoders read them here (a third, for 3-SAT formulas, is `models/clause_graph.py`).
+`Policy` (encoder `transformer`) embeds each position's
 features and mixes positions by structured attention. `TokenAxisPolicy` (encoder
 `token_axis`) keeps the token axis: every (position, token) pair is embedded by
 the same weights, then rounds pool over the pair's group peers (same token) and
