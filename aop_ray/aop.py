@@ -95,16 +95,11 @@ class Trajectories:
 
     def all_states(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(x_t, x0) for every state of every trajectory, in order: a fixed evaluation set."""
-        n_steps = self.step_of.max(dim=1).values + 1
+        n_steps, first_state = state_offsets(self.step_of)
         rows = torch.repeat_interleave(torch.arange(len(self.tokens), device=n_steps.device), n_steps)
-        first = torch.repeat_interleave(n_steps.cumsum(0) - n_steps, n_steps)  # each row's first state index
+        first = torch.repeat_interleave(first_state, n_steps)  # each row's first state index
         step = torch.arange(len(rows), device=n_steps.device) - first
         return teacher_forced_state(self.tokens[rows], self.step_of[rows], self.target[rows], step), self.target[rows]
-
-    def first_states(self) -> torch.Tensor:
-        """(N,) the index of each instance's step-0 state in `all_states` order."""
-        n_steps = self.step_of.max(dim=1).values + 1
-        return n_steps.cumsum(0) - n_steps
 
     def sample(
         self, batch: int, generator: torch.Generator, focus: float = 0.0
@@ -132,7 +127,14 @@ class Trajectories:
             step = torch.cat([step, (flat % length).to(rows.device)])
         rows, step = rows.to(self.tokens.device), step.to(self.tokens.device)
         state = teacher_forced_state(self.tokens[rows], self.step_of[rows], self.target[rows], step)
-        return state, self.target[rows], self.first_states()[rows] + step
+        return state, self.target[rows], state_offsets(self.step_of)[1][rows] + step
+
+
+def state_offsets(step_of: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(N,) each instance's number of states (its steps) and (N,) the index of its step-0 state in the
+    pool's instance-major order (`all_states`, the cached logits)."""
+    n_steps = step_of.max(dim=1).values + 1
+    return n_steps, n_steps.cumsum(0) - n_steps
 
 
 class _Recorder(nn.Module):
@@ -154,8 +156,7 @@ def pool_order(step_of: torch.Tensor, outputs: list[torch.Tensor]) -> torch.Tens
 
     Forward s ran on the instances still decoding at step s (those with more than s free positions),
     in instance order, so its row r is the state (instance r of them, step s)."""
-    n_steps = step_of.max(dim=1).values + 1
-    first = n_steps.cumsum(0) - n_steps
+    n_steps, first = state_offsets(step_of)
     pooled = outputs[0].new_empty(int(n_steps.sum()), *outputs[0].shape[1:])
     for step, logits in enumerate(outputs):
         pooled[first[(n_steps > step).nonzero().squeeze(1)] + step] = logits
