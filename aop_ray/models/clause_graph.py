@@ -40,16 +40,16 @@ def literal_nodes(var: torch.Tensor, positive: torch.Tensor) -> torch.Tensor:
 
 
 def literal_inputs(
-    probs: torch.Tensor, values: torch.Tensor, masked: torch.Tensor, degree: torch.Tensor
+    probs: torch.Tensor, values: torch.Tensor, masked: torch.Tensor, stats: torch.Tensor, degree: torch.Tensor
 ) -> torch.Tensor:
-    """(B, 2n, LITERAL_INPUTS) from the value positions' probs (B, n, 2), tokens (B, n), mask (B, n) and the
-    literal degrees (B, 2n) over their mean. Node 2v is x_v, 2v + 1 its negation."""
+    """(B, 2n, LITERAL_INPUTS) from the value positions' probs (B, n, 2), tokens (B, n), mask (B, n), their
+    `position_stats` (B, n, 5) and the literal degrees (B, 2n) over their mean. Node 2v is x_v, 2v + 1 its
+    negation."""
     open_ = masked.float()
     p_true = torch.stack([probs[..., 1], probs[..., 0]], dim=-1) * open_[..., None]  # (B, n, 2): x_v, not-x_v
     value_true = (values == TRUE) & ~masked
     revealed_true = torch.stack([value_true, ~value_true & ~masked], dim=-1).float()
-    stats = position_stats(probs, masked)  # (B, n, 5): the same for both literals of a variable
-    shared = stats[..., [3, 0, 1, 2, 4]][..., None, :].expand(*p_true.shape, 5)
+    shared = stats[..., [3, 0, 1, 2, 4]][..., None, :].expand(*p_true.shape, 5)  # the same for both literals
     node = torch.cat([p_true[..., None], revealed_true[..., None], revealed_true.flip(-1)[..., None], shared], -1)
     return torch.cat([node.flatten(1, 2), degree[..., None]], dim=-1)
 
@@ -110,7 +110,8 @@ class ClauseGraphPolicy(nn.Module):
         index = literal_nodes(var, positive)  # (B, m, 3)
         n_nodes = 2 * task.n_vars
         degree = scatter_to_nodes(torch.ones_like(index, dtype=probs.dtype)[..., None], index, n_nodes)[..., 0]
-        lit = self.embed_literal(literal_inputs(probs, values, masked, degree / (n_lit / n_nodes)))
+        stats = position_stats(probs, masked)
+        lit = self.embed_literal(literal_inputs(probs, values, masked, stats, degree / (n_lit / n_nodes)))
         p_var = torch.gather(probs[..., 1], 1, var.flatten(1)).view_as(var)
         lit_p = torch.where(positive, p_var, 1 - p_var) * ~assigned
         clause = self.embed_clause(clause_inputs(true, assigned, lit_p))
@@ -121,7 +122,7 @@ class ClauseGraphPolicy(nn.Module):
             incoming = scatter_to_nodes(clause[:, :, None].expand_as(members), index, n_nodes) / occurrences
             negation = lit.view(lit.shape[0], -1, 2, lit.shape[-1]).flip(2).flatten(1, 2)
             lit = lit + to_literal(torch.cat([lit, incoming, negation], dim=-1))
-        return lit, position_stats(probs, masked)
+        return lit, stats
 
     def forward(self, state: DecodeState) -> torch.Tensor:
         lit, stats = self.encode(state)
