@@ -23,6 +23,7 @@ from torch import nn
 from aop_ray.config import AopConfig
 from aop_ray.losses import aop_loss, correctness_loss, mask_free_positions, pairwise_rank_loss, position_costs, sample_t
 from aop_ray.orders import DecodeState, Order, select
+from aop_ray.protein.potts import excess_energy
 from aop_ray.sampling import teacher_forced_state, unmask
 
 
@@ -54,8 +55,15 @@ class Trajectories:
         mask_id: int,
         batch_size: int = 256,
         keep_logits: bool = False,
+        token_temperature: float = 0.0,
+        generator: torch.Generator | None = None,
     ) -> Trajectories:
+        """Roll `order` out from `tokens`, revealing the reference (`target`), or with `token_temperature`
+        > 0 the denoiser's own draws at that temperature: the states a sampler meets at it. A sampled
+        pool keeps its draws as its `target`, so `teacher_forced_state` rebuilds exactly those states;
+        its `chosen_ce` is then each draw's own -log p."""
         parts = []
+        sampled = token_temperature > 0
         for lo in range(0, len(tokens), batch_size):
             recorder = _Recorder(denoiser) if keep_logits else None
             rollout = unmask(
@@ -63,8 +71,10 @@ class Trajectories:
                 order,
                 tokens[lo : lo + batch_size],
                 mask_id,
-                target=target[lo : lo + batch_size],
-                teacher_force=True,
+                target=None if sampled else target[lo : lo + batch_size],
+                teacher_force=not sampled,
+                token_temperature=token_temperature,
+                generator=generator,
             )
             parts.append((rollout, recorder))
         if not parts:  # no instances: a worker's slice of a validation set smaller than the worker count
@@ -76,9 +86,9 @@ class Trajectories:
         return cls(
             tokens,
             fixed,
-            target,
+            torch.cat([r.tokens for r in rollouts]) if sampled else target,
             torch.cat([r.step_of for r in rollouts]),
-            torch.cat([-r.logp_target for r in rollouts if r.logp_target is not None]),
+            torch.cat([-(r.logp_token if sampled else r.logp_target) for r in rollouts]),  # type: ignore[operator]
             logits,
         )
 
@@ -187,20 +197,42 @@ def policy_objective(
     return loss, stats
 
 
-def state_costs(
-    xt: torch.Tensor,
-    logits: torch.Tensor,
-    x0: torch.Tensor,
+# A cost that needs no reference: (x_t, the denoiser's logits there) -> (B, L). Targets `dead_end` (the
+# task's solver) and `energy` (a family's Potts model) are built from one by the training shell.
+FreeCost = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+REFERENCE_FREE = ("dead_end", "energy")
+
+
+def free_cost(
     target: str,
-    dead_ends: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    task: Any,
+    mask_id: int,
+    potts: tuple[torch.Tensor, torch.Tensor] | None = None,
+    temperature: float = 0.0,
+) -> FreeCost | None:
+    """The cost function of a reference-free `target`: `dead_end` asks the task's solver about the
+    denoiser's argmax; `energy` scores its draw at `temperature` under the Potts model (h, J)
+    (`protein.potts.excess_energy`). None for the reference targets."""
+    if target == "dead_end":
+        return lambda xt, logits: task.dead_ends(xt, logits.argmax(-1))
+    if target == "energy":
+        if potts is None:
+            raise ValueError("aop.target energy needs a Potts model (aop.energy_model)")
+        h, J = potts
+        return lambda xt, logits: excess_energy(h.to(xt.device), J.to(xt.device), xt, logits, mask_id, temperature)
+    return None
+
+
+def state_costs(
+    xt: torch.Tensor, logits: torch.Tensor, x0: torch.Tensor, target: str, free_cost: FreeCost | None = None
 ) -> torch.Tensor:
-    """(B, L) the cost of revealing each position of `xt` now: `losses.position_costs`, or for `dead_end`
-    whether the denoiser's argmax there leaves the instance unsolvable (`dead_ends`, the task's solver)."""
-    if target != "dead_end":
+    """(B, L) the cost of revealing each position of `xt` now: `losses.position_costs` against the
+    reference `x0`, or for the reference-free targets (`REFERENCE_FREE`) `free_cost`."""
+    if target not in REFERENCE_FREE:
         return position_costs(logits, x0, target)  # type: ignore[arg-type]
-    if dead_ends is None:
-        raise ValueError("aop.target dead_end needs the task's dead_ends")
-    return dead_ends(xt, logits.argmax(-1)).float()
+    if free_cost is None:
+        raise ValueError(f"aop.target {target} needs its cost function (the task's solver or a Potts model)")
+    return free_cost(xt, logits).float()
 
 
 def aop_step(
@@ -213,13 +245,13 @@ def aop_step(
     joint: bool,
     shortlist: Order | None = None,
     logits: torch.Tensor | None = None,
-    dead_ends: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    free_cost: FreeCost | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The AOP loss on states `xt` (plus the MDM term in joint training, if `cfg.mdm_lambda`).
 
     `logits`: the frozen denoiser's outputs at `xt`, when the caller has them (`Trajectories.denoised`);
     the step then runs no denoiser forward. Policies that read the hidden state cannot use them.
-    `dead_ends`: the task's `dead_ends`, which target `dead_end` asks about the denoiser's argmax.
+    `free_cost`: the cost of a reference-free target (`dead_end`, `energy`).
 
     With `objective: pairwise` the loss ranks the `k` best positions by the
     `shortlist` order (the policy's base heuristic) instead (`losses.pairwise_rank_loss`);
@@ -235,7 +267,7 @@ def aop_step(
     elif joint:
         raise ValueError("aop_step: cached logits are a frozen denoiser's; joint training needs the forward")
     state = DecodeState(tokens=xt, masked=masked, logits=logits.detach().float(), hidden=hidden, step=0)
-    cost = state_costs(xt, logits, x0, cfg.target, dead_ends)
+    cost = state_costs(xt, logits, x0, cfg.target, free_cost)
     ranked = shortlist(state) if cfg.objective == "pairwise" and shortlist is not None else None
     return policy_objective(policy(state), masked, cost if joint else cost.detach(), cfg, ranked)
 
@@ -244,31 +276,35 @@ def chosen_costs(
     orders: dict[str, Order],
     denoiser: nn.Module,
     xt: torch.Tensor,
-    x0: torch.Tensor,
+    x0: torch.Tensor | None,
     mask_id: int,
     batch_size: int = 512,
-    dead_ends: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+    free_costs: dict[str, FreeCost] | None = None,
 ) -> dict[str, dict[str, float]]:
-    """For each order: mean error and CE (and with the task's `dead_ends`, dead-end rate) of the position it
-    would reveal at each state.
+    """For each order: the mean cost of the position it would reveal at each state: error and CE against
+    the reference `x0` (None: states with no reference, such as sampled ones), and each of `free_costs`
+    (e.g. {"dead_end": ...}).
 
     The validation diagnostic of policy training: a policy that helps should
     pick positions the denoiser gets right more often than the heuristics do.
     `random` is always included, as its exact expectation (the mean over masked positions).
     """
     live = (xt == mask_id).any(dim=1)
-    xt, x0 = xt[live], x0[live]
-    kinds = ["error", "ce", *(["dead_end"] if dead_ends is not None else [])]
+    xt = xt[live]
+    x0 = None if x0 is None else x0[live]
+    free_costs = free_costs or {}
+    kinds = [*(["error", "ce"] if x0 is not None else []), *free_costs]
     sums = {name: dict.fromkeys(kinds, 0.0) for name in ["random", *orders]}
     with torch.no_grad():
         for lo in range(0, len(xt), batch_size):
-            x, y = xt[lo : lo + batch_size], x0[lo : lo + batch_size]
+            x = xt[lo : lo + batch_size]
             masked = x == mask_id
             logits, hidden = denoiser(x, return_hidden=True)
             state = DecodeState(tokens=x, masked=masked, logits=logits.float(), hidden=hidden, step=0)
-            costs = {"ce": position_costs(logits, y, "ce"), "error": position_costs(logits, y, "error")}
-            if dead_ends is not None:
-                costs["dead_end"] = state_costs(x, logits, y, "dead_end", dead_ends)
+            costs = {kind: state_costs(x, logits, x, kind, fn) for kind, fn in free_costs.items()}
+            if x0 is not None:
+                y = x0[lo : lo + batch_size]
+                costs.update(ce=position_costs(logits, y, "ce"), error=position_costs(logits, y, "error"))
             for kind, cost in costs.items():
                 sums["random"][kind] += ((cost * masked).sum(1) / masked.sum(1)).sum().item()
             for name, order in orders.items():

@@ -247,8 +247,16 @@ class AopConfig:
     # the (pre-trained) denoiser: required by the policy stages; stage denoiser continues training it
     denoiser_checkpoint: str | None = None
     # per-position cost the policy minimises: the reference's CE, 1[argmax != reference], both, or
-    # `dead_end`: 1[revealing the argmax leaves no solution], decided by the task's solver (sat)
-    target: Literal["ce", "error", "both", "dead_end"] = "ce"
+    # `dead_end`: 1[revealing the argmax leaves no solution], decided by the task's solver (sat);
+    # `energy`: the Potts energy the draw at aop.token_temperature costs above the position's best
+    # residue, under `energy_model` (protein; protein/potts.excess_energy)
+    target: Literal["ce", "error", "both", "dead_end", "energy"] = "ce"
+    # target energy: a Potts model of the *training* split (`train_potts.pt`, written by
+    # python -m aop_ray.protein.oracle); never the oracle's, which is fitted on held-out data for evaluation
+    energy_model: str | None = None
+    # > 0: trajectories are the denoiser's own draws at this token temperature, not teacher-forced
+    # (the states a sampler meets at it; they have no reference, so the target is energy)
+    token_temperature: float = 0.0
     # E_pi[cost], rank the base order's top k, or fit P(argmax right) at every masked position (losses.py)
     objective: Literal["expected", "pairwise", "correctness"] = "expected"
     pairwise_k: int = 8  # objective pairwise: the shortlist size
@@ -267,7 +275,10 @@ class AopConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "policy_temperature", "trajectory_instances", "pairwise_k", where="aop")
-        _positive(self, "entropy_beta", "refresh_every", "mdm_lambda", "denoiser_lr", where="aop", allow_zero=True)
+        _positive(
+            self, "entropy_beta", "refresh_every", "mdm_lambda", "denoiser_lr", "token_temperature",
+            where="aop", allow_zero=True,
+        )  # fmt: skip
         if not 0.0 <= self.focus <= 1.0:
             raise InputError(f"aop.focus: must be in [0, 1], got {self.focus}")
 
@@ -282,6 +293,10 @@ class GrpoConfig:
 
     group_size: int = 8  # rollouts per puzzle; advantages are standardised within a group
     rollout_temperature: float = 1.0  # rollouts sample positions from softmax(scores / rollout_temperature)
+    # what a rollout earns: the task's verifier (solved 1/0), or `energy`: minus its Potts energy under
+    # aop.energy_model (a protein family's training-split model; the evaluation oracle never enters)
+    reward: Literal["verifier", "energy"] = "verifier"
+    token_temperature: float = 0.0  # rollouts' tokens: argmax (0), or sampled at this temperature
     states_per_rollout: int = 8  # decoding steps of each rollout that enter the loss
     kl_beta: float = 0.0  # + kl_beta * KL(pi || softmax(kl_scale * kl_reference / rollout_temperature))
     kl_reference: Literal["margin", "confidence", "entropy"] = "margin"
@@ -289,7 +304,7 @@ class GrpoConfig:
 
     def __post_init__(self) -> None:
         _positive(self, "rollout_temperature", "states_per_rollout", "kl_scale", where="grpo")
-        _positive(self, "kl_beta", where="grpo", allow_zero=True)
+        _positive(self, "kl_beta", "token_temperature", where="grpo", allow_zero=True)
         if self.group_size < 2:
             raise InputError(f"grpo.group_size: needs at least 2 rollouts per puzzle, got {self.group_size}")
 
@@ -364,7 +379,7 @@ class MlflowConfig:
 
 @dataclasses.dataclass
 class Config:
-    INPUT_REFS: ClassVar[tuple[str, ...]] = ("aop.denoiser_checkpoint",)
+    INPUT_REFS: ClassVar[tuple[str, ...]] = ("aop.denoiser_checkpoint", "aop.energy_model")
 
     task: dict[str, Any]
     data: DataConfig
@@ -405,18 +420,44 @@ class Config:
             )
         if self.aop.target == "dead_end" and not task.has_dead_ends:
             raise InputError(f"aop.target: dead_end needs a task with a solver (sat); the {task.name} task has none")
-        if self.aop.target == "dead_end" and self.train.stage == "joint":
-            raise InputError("aop.target: dead_end gives the denoiser no gradient; stage joint needs ce or both")
+        if self.aop.target in ("dead_end", "energy") and self.train.stage == "joint":
+            raise InputError(
+                f"aop.target: {self.aop.target} is not a loss the denoiser should learn from; stage joint needs "
+                "ce or both"
+            )
+        if self.aop.target == "energy" and task.name != "protein":
+            raise InputError(f"aop.target: energy scores residues with a protein family's Potts model; the "
+                             f"{task.name} task has none")  # fmt: skip
+        energy = self.aop.target == "energy" or (self.train.stage == "grpo" and self.grpo.reward == "energy")
+        if energy and task.name != "protein":
+            raise InputError(f"grpo.reward: energy scores residues with a protein family's Potts model; the "
+                             f"{task.name} task has none")  # fmt: skip
+        if energy != bool(self.aop.energy_model):
+            raise InputError(
+                "aop.energy_model: target energy (and grpo.reward energy) needs the Potts model of the "
+                "training split (train_potts.pt from python -m aop_ray.protein.oracle)"
+                if self.aop.energy_model is None
+                else f"aop.energy_model: read only by aop.target energy or grpo.reward energy (the target is "
+                f"{self.aop.target!r}, stage {self.train.stage!r})"
+            )
+        if self.aop.token_temperature > 0 and self.aop.target != "energy":
+            raise InputError(
+                f"aop.token_temperature: sampled trajectories have no reference to score target "
+                f"{self.aop.target!r} against; use target energy (or token_temperature 0)"
+            )
+        if self.aop.token_temperature > 0 and self.aop.states != "trajectory":
+            raise InputError("aop.token_temperature: samples trajectories; it needs aop.states trajectory")
         if self.aop.objective == "correctness" and self.aop.target not in ("error", "dead_end"):
             raise InputError(
                 f"aop.target: objective correctness fits the probability that the argmax is right, "
                 f"so its target is the error indicator ('error'), got {self.aop.target!r}"
             )
-        if self.train.stage == "grpo" and not task.has_verifier:
+        if self.train.stage == "grpo" and self.grpo.reward == "verifier" and not task.has_verifier:
             raise InputError(
                 f"train.stage: grpo rewards a rollout by the task's verifier, and task {task.name!r} "
                 f"has none (its family oracle is fitted on held-out data, for evaluation only); "
-                f"train its order with stage policy"
+                f"train its order with stage policy, or with grpo.reward energy and a training-split "
+                f"Potts model (aop.energy_model)"
             )
         if self.train.stage == "grpo" and self.train.batch_size < self.grpo.group_size * self.ray.num_workers:
             raise InputError(

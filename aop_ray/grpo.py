@@ -8,9 +8,10 @@ One step:
 1. each puzzle is decoded `group_size` times by the current policy, sampling
    positions at `temperature` over the frozen denoiser (the unmasking process
    that `envs/` exposes as an environment, run batched by `sampling.unmask`);
-2. the reward is the task's verifier (solved 1/0), and the advantage of a
-   rollout is its reward standardised within its group (group-relative: no
-   value network);
+2. the reward is the task's verifier (solved 1/0), or for a protein family
+   minus the sequence's energy under a training-split Potts model (`reward`),
+   and the advantage of a rollout is its reward standardised within its group
+   (group-relative: no value network);
 3. the loss is `-A * log pi(a_t | s_t)` averaged over `states_per_rollout`
    states drawn from each rollout with a non-zero advantage (an unbiased
    sub-sample of its steps: the state before any step is rebuilt from the
@@ -23,14 +24,31 @@ no importance ratio or clipping.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import nn
 
 from aop_ray.config import GrpoConfig
 from aop_ray.losses import masked_log_softmax
 from aop_ray.orders import HEURISTICS, DecodeState
+from aop_ray.protein.potts import Potts
 from aop_ray.sampling import teacher_forced_state, unmask
 from aop_ray.tasks import Task
+
+# What a finished rollout earns: (tokens, prompt, fixed) -> (N,) reward.
+Reward = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def energy_reward(h: torch.Tensor, J: torch.Tensor) -> Reward:
+    """Minus the Potts energy E(x) = -sum_i h_i(x_i) - sum_{i<j} J_ij(x_i, x_j) of each finished sequence."""
+
+    potts = Potts(h=h, J=J)
+
+    def reward(tokens: torch.Tensor, prompt: torch.Tensor, fixed: torch.Tensor) -> torch.Tensor:
+        return -potts.energy(tokens)  # type: ignore[operator,return-value]  # a tensor for tensor input
+
+    return reward
 
 
 def group_advantages(reward: torch.Tensor, group_size: int) -> torch.Tensor:
@@ -60,18 +78,28 @@ def grpo_step(
     task: Task,
     cfg: GrpoConfig,
     generator: torch.Generator,
+    reward_fn: Reward | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The GRPO loss on `prompt` puzzles (each decoded `cfg.group_size` times).
 
     `rollout_policy` is the bare policy module (it samples the rollouts, no
     gradient); `policy` is the same module as trained (e.g. DDP-wrapped), and
-    scores the sampled states with gradient.
+    scores the sampled states with gradient. `reward_fn`: what a rollout earns (default: the task's
+    verifier).
     """
     mask_id = task.vocab_size
     x = prompt.repeat_interleave(cfg.group_size, dim=0)
     f = fixed.repeat_interleave(cfg.group_size, dim=0)
-    roll = unmask(denoiser, rollout_policy, x, mask_id, order_temperature=cfg.rollout_temperature, generator=generator)
-    reward = task.verify(roll.tokens, x, f).float()
+    roll = unmask(
+        denoiser,
+        rollout_policy,
+        x,
+        mask_id,
+        token_temperature=cfg.token_temperature,
+        order_temperature=cfg.rollout_temperature,
+        generator=generator,
+    )
+    reward = (reward_fn or task.verify)(roll.tokens, x, f).float()
     advantage = group_advantages(reward, cfg.group_size)
     useful = (advantage != 0) if not cfg.kl_beta else torch.ones_like(advantage, dtype=torch.bool)
     candidates = useful.nonzero().squeeze(1)

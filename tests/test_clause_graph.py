@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from aop_ray.aop import aop_step, uniform_states
+from aop_ray.aop import aop_step, free_cost, uniform_states
 from aop_ray.config import AopConfig, ModelConfig, PolicyConfig
 from aop_ray.errors import InputError
 from aop_ray.models.clause_graph import ClauseGraphPolicy
@@ -158,14 +158,22 @@ def test_the_dead_end_target_is_the_solvers_verdict_on_the_argmax_not_the_refere
     x0, fixed = torch.as_tensor(inst.target), torch.as_tensor(inst.fixed)
     xt = uniform_states(x0, fixed, MASK, torch.Generator().manual_seed(1))
     logits = torch.randn(*xt.shape, 2, generator=torch.Generator().manual_seed(2))
-    dead = state_costs(xt, logits, x0, "dead_end", TASK.dead_ends)
+    dead = state_costs(xt, logits, x0, "dead_end", free_cost("dead_end", TASK, MASK))
     assert torch.equal(dead, TASK.dead_ends(xt, logits.argmax(-1)).float())
     error = state_costs(xt, logits, x0, "error") * (xt == MASK)
     assert (dead <= error).all()  # a dead end always differs from the reference (which is a solution) ...
     assert (error > dead).any()  # ... but most differences are other solutions
     policy = graph_policy(base_scale=50.0)
     loss, _ = aop_step(
-        None, policy, xt, x0, MASK, AopConfig(target="dead_end"), joint=False, logits=logits, dead_ends=TASK.dead_ends
+        None,
+        policy,
+        xt,
+        x0,
+        MASK,
+        AopConfig(target="dead_end"),
+        joint=False,
+        logits=logits,
+        free_cost=free_cost("dead_end", TASK, MASK),
     )
     loss.backward()
     assert torch.isfinite(loss) and policy.head[-1].weight.grad.abs().sum() > 0

@@ -16,7 +16,9 @@ orders at equal batch size.
 
     python -m aop_ray.protein.oracle --alignment FAMILY.a2m --family pf00014 --out data/pf00014 [--hmm PF00014.hmm]
 
-writes `OUT/train/` and `OUT/heldout/` (Parquet shards of the split) and `OUT/oracle/`.
+writes `OUT/train/` and `OUT/heldout/` (Parquet shards of the split), `OUT/oracle/`, and
+`OUT/train_potts.pt`: a Potts model of the *training* split, fitted the same way, for training a
+policy against (`aop.target: energy`). The oracle's own model never enters training.
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from aop_ray.readers import read_json_object
 from aop_ray.tasks.protein import Protein
 
 ORACLE_JSON = "oracle.json"
+TRAIN_POTTS = "train_potts.pt"  # the training split's Potts model: what aop.target energy trains against
 
 
 @dataclasses.dataclass
@@ -169,15 +172,18 @@ def build(args: argparse.Namespace) -> None:
         lines=[alignment.lines[i] for i in heldout_idx],
     )
     oracle = fit(alignment.seqs[train_idx], heldout, args.family, hmm, args.identity, args.plm_steps)
+    train = alignment.seqs[train_idx]
+    train_potts = fit_plm(train, sequence_weights(train, args.identity), steps=args.plm_steps)
     instances = task.from_alignment(alignment, Path(args.alignment))
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     data.write_shards(instances.take(train_idx), task, tmp / "train")
     data.write_shards(instances.take(heldout_idx), task, tmp / "heldout")
     oracle.save(tmp / "oracle")
+    train_potts.save(tmp / TRAIN_POTTS)
     os.replace(tmp, out)
     print(
-        f"wrote {out}/train, {out}/heldout and {out}/oracle (5th-percentile Potts energy of train "
+        f"wrote {out}/train, {out}/heldout, {out}/oracle and {out}/{TRAIN_POTTS} (5th-percentile Potts energy of train "
         f"{oracle.energy_p5:.2f}); task: {{name: protein, length: {task.length}, family: {task.family}}}"
     )
 

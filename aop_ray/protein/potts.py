@@ -136,6 +136,39 @@ class Potts:
         )
 
 
+def token_distribution(logits: torch.Tensor, temperature: float, q: int) -> torch.Tensor:
+    """(B, L, q) what the sampler draws at each position: softmax(logits / T) over the `q` residues, or the
+    argmax one-hot at T = 0 (`sampling.unmask`'s two token rules)."""
+    logits = logits[..., :q].float()
+    if temperature > 0:
+        return (logits / temperature).softmax(-1)
+    return torch.nn.functional.one_hot(logits.argmax(-1), q).float()
+
+
+def excess_energy(
+    h: torch.Tensor, J: torch.Tensor, tokens: torch.Tensor, logits: torch.Tensor, mask_id: int, temperature: float
+) -> torch.Tensor:
+    """(B, L) the Potts energy a draw at each masked position costs above that position's best residue.
+
+    The cost of revealing position i now (AOP target `energy`), the family-model counterpart of "the
+    denoiser's argmax is wrong there": with the other positions as they stand (revealed residues, and
+    the denoiser's own distribution where still masked: a mean field), residue a at i has local energy
+        e_i(a) = -h_i(a) - sum_{j != i} sum_b context_j(b) J_ij(a, b),
+    the draw at temperature T costs E_{a ~ p_T(i)}[e_i(a)], and the cost is that minus min_a e_i(a):
+    zero where the sampler surely picks the residue the family model prefers, whatever the position's
+    number of couplings (which a plain energy increment would reward instead of the choice). 0 at
+    revealed positions.
+    """
+    q = h.shape[1]
+    masked = tokens == mask_id
+    drawn = token_distribution(logits, temperature, q)
+    revealed = torch.nn.functional.one_hot(tokens.clamp(max=q - 1), q).float()
+    context = torch.where(masked[..., None], drawn, revealed)
+    local = -(h.float() + torch.einsum("ijab,njb->nia", J.float(), context))
+    cost = (drawn * local).sum(-1) - local.amin(-1)
+    return cost * masked
+
+
 def fit_plm(
     seqs: np.ndarray,
     weights: np.ndarray | None = None,

@@ -25,6 +25,7 @@ from aop_ray.locations import check_durable, check_tracking_uri, on_this_node
 from aop_ray.models.denoiser import frozen_pretrained
 from aop_ray.orders import order_names
 from aop_ray.outputs import write_atomic
+from aop_ray.protein.potts import Potts
 from aop_ray.readers import read_json_object
 from aop_ray.tasks import Instances
 from aop_ray.tracking import Tracker, check_reachable, ended_status, resolve_uri
@@ -132,6 +133,10 @@ def run(
         denoiser_state = denoiser.state_dict()
         if cfg.train.stage == "denoiser":
             say(f"continuing the denoiser {cfg.aop.denoiser_checkpoint} (its step {manifest.get('step', '?')})")
+    energy_model = None  # (h, J) of the Potts model that aop.target energy scores draws with
+    if cfg.aop.energy_model:
+        potts = Potts.load(on_this_node(cfg.aop.energy_model), L=task.seq_len)
+        energy_model = (potts.h, potts.J)
     if cfg.train.stage != "denoiser":
         if cfg.aop.trajectory_order not in order_names(task) or cfg.aop.trajectory_order == "learned":
             raise InputError(
@@ -173,7 +178,12 @@ def run(
     # Everything the workers read travels through the object store: no worker opens a path
     # that only the driver's node (or the driver's copy of a job's working directory) has.
     inputs = ray.put(
-        {"train": {"fixed": train_set.fixed, "target": train_set.target}, "val": val, "denoiser_state": denoiser_state}
+        {
+            "train": {"fixed": train_set.fixed, "target": train_set.target},
+            "val": val,
+            "denoiser_state": denoiser_state,
+            "energy_model": energy_model,
+        }
     )
     trainer = TorchTrainer(
         train_loop,

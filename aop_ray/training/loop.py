@@ -22,11 +22,11 @@ import torch
 
 from aop_ray import checkpoints, precision
 from aop_ray.allocator import keep_freed_memory
-from aop_ray.aop import Trajectories, aop_step, chosen_costs, uniform_states
+from aop_ray.aop import FreeCost, Trajectories, aop_step, chosen_costs, free_cost, uniform_states
 from aop_ray.cli import say
 from aop_ray.config import Config, TrainConfig
 from aop_ray.errors import InputError
-from aop_ray.grpo import grpo_step
+from aop_ray.grpo import Reward, energy_reward, grpo_step
 from aop_ray.losses import denoiser_loss
 from aop_ray.models.denoiser import build_denoiser, frozen_pretrained
 from aop_ray.models.policies import PolicyNet, make_policy
@@ -173,8 +173,11 @@ class _States:
         batches: Iterator[dict[str, torch.Tensor]],
         device: torch.device,
         cache_logits: bool,
+        rank: int,
     ) -> None:
         self.cfg, self.mask_id, self.batches, self.device = cfg, mask_id, batches, device
+        # the draws of a sampled pool (`aop.token_temperature` > 0): a function of (seed, rank)
+        self.generator = torch.Generator().manual_seed(cfg.train.seed * 7919 + rank)
         self.trajectories: Trajectories | None = None
         self.cache_logits = cache_logits  # keep the denoiser's logits at every pool state (`aop.cache_logits`)
 
@@ -186,7 +189,8 @@ class _States:
         return fixed, torch.cat([p["target"] for p in parts])[:n].long().to(self.device)
 
     def refresh(self, denoiser: torch.nn.Module, order: Order) -> None:
-        """Collect teacher-forced trajectories of `order` on fresh instances and add them (DAgger)."""
+        """Collect trajectories of `order` on fresh instances and add them (DAgger): teacher-forced, or
+        sampled at `aop.token_temperature`."""
         fixed, target = self._draw(self.cfg.aop.trajectory_instances)
         was_training = denoiser.training
         denoiser.eval()
@@ -199,6 +203,8 @@ class _States:
                 target,
                 self.mask_id,
                 keep_logits=self.cache_logits,
+                token_temperature=self.cfg.aop.token_temperature,
+                generator=self.generator,
             )
         denoiser.train(was_training)
         pool = new if self.trajectories is None else Trajectories.concat([self.trajectories, new])
@@ -223,7 +229,7 @@ class Progress:
     """The console's progress line: step/total, loss, samples/s, ETA (measured since this process started
     training, so a resumed run's ETA is not skewed by the steps done before), validation when present."""
 
-    SHOWN = ("loss", "samples_per_s", "val_solve_rate", "val_cell_accuracy")
+    SHOWN = ("loss", "reward", "samples_per_s", "val_solve_rate", "val_cell_accuracy")
 
     def __init__(self, start_step: int, total: int) -> None:
         self.start_step, self.total, self.started = start_step, total, time.perf_counter()
@@ -269,6 +275,8 @@ class StageModels:
     policy: PolicyNet | None
     nets: dict[str, torch.nn.Module]
     states: _States | None
+    free_cost: FreeCost | None = None  # the cost of a reference-free aop.target (dead_end, energy)
+    reward: Reward | None = None  # GRPO's reward when it is not the task's verifier (grpo.reward energy)
 
 
 Step = Callable[[StageModels, torch.Tensor, torch.Tensor, torch.Generator], tuple[torch.Tensor, dict[str, Any]]]
@@ -297,7 +305,7 @@ def aop_stage_step(
         joint=joint,
         shortlist=m.policy.base,
         logits=logits,
-        dead_ends=m.task.dead_ends,
+        free_cost=m.free_cost,
     )
     if joint and m.cfg.aop.mdm_lambda:
         mdm = denoiser_loss(m.nets["denoiser"], x0, fixed, mask_id(m.task), m.cfg.train.loss_weighting, generator)
@@ -319,6 +327,7 @@ def grpo_stage_step(
         m.task,
         m.cfg.grpo,
         generator,
+        m.reward,
     )
 
 
@@ -401,13 +410,16 @@ def train_loop(loop_config: dict[str, Any]) -> None:
     batches = _batches(shard, draw, tc.seed + rank, step)
     val = inputs["val"]
     cache = cfg.aop.cache_logits and stage == "policy" and policy is not None and not policy.needs_hidden
-    states = _States(cfg, mask_id(task), batches, device, cache) if stage in ("policy", "joint") else None
+    states = _States(cfg, mask_id(task), batches, device, cache, rank) if stage in ("policy", "joint") else None
     if states is not None and cfg.aop.states == "trajectory":
         states.refresh(denoiser, get_order(cfg.aop.trajectory_order, task=task))
         if cfg.aop.refresh_every and step >= cfg.aop.refresh_every:  # resumed after a DAgger round
             states.refresh(denoiser, policy)
     eval_order = policy if policy is not None else get_order(tc.eval_order, task=task)
-    models = StageModels(cfg, task, denoiser, policy, nets, states)
+    potts = inputs.get("energy_model")
+    costs = _free_costs(cfg, task, potts)
+    reward = energy_reward(*potts) if stage == "grpo" and cfg.grpo.reward == "energy" and potts else None
+    models = StageModels(cfg, task, denoiser, policy, nets, states, costs.get(cfg.aop.target), reward)
 
     window: dict[str, float] = {}
     window_n, window_start = 0, time.perf_counter()
@@ -465,7 +477,9 @@ def train_loop(loop_config: dict[str, Any]) -> None:
             metrics.update(_validate(denoiser, eval_order, cfg, val, rank, world, device))
             if policy is not None:
                 with precision.autocast(tc.precision, device):
-                    metrics.update(_diagnostics(denoiser, policy, task, val, rank, world, device))
+                    metrics.update(
+                        _diagnostics(denoiser, policy, task, cfg.aop.token_temperature, costs, val, rank, world, device)
+                    )
             for module, _ in trained.values():
                 module.train()
         window, window_n, window_start = {}, 0, time.perf_counter()
@@ -505,32 +519,54 @@ def _manifest(
     )
 
 
+def _free_costs(cfg: Config, task: Any, potts: tuple[torch.Tensor, torch.Tensor] | None) -> dict[str, FreeCost]:
+    """The reference-free costs this run can compute, by target name: `dead_end` where the task has a
+    solver, `energy` where the driver sent a Potts model (aop.energy_model)."""
+    costs: dict[str, FreeCost] = {}
+    for target, available in (("dead_end", task.has_dead_ends), ("energy", potts is not None)):
+        fn = free_cost(target, task, mask_id(task), potts, cfg.aop.token_temperature) if available else None
+        if fn is not None:
+            costs[target] = fn
+    return costs
+
+
 def _diagnostics(
     denoiser: torch.nn.Module,
     policy: PolicyNet,
     task: Any,
+    temperature: float,
+    free_costs: dict[str, FreeCost],
     val: dict[str, np.ndarray],
     rank: int,
     world: int,
     device: torch.device,
 ) -> dict[str, float]:
-    """Chosen-position error and CE of the policy and every heuristic/rule on fixed validation states.
+    """The mean cost of the position the policy and every heuristic/rule would reveal, on fixed
+    validation states.
 
-    The states are every state of the teacher-forced margin trajectories of the
-    validation puzzles (frozen denoiser: the same states at every evaluation),
-    split over the workers like `_validate`.
+    The states are every state of the margin trajectories of the validation instances (frozen
+    denoiser: the same states at every evaluation), teacher-forced, or sampled at
+    `aop.token_temperature` with a fixed seed (then there is no reference, and only the
+    reference-free costs are reported), split over the workers like `_validate`.
     """
     rows = slice(rank, None, world)
     fixed = torch.tensor(val["fixed"][rows]).to(device)
     target = torch.tensor(val["target"][rows]).to(device).long()
     tokens = torch.where(fixed, target, mask_id(task))
-    trajectories = Trajectories.collect(denoiser, get_order("margin"), tokens, fixed, target, mask_id(task))
+    trajectories = Trajectories.collect(
+        denoiser,
+        get_order("margin"),
+        tokens,
+        fixed,
+        target,
+        mask_id(task),
+        token_temperature=temperature,
+        generator=torch.Generator().manual_seed(rank),
+    )
     xt, x0 = trajectories.all_states()
     orders = {name: get_order(name, task=task) for name in order_names(task) if name not in ("learned", "random")}
     orders["learned"] = policy
-    costs = chosen_costs(
-        orders, denoiser, xt, x0, mask_id(task), dead_ends=task.dead_ends if task.has_dead_ends else None
-    )
+    costs = chosen_costs(orders, denoiser, xt, None if temperature > 0 else x0, mask_id(task), free_costs=free_costs)
     keys = [(name, kind) for name in sorted(costs) for kind in sorted(costs[name])]
     n = float((xt == mask_id(task)).any(dim=1).sum())
     *sums, total = _all_sum([costs[name][kind] * n for name, kind in keys] + [n], device)
