@@ -22,6 +22,7 @@ from aop_ray.errors import InputError
 from aop_ray.models.denoiser import Denoiser
 from aop_ray.protein.alignment import decode
 from aop_ray.protein.oracle import FamilyOracle
+from aop_ray.protein.potts import Potts
 from aop_ray.tasks import Protein
 
 from conftest import run_cli
@@ -96,13 +97,17 @@ def test_oracle_split_and_scores(family):
     proc = family["oracle_proc"]
     assert proc.returncode == 0, proc.stderr[-2000:]
     out = family["out"]
-    assert {p.name for p in out.iterdir()} == {"train", "heldout", "oracle"}
+    assert {p.name for p in out.iterdir()} == {"train", "heldout", "oracle", "train_potts.pt"}
     oracle = FamilyOracle.load(out / "oracle", TASK)
     naturals = torch.as_tensor(family["seqs"][:50])
     rng = np.random.default_rng(0)
     shuffled = torch.as_tensor(np.stack([rng.permutation(s) for s in family["seqs"][:50]]))
     nat, shuf = oracle.score(naturals), oracle.score(shuffled)
     assert nat["potts_energy"].mean() < shuf["potts_energy"].mean()  # the oracle prefers the family
+    # the training split's own model (what aop.target energy trains against) is another fit of the family
+    train_potts = Potts.load(out / "train_potts.pt", L=TASK.length)
+    assert train_potts.energy(naturals).mean() < train_potts.energy(shuffled).mean()
+    assert not torch.equal(train_potts.h, oracle.potts.h)
     assert nat["hmm_bits"].nanmean() > shuf["hmm_bits"].nanmean()
     train = torch.as_tensor(oracle.train[:10])
     assert (oracle.score(train)["novelty"] == 0).all()  # a training sequence is not novel
