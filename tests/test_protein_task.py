@@ -190,3 +190,27 @@ mlflow: {{experiment: aop-ray-protein-smoke}}
     ]
     assert sorted(r["order"] for r in rows) == ["entropy", "random"]
     assert all("potts_energy" in r and "novelty" in r for r in rows)
+
+
+def test_a_policy_trains_on_the_energy_of_draws_at_a_temperature(family, tmp_path):
+    """The protein user's path for an order at temperature T: the split's own `train_potts.pt` (never the
+    oracle), states sampled at T, the energy target; validation reports only the reference-free cost."""
+    assert family["oracle_proc"].returncode == 0
+    config = tmp_path / "policy.yaml"
+    config.write_text(f"""name: protein-energy
+task: {{name: protein, length: {TASK.length}, family: toy}}
+data: {{train: {{path: {family["out"] / "train"}}}, val: {{path: {family["out"] / "heldout"}}}}}
+policy: {{d_model: 16, n_layers: 1, n_heads: 2, features: [probs, stats], base_scale: 0.0}}
+aop: {{denoiser_checkpoint: {family["ckpt"]}, target: energy, energy_model: {family["out"] / "train_potts.pt"},
+      token_temperature: 0.5, trajectory_order: random, trajectory_instances: 32, refresh_every: 4}}
+train: {{stage: policy, steps: 8, batch_size: 16, warmup_steps: 2, augment: false, log_every: 4,
+        checkpoint_every: 8, eval_every: 8, eval_instances: 16}}
+ray: {{num_workers: 1, cpus_per_worker: 0.5}}
+""")
+    proc = run_cli("aop_ray.train", "--config", str(config), "--no-mlflow", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = json.loads((tmp_path / "runs" / "protein-energy" / "final" / "manifest.json").read_text())["metrics"]
+    assert {k for k in metrics if k.startswith("val_chosen_")} == {
+        f"val_chosen_energy/{o}" for o in ("random", "confidence", "margin", "entropy", "learned")
+    }
+    assert all(metrics[k] >= 0 for k in metrics if k.startswith("val_chosen_"))
