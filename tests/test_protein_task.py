@@ -202,9 +202,9 @@ task: {{name: protein, length: {TASK.length}, family: toy}}
 data: {{train: {{path: {family["out"] / "train"}}}, val: {{path: {family["out"] / "heldout"}}}}}
 policy: {{d_model: 16, n_layers: 1, n_heads: 2, features: [probs, stats], base_scale: 0.0}}
 aop: {{denoiser_checkpoint: {family["ckpt"]}, target: energy, energy_model: {family["out"] / "train_potts.pt"},
-      token_temperature: 0.5, trajectory_order: random, trajectory_instances: 32, refresh_every: 4}}
-train: {{stage: policy, steps: 8, batch_size: 16, warmup_steps: 2, augment: false, log_every: 4,
-        checkpoint_every: 8, eval_every: 8, eval_instances: 16}}
+      token_temperature: 0.5, trajectory_order: random, trajectory_instances: 16, refresh_every: 2}}
+train: {{stage: policy, steps: 4, batch_size: 16, warmup_steps: 1, augment: false, log_every: 2,
+        checkpoint_every: 4, eval_every: 4, eval_instances: 8}}
 ray: {{num_workers: 1, cpus_per_worker: 0.5}}
 """)
     proc = run_cli("aop_ray.train", "--config", str(config), "--no-mlflow", cwd=tmp_path)
