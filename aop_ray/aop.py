@@ -218,8 +218,8 @@ def free_cost(
     if target == "energy":
         if potts is None:
             raise ValueError("aop.target energy needs a Potts model (aop.energy_model)")
-        h, J = potts
-        return lambda xt, logits: excess_energy(h.to(xt.device), J.to(xt.device), xt, logits, mask_id, temperature)
+        h, J = potts  # on the states' device already: this runs at every training step
+        return lambda xt, logits: excess_energy(h, J, xt, logits, mask_id, temperature)
     return None
 
 
@@ -301,7 +301,7 @@ def chosen_costs(
             masked = x == mask_id
             logits, hidden = denoiser(x, return_hidden=True)
             state = DecodeState(tokens=x, masked=masked, logits=logits.float(), hidden=hidden, step=0)
-            costs = {kind: state_costs(x, logits, x, kind, fn) for kind, fn in free_costs.items()}
+            costs = {kind: fn(x, logits).float() for kind, fn in free_costs.items()}
             if x0 is not None:
                 y = x0[lo : lo + batch_size]
                 costs.update(ce=position_costs(logits, y, "ce"), error=position_costs(logits, y, "error"))

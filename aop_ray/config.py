@@ -425,12 +425,10 @@ class Config:
                 f"aop.target: {self.aop.target} is not a loss the denoiser should learn from; stage joint needs "
                 "ce or both"
             )
-        if self.aop.target == "energy" and task.name != "protein":
-            raise InputError(f"aop.target: energy scores residues with a protein family's Potts model; the "
-                             f"{task.name} task has none")  # fmt: skip
         energy = self.aop.target == "energy" or (self.train.stage == "grpo" and self.grpo.reward == "energy")
         if energy and task.name != "protein":
-            raise InputError(f"grpo.reward: energy scores residues with a protein family's Potts model; the "
+            key = "aop.target" if self.aop.target == "energy" else "grpo.reward"
+            raise InputError(f"{key}: energy scores residues with a protein family's Potts model; the "
                              f"{task.name} task has none")  # fmt: skip
         if energy != bool(self.aop.energy_model):
             raise InputError(

@@ -416,7 +416,8 @@ def train_loop(loop_config: dict[str, Any]) -> None:
         if cfg.aop.refresh_every and step >= cfg.aop.refresh_every:  # resumed after a DAgger round
             states.refresh(denoiser, policy)
     eval_order = policy if policy is not None else get_order(tc.eval_order, task=task)
-    potts = inputs.get("energy_model")
+    potts = inputs.get("energy_model")  # (h, J), moved to the device once, not at every step
+    potts = None if potts is None else (potts[0].to(device), potts[1].to(device))
     costs = _free_costs(cfg, task, potts)
     reward = energy_reward(*potts) if stage == "grpo" and cfg.grpo.reward == "energy" and potts else None
     models = StageModels(cfg, task, denoiser, policy, nets, states, costs.get(cfg.aop.target), reward)
