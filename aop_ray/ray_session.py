@@ -11,6 +11,12 @@ import threading
 # It only observes spot preemptions (recovery is FailureConfig's job), so it is off unless a
 # user turns it on in the environment.
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+# Ray Train 2.60's controller polls its workers every 2 s, and a worker's `ray.train.report` waits until
+# the controller has taken the previous report (a queue of one): every report after the first stalled
+# training for up to 2 s. The 4x4 smoke policy trained at 155 samples/s with 80% of its time in that
+# wait, and 3,000 samples/s with a 0.2 s poll (docs/design.md). A poll is one small remote call per worker.
+POLL_INTERVAL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
+DEFAULTS = {PREEMPTION_WATCHER: "0", POLL_INTERVAL: "0.2"}
 
 
 def connect() -> None:
@@ -19,7 +25,7 @@ def connect() -> None:
 
     if ray.is_initialized():
         return
-    env_vars = {} if PREEMPTION_WATCHER in os.environ else {PREEMPTION_WATCHER: "0"}
+    env_vars = {key: value for key, value in DEFAULTS.items() if key not in os.environ}  # the user's win
     main_thread = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if main_thread else None
     ray.init(
