@@ -3,10 +3,11 @@
     python benchmarks/protein_temperature.py --family pf00014 [--reuse] [--n 256]
     python benchmarks/protein_temperature.py --family dhfr [--reuse]
 
-For each temperature in TEMPERATURES every heuristic order, and each learned order trained *for that
-temperature* when its checkpoint exists (`benchmarks/checkpoints/<family>-policy-t<T>`: `learned`, GRPO
-rewarded by the training split's Potts energy; `<family>-policy-aop-t<T>`: `learned-aop`, the AOP loss
-with the one-step `energy` target), samples one sequence per held-out row (the first `--n`, seed 0) from
+For each temperature in TEMPERATURES every heuristic order, the confidence heuristics reversed (least
+sure first; a diagnostic), and each learned order trained *for that temperature* when its checkpoint
+exists (`benchmarks/checkpoints/<family>-policy-t<T>`: `learned`, GRPO rewarded by the training split's
+Potts energy; `<family>-policy-aop-t<T>`: `learned-aop`, the AOP loss with the one-step `energy`
+target), samples one sequence per held-out row (the first `--n`, seed 0) from
 the fully masked state; the family oracle (fitted on the held-out split) scores each sequence. Writes
 docs/results/<family>_temperature.md and the plot next to it.
 
@@ -54,6 +55,9 @@ FAMILIES = {
 }
 TEMPERATURES = (0.1, 0.25, 0.5, 0.75, 1.0)
 HEURISTICS = ("random", "confidence", "margin", "entropy")
+# Diagnostic orders, not offered to users: a confidence heuristic reversed (the least sure position first).
+# They ask whether random order wins at low temperature by *not* being confidence-first.
+REVERSED = {"reverse-confidence": "confidence", "reverse-margin": "margin"}
 BATCH = 256  # batch_identity is measured within decode batches of this size
 METRICS = ("potts_energy", "batch_identity", "hmm_bits", "novelty", "below_p5")
 
@@ -87,9 +91,13 @@ def decode_scores(
     if not (ROOT / source / "manifest.json").is_file():
         return None
     denoiser, task, manifest = checkpoints.load_denoiser(ROOT / source)
-    order = (
-        checkpoints.load_policy(ROOT / source, task, manifest["model"]) if learned else get_order(order_name, task=task)
-    )
+    if learned:
+        order = checkpoints.load_policy(ROOT / source, task, manifest["model"])
+    elif order_name in REVERSED:
+        heuristic = get_order(REVERSED[order_name], task=task)
+        order = lambda state: -heuristic(state)  # noqa: E731
+    else:
+        order = get_order(order_name, task=task)
     order_temperature = learned_order_temperature(manifest) if learned else 0.0
     rows = load_instances(task, ROOT / "data" / family / "heldout").take(np.arange(n))
     oracle = FamilyOracle.load(ROOT / "data" / family / "oracle", task)
@@ -140,6 +148,8 @@ def plot(results: dict[str, dict[float, dict[str, np.ndarray]]], title: str, pat
         style = {"linewidth": 2.5, "color": "black"} if order == "learned" else {"linewidth": 1.2}
         if order == "learned-aop":
             style = {"linewidth": 1.5, "color": "grey", "linestyle": "--"}
+        if order in REVERSED:
+            style = {"linewidth": 1.0, "linestyle": ":"}
         ax.plot(xs, ys, marker="o", label=order, **style)
         for x, y, t in zip(xs, ys, ts):
             ax.annotate(f"{t:g}", (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
@@ -169,7 +179,7 @@ def main() -> int:
     out = ROOT / "out" / "protein_temperature" / args.family
     results: dict[str, dict[float, dict[str, np.ndarray]]] = {}
     for temperature in TEMPERATURES:
-        for order in (*HEURISTICS, *LEARNED):
+        for order in (*HEURISTICS, *REVERSED, *LEARNED):
             scores = decode_scores(args.family, order, temperature, args.n, out, args.reuse)
             if scores is not None:
                 results.setdefault(order, {})[temperature] = scores
