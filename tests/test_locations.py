@@ -71,6 +71,10 @@ def test_progress_line_has_step_total_and_eta():
     progress.started -= 10.0  # 10 s for the first 100 steps of this process: 20 s left for 200
     line = progress.line(200, {"loss": 0.5, "samples_per_s": 64.0, "lr": 1e-3})
     assert line == "step 200/300 loss=0.5 samples_per_s=64 eta 0:10"
+    validated = {"loss": 0.5, "val_solve_rate": 1.0, "val_cell_accuracy": 0.45}
+    assert Progress(0, 10).line(10, validated).startswith("step 10/10 loss=0.5 val_solve_rate=1 val_cell_accuracy=0.45")
+    # no verifier (a protein is "solved" once complete): the line leaves the solve rate out
+    assert Progress(0, 10, verified=False).line(10, validated).startswith("step 10/10 loss=0.5 val_cell_accuracy=0.45")
 
 
 def test_the_pipeline_applies_its_ray_keys_to_every_stage():

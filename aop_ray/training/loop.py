@@ -227,12 +227,15 @@ class _States:
 
 class Progress:
     """The console's progress line: step/total, loss, samples/s, ETA (measured since this process started
-    training, so a resumed run's ETA is not skewed by the steps done before), validation when present."""
+    training, so a resumed run's ETA is not skewed by the steps done before), validation when present.
+    A task without a verifier (proteins, antibody loops) has no solve rate worth a glance: a protein is
+    "solved" once complete, always, so the line leaves it out (MLflow still records it)."""
 
     SHOWN = ("loss", "reward", "samples_per_s", "val_solve_rate", "val_cell_accuracy")
 
-    def __init__(self, start_step: int, total: int) -> None:
+    def __init__(self, start_step: int, total: int, verified: bool = True) -> None:
         self.start_step, self.total, self.started = start_step, total, time.perf_counter()
+        self.shown = self.SHOWN if verified else tuple(k for k in self.SHOWN if k != "val_solve_rate")
 
     def eta(self, step: int) -> float:
         done = step - self.start_step
@@ -240,7 +243,7 @@ class Progress:
 
     def line(self, step: int, metrics: dict[str, Any]) -> str:
         width = len(str(self.total))
-        shown = " ".join(f"{k}={metrics[k]:.4g}" for k in self.SHOWN if k in metrics)
+        shown = " ".join(f"{k}={metrics[k]:.4g}" for k in self.shown if k in metrics)
         return f"step {step:>{width}}/{self.total} {shown} eta {format_duration(self.eta(step))}"
 
 
@@ -424,7 +427,7 @@ def train_loop(loop_config: dict[str, Any]) -> None:
 
     window: dict[str, float] = {}
     window_n, window_start = 0, time.perf_counter()
-    progress = Progress(step, tc.steps)
+    progress = Progress(step, tc.steps, verified=task.has_verifier)
     while step < tc.steps:
         generator.manual_seed(tc.seed * 1_000_003 + rank * 7919 + step)
         torch.manual_seed(generator.initial_seed() + 1)  # dropout and any other draw from the global stream
