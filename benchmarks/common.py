@@ -7,6 +7,7 @@ import hashlib
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import time
@@ -22,6 +23,12 @@ def sh(cmd: list[str]) -> float:
     start = time.perf_counter()
     subprocess.run(cmd, cwd=ROOT, check=True)
     return time.perf_counter() - start
+
+
+def window_rates(stdout: str) -> list[float]:
+    """samples/s of every logging window of a `python -m aop_ray.train` run, as its progress lines report
+    them (the first window holds the start-up)."""
+    return [float(m) for m in re.findall(r"\[aop-ray\] step +\d+/\d+ .*?samples_per_s=([0-9.e+]+)", stdout)]
 
 
 def machine() -> str:

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
 import subprocess
@@ -29,7 +28,7 @@ import sys
 import tempfile
 import time
 
-from common import ROOT, header, write_report
+from common import ROOT, header, window_rates, write_report
 
 from aop_ray.ray_session import POLL_INTERVAL
 
@@ -56,7 +55,7 @@ def run(args: list[str], interval: str, workdir: str, name: str) -> tuple[float,
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
-    rates = [float(m) for m in re.findall(r"\[aop-ray\] step +\d+/\d+ .*?samples_per_s=([0-9.e+]+)", proc.stdout)]
+    rates = window_rates(proc.stdout)
     return seconds, statistics.median(rates[1:])
 
 

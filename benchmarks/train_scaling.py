@@ -22,7 +22,6 @@ recomputation). With `--peak-tflops`, MFU = achieved / peak. Writes docs/results
 from __future__ import annotations
 
 import argparse
-import re
 import shutil
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ import sys
 import tempfile
 
 import torch
-from common import ROOT, header, write_report
+from common import ROOT, header, window_rates, write_report
 from torch.utils import flop_counter
 
 from aop_ray import checkpoints
@@ -118,7 +117,7 @@ def run(
     proc = subprocess.run(cmd, cwd=workdir, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
-    rates = [float(m) for m in re.findall(r"\[aop-ray\] step +\d+/\d+ .*?samples_per_s=([0-9.e+]+)", proc.stdout)]
+    rates = window_rates(proc.stdout)
     return rates[1:]  # the first window includes start-up
 
 
