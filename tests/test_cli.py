@@ -2,6 +2,8 @@
 
 import subprocess
 import sys
+import threading
+import types
 from pathlib import Path
 
 import pytest
@@ -161,3 +163,24 @@ def test_data_cli_generate_convert_and_refusals(tmp_path, capsys, sudoku4):
     assert data.main(["convert", "--param", "size=4", "--input", str(text), "--out", str(tmp_path / "conv")]) == 0
     assert data.load_instances(sudoku4, tmp_path / "conv").ids == ["p:1"]
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("signum, code, line", [(None, 130, "interrupted (Ctrl-C)"), (15, 143, "terminated (SIGTERM)")])
+def test_a_stopped_command_leaves_ray_before_its_last_line(monkeypatch, capsys, signum, code, line):
+    """Until the driver leaves Ray it echoes its actors' logs, and Ray's own cleanup actors log as a stopped
+    local cluster goes down; so Ray is left first and the `error:` line is the last thing printed."""
+    from aop_ray import cli
+
+    events = []
+    fake = types.SimpleNamespace(is_initialized=lambda: True, shutdown=lambda: events.append("shutdown"))
+    monkeypatch.setitem(sys.modules, "ray", fake)
+    monkeypatch.setattr(sys, "stderr", types.SimpleNamespace(write=lambda s: events.append(s), flush=lambda: None))
+
+    def body():
+        if signum is None:
+            raise KeyboardInterrupt
+        cli._terminate(signum, None)  # as the SIGTERM handler would, outside a Ray Train fit
+
+    monkeypatch.setattr(cli, "_terminated", threading.Event())
+    assert cli.run_main(body) == code
+    assert events[0] == "shutdown" and f"error: {line}" in "".join(events[1:])
