@@ -25,7 +25,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from aop_ray.config import ModelConfig, PolicyConfig, make_task, parse_dataclass
+from aop_ray.config import SIZE_FREE_ENCODERS, ModelConfig, PolicyConfig, make_task, parse_dataclass
 from aop_ray.errors import InputError
 from aop_ray.models.denoiser import build_denoiser
 from aop_ray.models.policies import PolicyEnsemble, PolicyNet, make_policy
@@ -129,8 +129,17 @@ def check_same(what: str, theirs: dict[str, Any], ours: dict[str, Any], where: s
             )
 
 
-def check_task(manifest: dict[str, Any], task: Task, where: str) -> None:
-    check_same("task", manifest.get("task", {}), task_params(task), where)
+def check_task(manifest: dict[str, Any], task: Task, where: str, size_free: bool = False) -> None:
+    """Refuse a checkpoint for another task; a `size_free` one runs on its task at any size."""
+    theirs = manifest.get("task", {})
+    if size_free and isinstance(theirs, dict) and theirs.get("name") == task.name:
+        return
+    check_same("task", theirs, task_params(task), where)
+
+
+def is_size_free(model: dict[str, Any]) -> bool:
+    """Whether a manifest's denoiser model has no weight tied to the task's size (`model.size_free`)."""
+    return model.get("size_free") is True
 
 
 def policy_manifest(
@@ -151,15 +160,16 @@ def load_denoiser(
 ) -> tuple[nn.Module, Task, dict[str, Any]]:
     """The denoiser at `path` (a denoiser or policy checkpoint), its task and manifest.
 
-    Refuses a checkpoint for another `task`.
+    Refuses a checkpoint for another `task`; a size-free one (`model.size_free`) is built for `task`'s size.
     """
     manifest = read_manifest(path)
     if manifest.get("kind") not in ("denoiser", "policy"):
         raise InputError(f"{path}: checkpoint kind is {short(manifest['kind'])}, expected 'denoiser' or 'policy'")
     ckpt_task = make_task(manifest["task"], where=f"{path}: task")
-    if task is not None:
-        check_task(manifest, task, str(path))
     model_cfg = parse_dataclass(ModelConfig, manifest["model"], f"{path}: model")
+    if task is not None:
+        check_task(manifest, task, str(path), model_cfg.size_free)
+        ckpt_task = task  # the checkpoint's own, or another size of it for a size-free model
     if model_cfg.pretrained is not None and not (Path(path) / "denoiser.pt").is_file():
         from aop_ray.models import pretrained  # a frozen pretrained LM: its weights stay where they are
 
@@ -219,9 +229,9 @@ def load_policy(
     """The policy at `path`, checked against the task and denoiser it will run on
     (an ensemble if its manifest lists `members`)."""
     manifest = read_policy_manifest(path)
-    check_task(manifest, task, str(path))
     check_same("denoiser model", identity(manifest["model"]), identity(denoiser_model), str(path))
     cfg = parse_dataclass(PolicyConfig, manifest["policy"], f"{path}: policy")
+    check_task(manifest, task, str(path), is_size_free(denoiser_model) and cfg.encoder in SIZE_FREE_ENCODERS)
     members = manifest.get("members")
     if members is not None and not (isinstance(members, list) and members):
         raise InputError(f"{Path(path) / MANIFEST}: field 'members' must be a non-empty list, got {short(members)}")

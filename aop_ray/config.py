@@ -183,6 +183,9 @@ class ModelConfig:
     ff_mult: int = 4
     dropout: float = 0.0
     relation_bias: bool = True  # per-head attention bias by shared structure group (row/col/box)
+    # No weight tied to the task's size (tasks.SizeFreeForm; SAT): the same checkpoint runs on formulas of
+    # any size (`evaluate --param n_vars=50 --param n_clauses=218`)
+    size_free: bool = False
     pretrained: PretrainedConfig | None = None
 
     def __post_init__(self) -> None:
@@ -191,11 +194,14 @@ class ModelConfig:
             raise InputError(f"model.n_heads: {self.n_heads} does not divide model.d_model {self.d_model}")
         if not 0 <= self.dropout < 1:
             raise InputError(f"model.dropout: must be in [0, 1), got {self.dropout}")
+        if self.size_free and self.pretrained is not None:
+            raise InputError("model.size_free: a pretrained model's weights are its own; leave size_free out")
 
 
 GENERIC_FEATURES = ("probs", "stats", "hidden", "group_probs", "group_tokens")  # see models/policy.py
 TOKEN_AXIS_FEATURES = ("probs", "stats", "group_probs", "group_tokens")  # what encoder token_axis reads
 CLAUSE_GRAPH_FEATURES = ("probs", "stats")  # what encoder clause_graph reads (models/clause_graph.py)
+SIZE_FREE_ENCODERS = ("clause_graph",)  # no weight tied to the task's size: runs at any size on a size-free denoiser
 
 
 @dataclasses.dataclass

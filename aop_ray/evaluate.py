@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from aop_ray import checkpoints, cli, data, precision
 from aop_ray.cli import run_main, say
-from aop_ray.config import DecodeConfig, find_input
+from aop_ray.config import DecodeConfig, find_input, make_task, parse_assignments
 from aop_ray.errors import InputError
 from aop_ray.locations import check_durable, check_tracking_uri
 from aop_ray.models.policies import PolicyEnsemble, PolicyNet
@@ -40,9 +40,10 @@ from aop_ray.orders import Order, get_order, order_names
 from aop_ray.outputs import claim, write_atomic
 from aop_ray.paired import SOLVED_CSV, solved_csv
 from aop_ray.precision import PRECISIONS
+from aop_ray.readers import short
 from aop_ray.sampling import Decoded, decode_dataset
 from aop_ray.stats import mcnemar
-from aop_ray.tasks import Instances, Task
+from aop_ray.tasks import Instances, Task, task_params
 from aop_ray.tracking import Tracker, ended_status, resolve_uri
 
 FIELDS = (
@@ -297,6 +298,8 @@ class Evaluation(DecodeConfig):
     oracle: str | None = None
     out: str | None = None
     seed: int = 0
+    # task parameters in place of the checkpoint's (`--param n_vars=50`): a size-free denoiser at another size
+    task: dict[str, Any] = dataclasses.field(default_factory=dict)
     planner_nll: bool = True
     device: str = "cpu"
     threads: int | None = None
@@ -334,7 +337,8 @@ def _evaluate(ev: Evaluation) -> list[dict[str, Any]]:
     device = torch.device(ev.device)
     say(f"device {device.type}, {precision.describe(ev.precision, device)}")
     checkpoint = find_input(ev.checkpoint)  # a committed checkpoint is found from any directory
-    denoiser, task, manifest = checkpoints.load_denoiser(checkpoint, map_location=device)
+    resized = resized_task(checkpoint, ev.task) if ev.task else None
+    denoiser, task, manifest = checkpoints.load_denoiser(checkpoint, resized, map_location=device)
     policy_path = find_input(ev.policy) if ev.policy else (checkpoint if manifest["kind"] == "policy" else None)
     policy = checkpoints.load_policy(policy_path, task, manifest["model"], device) if policy_path else None
     orders = parse_orders(ev.orders, task, policy)
@@ -359,7 +363,7 @@ def _evaluate(ev: Evaluation) -> list[dict[str, Any]]:
         "seed": ev.seed,
         "token_temperature": ev.token_temperature,
         "order_temperature": ev.order_temperature,
-        "task": manifest["task"],
+        "task": task_params(task),
         "reference": ev.reference,
         "precision": precision.resolve(ev.precision, device),
     }
@@ -421,6 +425,20 @@ def order_metrics(row: dict[str, Any]) -> dict[str, float]:
     return metrics
 
 
+def resized_task(checkpoint: str | Path, fields: dict[str, Any]) -> Task:
+    """The checkpoint's task with `fields` replaced, refused unless its denoiser is size-free: other weights
+    are tied to the size they were trained at (a SAT literal embedding per variable number)."""
+    manifest = checkpoints.read_manifest(checkpoint)
+    if not checkpoints.is_size_free(manifest["model"]):
+        raise InputError(
+            f"--param: {checkpoint} has weights tied to its task's size (its model is not size_free); "
+            f"it runs on {short(manifest['task'], 200)} only"
+        )
+    if "name" in fields and fields["name"] != manifest["task"].get("name"):
+        raise InputError(f"--param name: {checkpoint} is a {short(manifest['task'].get('name'))} checkpoint")
+    return make_task({**manifest["task"], **fields}, where="--param")
+
+
 def evaluation_from_args(args: argparse.Namespace) -> Evaluation:
     if args.renamed_temperature is not None:
         raise InputError("--temperature: renamed to --token-temperature (--order-temperature samples positions)")
@@ -437,6 +455,7 @@ def evaluation_from_args(args: argparse.Namespace) -> Evaluation:
         out=args.out,
         batch_size=args.batch_size,
         seed=args.seed,
+        task=parse_assignments(args.param, "--param"),
         token_temperature=args.token_temperature,
         order_temperature=args.order_temperature,
         samples=args.samples,
@@ -536,6 +555,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--no-planner-nll", action="store_true", help="skip the teacher-forced planner-NLL pass (halves the cost)"
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        metavar="KEY=VALUE",
+        help="task parameter in place of the checkpoint's, repeatable, e.g. --param n_vars=50 --param "
+        "n_clauses=218: a size-free denoiser (model.size_free) and its clause-graph policy run on formulas "
+        "of another size",
     )
     parser.add_argument(
         "--device",

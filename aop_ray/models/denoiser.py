@@ -13,8 +13,9 @@ import torch
 from torch import nn
 
 from aop_ray.config import ModelConfig
+from aop_ray.errors import InputError
 from aop_ray.models.transformer import StructuredTransformer
-from aop_ray.tasks import Task, TokenStructure
+from aop_ray.tasks import SizeFreeForm, Task, TokenStructure
 
 
 class Denoiser(StructuredTransformer):
@@ -27,7 +28,9 @@ class Denoiser(StructuredTransformer):
         cfg: ModelConfig,
         prompt_vocab_size: int = 0,
         structure: TokenStructure | None = None,
+        size_free: SizeFreeForm | None = None,
     ) -> None:
+        """`size_free`: the task's size-free form, which `cfg.size_free` asks for (`for_task` passes it)."""
         super().__init__(
             position_groups,
             cfg.d_model,
@@ -37,21 +40,29 @@ class Denoiser(StructuredTransformer):
             cfg.dropout,
             cfg.relation_bias,
             structure,
+            size_free.embedded if size_free else None,
         )
         self.vocab_size = vocab_size
-        self.tok = nn.Embedding(vocab_size + 1 + prompt_vocab_size, cfg.d_model)  # + mask + prompt-only tokens
+        self.alphabet = size_free.tokens if size_free else None  # a function of the tokens, not a weight
+        n_tokens = size_free.n_tokens if size_free else vocab_size + 1 + prompt_vocab_size  # + mask + prompt-only
+        self.tok = nn.Embedding(n_tokens, cfg.d_model)
         self.head = nn.Linear(cfg.d_model, vocab_size)
         self.apply(self._init)
 
     @classmethod
     def for_task(cls, task: Task, cfg: ModelConfig) -> Denoiser:
-        return cls(task.vocab_size, task.position_groups(), cfg, task.prompt_vocab_size, task.token_structure())
+        size_free = task.size_free_form() if cfg.size_free else None
+        if cfg.size_free and size_free is None:
+            raise InputError(f"model.size_free: task {task.name} has no size-free form (only sat has)")
+        return cls(
+            task.vocab_size, task.position_groups(), cfg, task.prompt_vocab_size, task.token_structure(), size_free
+        )
 
     def forward(
         self, tokens: torch.Tensor, return_hidden: bool = False
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """Logits (B, L, V); with `return_hidden`, also the final hidden states (B, L, D)."""
-        hidden = self.encode(self.tok(tokens), tokens)
+        hidden = self.encode(self.tok(self.alphabet(tokens) if self.alphabet else tokens), tokens)
         logits = self.head(hidden)
         return (logits, hidden) if return_hidden else logits
 

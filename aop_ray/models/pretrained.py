@@ -173,7 +173,9 @@ IDENTITY = ("source", "sha256", "token_ids", "mask_id", "cls_id", "sep_id", "pad
 def identity(model: dict[str, Any]) -> dict[str, Any]:
     """What makes two denoisers the same model, for a policy's check: for a pretrained one, its weights'
     digest and token mapping, not where the directory sits (moving it keeps its policies valid) nor the
-    transformers version that wrote its config dict."""
+    transformers version that wrote its config dict. `size_free` missing (a manifest written before the
+    field) is its default."""
+    model = {**model, "size_free": model.get("size_free", False)}
     if not isinstance(model.get("pretrained"), dict):
         return model
     return {**model, "pretrained": {k: v for k, v in model["pretrained"].items() if k in IDENTITY}}

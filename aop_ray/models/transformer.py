@@ -19,7 +19,7 @@ sat at the trivial loss (log 2) for the 200 steps measured.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -132,10 +132,14 @@ class StructuredTransformer(nn.Module):
         dropout: float,
         relation_bias: bool,
         structure: TokenStructure | None = None,
+        embedded: Sequence[str] | None = None,
     ) -> None:
+        """`embedded`: the position groups that get embeddings (all by default); every group gives the
+        relation bias."""
         super().__init__()
         self.structure = structure
-        self.group_names = register_groups(self, position_groups)
+        register_groups(self, position_groups)
+        self.group_names = [name for name in sorted(position_groups) if embedded is None or name in embedded]
         for name, ids in zip(self.group_names, registered_groups(self)):
             setattr(self, f"emb_{name}", nn.Embedding(int(ids.max()) + 1, d_model))
         relations, n_relations = relation_ids(position_groups)

@@ -1,7 +1,7 @@
 """Task registry: the YAML `task.name` picks the class, its other keys are the fields."""
 
 from aop_ray.tasks.antibody import Antibody
-from aop_ray.tasks.base import Instances, Task, TokenStructure, input_vocab_size, mask_id, task_params
+from aop_ray.tasks.base import Instances, SizeFreeForm, Task, TokenStructure, input_vocab_size, mask_id, task_params
 from aop_ray.tasks.protein import Protein
 from aop_ray.tasks.sat import Sat
 from aop_ray.tasks.sudoku import Sudoku
@@ -13,6 +13,7 @@ __all__ = [
     "Antibody",
     "Instances",
     "Task",
+    "SizeFreeForm",
     "TokenStructure",
     "Protein",
     "Sat",

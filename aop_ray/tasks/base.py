@@ -87,6 +87,23 @@ class TokenStructure:
     n_states: int
 
 
+@dataclasses.dataclass(frozen=True)
+class SizeFreeForm:
+    """How a denoiser reads a task without any weight tied to the task's size (`model.size_free`).
+
+    A SAT literal token names its variable's number, and the `clause` and `var` position groups number
+    clauses and variables: embedding those ties the weights to 20 variables, and to one numbering of
+    interchangeable variables. In the size-free form a literal token is read as its sign alone, only the
+    `embedded` groups get embeddings, and which literal names which variable reaches attention through
+    the token relations. The other groups still give the static relation bias ("same clause"), whose size
+    does not depend on the task's. So one set of weights runs on formulas of any size.
+    """
+
+    tokens: Callable[[torch.Tensor], torch.Tensor]  # (B, L) tokens -> (B, L) ids in [0, n_tokens)
+    n_tokens: int
+    embedded: tuple[str, ...]  # the position groups that get embeddings
+
+
 class TaskHooks:
     """The optional parts of a task, with their defaults: every task class inherits this, so code calls the
     hooks directly instead of probing for them."""
@@ -108,6 +125,10 @@ class TaskHooks:
     def model_tokens(self) -> list[str] | None:
         """The output tokens as a pretrained model's vocabulary spells them (amino acids: "A", "C", ...),
         so a Hugging Face masked LM can be the denoiser; None: the task has no text form."""
+        return None
+
+    def size_free_form(self) -> SizeFreeForm | None:
+        """How a size-free denoiser reads this task (`model.size_free`); None: the task has no such form."""
         return None
 
     def padding_token(self) -> int | None:
@@ -211,6 +232,8 @@ class Task(Protocol):
     def dead_ends(self, tokens: torch.Tensor, proposal: torch.Tensor) -> torch.Tensor: ...
 
     def model_tokens(self) -> list[str] | None: ...
+
+    def size_free_form(self) -> SizeFreeForm | None: ...
 
     def padding_token(self) -> int | None: ...
 

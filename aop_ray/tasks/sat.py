@@ -34,7 +34,7 @@ import torch
 
 from aop_ray.errors import InputError, located
 from aop_ray.readers import ascii_int, read_text, short, text_lines
-from aop_ray.tasks.base import Instances, TaskHooks, TokenStructure
+from aop_ray.tasks.base import Instances, SizeFreeForm, TaskHooks, TokenStructure
 
 WIDTH = 3  # literals per clause
 FALSE, TRUE, MASK = 0, 1, 2
@@ -60,6 +60,11 @@ def satisfying_assignment(clauses: list[list[int]], n_vars: int, rng: random.Ran
             if abs(lit) <= n_vars:
                 values[abs(lit) - 1] = int(lit > 0)
         return values
+
+
+def size_free_tokens(tokens: torch.Tensor) -> torch.Tensor:
+    """(B, L) tokens with each literal replaced by its sign: FIRST_LITERAL (positive) or FIRST_LITERAL + 1."""
+    return torch.where(tokens >= FIRST_LITERAL, FIRST_LITERAL + (tokens - FIRST_LITERAL) % 2, tokens)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,6 +114,11 @@ class Sat(TaskHooks):
 
     def token_structure(self) -> TokenStructure:
         return TokenStructure(self.token_relations, 5, self.token_states, 16)
+
+    def size_free_form(self) -> SizeFreeForm:
+        """Values and the mask as they are, a literal as its sign; only the slot (0-2, or a value position)
+        is embedded."""
+        return SizeFreeForm(size_free_tokens, FIRST_LITERAL + 2, ("slot",))
 
     def token_states(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L) state ids: 0 at value positions; at a literal, 1 + 5 * (unassigned, true, false)
