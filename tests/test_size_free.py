@@ -9,14 +9,14 @@ import pytest
 import torch
 
 from aop_ray import checkpoints, data
-from aop_ray.config import ModelConfig, PolicyConfig, PretrainedConfig
+from aop_ray.config import ModelConfig, PolicyConfig, PretrainedConfig, load_config
 from aop_ray.errors import InputError
 from aop_ray.models.denoiser import Denoiser
 from aop_ray.models.policies import make_policy
 from aop_ray.tasks import Sat, Sudoku
 from aop_ray.tasks.sat import FIRST_LITERAL, MASK
 
-from conftest import ROOT, call_cli
+from conftest import ROOT, call_cli, run_cli
 
 SMALL, LARGE = Sat(n_vars=5, n_clauses=12), Sat(n_vars=8, n_clauses=20)
 FREE = ModelConfig(d_model=16, n_layers=2, n_heads=2, ff_mult=2, size_free=True)
@@ -131,3 +131,51 @@ def test_evaluate_task_is_refused_for_a_tied_checkpoint():
     )
     assert result.returncode == 2 and result.stderr.count("\n") == 1
     assert "has weights tied to its task's size" in result.stderr
+
+
+def test_a_size_free_denoiser_trained_by_the_cli_decodes_larger_formulas(tmp_path):
+    """The user's path: `train` with model.size_free on Ray (6 variables), then `evaluate --param` at 8."""
+    config = ROOT / "tune_configs" / "sat_smoke.yaml"
+    args = ["--config", str(config), "model.size_free=true", "train.steps=10", "train.log_every=5", "name=free"]
+    trained = run_cli("aop_ray.train", *args, "train.checkpoint_every=10", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stdout[-3000:] + trained.stderr[-3000:]
+    final = tmp_path / "runs" / "free" / "final"
+    assert json.loads((final / "manifest.json").read_text())["model"]["size_free"] is True
+    shards = tmp_path / "large"
+    data.write_shards(LARGE.generate(4, seed=5), LARGE, shards)
+    argv = ["--checkpoint", str(final), "--data", str(shards), "--orders", "random,margin", "--no-mlflow", "--quiet"]
+    argv += ["--param", "n_vars=8", "--param", "n_clauses=20", "--out", str(tmp_path / "out")]
+    done = call_cli("aop_ray.evaluate", *argv, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert [(row["order"], row["n"], row["forwards_per_instance"]) for row in rows] == [
+        ("random", 4, 8.0),
+        ("margin", 4, 8.0),
+    ]
+
+
+def test_checkpoints_and_runs_from_before_the_field_still_match_new_ones(tmp_path):
+    """`model.size_free` is new: a manifest or a run's saved config without it means its default, so a run
+    started before it still resumes and an old policy still joins an ensemble with a new one."""
+    from aop_ray.ensemble import check_members
+    from aop_ray.training.driver import _check_resumed_config
+
+    cfg = load_config(ROOT / "tune_configs" / "sat_smoke.yaml")
+    saved = json.loads(json.dumps(cfg.to_dict()))
+    del saved["model"]["size_free"]
+    _check_resumed_config(saved, cfg, tmp_path / "state.json")  # no refusal
+    with pytest.raises(InputError, match="--resume: model.size_free is True but the run was started with None"):
+        _check_resumed_config(
+            saved, load_config(ROOT / "tune_configs" / "sat_smoke.yaml", ["model.size_free=true"]), tmp_path
+        )
+
+    cfg = PolicyConfig(encoder="clause_graph", d_model=8, n_layers=1, features=["probs", "stats"])
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        manifest = checkpoints.policy_manifest(SMALL, TIED, cfg, "policy", "test")
+        if seed == 0:
+            del manifest["model"]["size_free"]  # written before the field existed
+        tensors = {"denoiser": denoiser(SMALL, TIED).state_dict(), "policy": make_policy(SMALL, 16, cfg).state_dict()}
+        paths.append(str(checkpoints.write_checkpoint(tmp_path / f"m{seed}", manifest, tensors)))
+    assert len(check_members(paths)[0]) == 2

@@ -245,13 +245,30 @@ def _prune_checkpoints(run_dir: Path, keep: int) -> None:
 def _check_resumed_config(saved: dict[str, Any], cfg: Config, state_file: Path) -> None:
     """A resumed run must be the run that was started: a changed value would silently mix two experiments."""
     ours, theirs = flatten(json.loads(json.dumps(cfg.to_dict()))), flatten(saved)
-    changed = [key for key in sorted(set(ours) | set(theirs)) if ours.get(key) != theirs.get(key)]
+    changed = [
+        key
+        for key in sorted(set(ours) | set(theirs))
+        if ours.get(key) != theirs.get(key) and not (key not in theirs and _is_default(cfg, key))
+    ]
     if changed:
         key = changed[0]
         raise InputError(
             f"--resume: {key} is {ours.get(key)!r} but the run was started with {theirs.get(key)!r} "
             f"({state_file}); rerun the original command, or start a new run with name=<new name>"
         )
+
+
+def _is_default(cfg: Config, key: str) -> bool:
+    """Whether the dotted config field `key` holds its default: a field added since a run was started (missing
+    from its saved config) does not stop it from resuming unless it was set."""
+    *parents, name = key.split(".")
+    node: Any = cfg
+    for part in parents:
+        node = getattr(node, part, None)
+    field = (
+        next((f for f in dataclasses.fields(node) if f.name == name), None) if dataclasses.is_dataclass(node) else None
+    )
+    return field is not None and field.default is not dataclasses.MISSING and getattr(node, name) == field.default
 
 
 def _val_arrays(instances: Instances) -> dict[str, np.ndarray]:
