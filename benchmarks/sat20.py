@@ -29,10 +29,8 @@ POLICIES = {
     "transformer, generic + SAT rule features": "benchmarks/checkpoints/sat20-policy-task",
     "clause graph, dead_end target, one fixed pool": "benchmarks/checkpoints/sat20-policy-graph-fixed",
     "clause graph, dead_end target, DAgger": "benchmarks/checkpoints/sat20-policy",
-    "clause graph, dead_end target, DAgger, seed ensemble of 3": "benchmarks/checkpoints/sat20-policy-ensemble",
 }
 GRAPH = "benchmarks/checkpoints/sat20-policy"  # paired with margin and `unit` on SATLIB and on unsat formulas
-ENSEMBLE = "benchmarks/checkpoints/sat20-policy-ensemble"  # GRAPH and two more seeds (python -m aop_ray.ensemble)
 UNSAT = "out/sat20/unsat-cnf"  # generated uf20-91-shaped formulas that have no solution
 N_UNSAT = 200
 HEURISTICS = "random,confidence,margin,entropy,unit"
@@ -74,26 +72,6 @@ def write_unsat(out: Path, n: int) -> Path:
             (out / f"uuf20-91-{found:03d}.cnf").write_text(f"c unsatisfiable (MiniSat)\np cnf 20 91\n{body}")
             found += 1
     return out
-
-
-def ensemble_lines(reuse: bool, header_row: str) -> list[str]:
-    """The seed ensemble paired with margin and `unit` on SATLIB, when its checkpoint is there."""
-    if not (ROOT / ENSEMBLE / "manifest.json").is_file():
-        return []
-    satlib = evaluate(
-        ENSEMBLE, str(SATLIB), "margin,unit,learned", "out/sat20/paired-ensemble", *OPTIONS, "--reference", "learned",
-        reuse=reuse,
-    )  # fmt: skip
-    members = json.loads((ROOT / ENSEMBLE / "manifest.json").read_text())["members"]
-    return [
-        f"The seed ensemble (`{ENSEMBLE}`: the mean score of {len(members)} policies of the same recipe, "
-        f"`train.seed` 0, 1 and 2), SATLIB uf20-91: {satlib.line()}",
-        "",
-        header_row,
-        "|---|---|---|---|---|",
-        *(paired_row(r) for r in satlib.rows),
-        "",
-    ]
 
 
 def main() -> int:
@@ -138,7 +116,6 @@ def main() -> int:
             "|---|---|---|---|---|",
             *(paired_row(r) for r in satlib.rows),
             "",
-            *ensemble_lines(args.reuse, header_row),
             f"{N_UNSAT} unsatisfiable uf20-91-shaped formulas (generated, MiniSat-proved; every order must fail, "
             f"so the measure is the fraction of clauses the decoded assignment satisfies): {unsat.line()}",
             "",
