@@ -229,7 +229,7 @@ def load_policy(
     """The policy at `path`, checked against the task and denoiser it will run on
     (an ensemble if its manifest lists `members`)."""
     manifest = read_policy_manifest(path)
-    check_same("denoiser model", identity(manifest["model"]), identity(denoiser_model), str(path))
+    check_same("denoiser model", identity(manifest["model"], f"{path}: model"), identity(denoiser_model), str(path))
     cfg = parse_dataclass(PolicyConfig, manifest["policy"], f"{path}: policy")
     check_task(manifest, task, str(path), is_size_free(denoiser_model) and cfg.encoder in SIZE_FREE_ENCODERS)
     members = manifest.get("members")

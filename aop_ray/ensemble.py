@@ -41,8 +41,8 @@ def check_members(paths: list[str]) -> tuple[list[dict[str, Any]], dict[str, tor
         if manifests:
             for what in ("task", "model", "policy"):
                 ours, first = manifest[what], manifests[0][what]
-                if what == "model":  # a field added since one of them was written counts at its default
-                    ours, first = identity(ours), identity(first)
+                if what == "model":  # compared as a policy's check compares it (pretrained.identity)
+                    ours, first = identity(ours, f"{path}: model"), identity(first, f"{paths[0]}: model")
                 checkpoints.check_same(what, ours, first, f"{path} (against {paths[0]})")
             different = next(
                 (

@@ -28,6 +28,7 @@ user code: it is refused unless `AOP_RAY_TRUST_FACTORY=1` says the user trusts i
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import importlib.util
@@ -40,7 +41,7 @@ from typing import Any, Callable, Iterator
 import torch
 from torch import nn
 
-from aop_ray.config import ModelConfig, PretrainedConfig
+from aop_ray.config import ModelConfig, PretrainedConfig, parse_dataclass
 from aop_ray.errors import InputError
 from aop_ray.readers import short
 from aop_ray.tasks import Task, input_vocab_size, mask_id
@@ -170,15 +171,15 @@ def _factory_model(task: Task, path: str, trusted: bool) -> nn.Module:
 IDENTITY = ("source", "sha256", "token_ids", "mask_id", "cls_id", "sep_id", "pad_id")
 
 
-def identity(model: dict[str, Any]) -> dict[str, Any]:
-    """What makes two denoisers the same model, for a policy's check: for a pretrained one, its weights'
+def identity(model: dict[str, Any], where: str = "model") -> dict[str, Any]:
+    """What makes two denoisers the same model, for a policy's check: every `ModelConfig` field, a field the
+    manifest lacks (written before the field existed) at its default; for a pretrained one, its weights'
     digest and token mapping, not where the directory sits (moving it keeps its policies valid) nor the
-    transformers version that wrote its config dict. `size_free` missing (a manifest written before the
-    field) is its default."""
-    model = {**model, "size_free": model.get("size_free", False)}
-    if not isinstance(model.get("pretrained"), dict):
-        return model
-    return {**model, "pretrained": {k: v for k, v in model["pretrained"].items() if k in IDENTITY}}
+    transformers version that wrote its config dict."""
+    full = dataclasses.asdict(parse_dataclass(ModelConfig, model, where))
+    if not isinstance(full.get("pretrained"), dict):
+        return full
+    return {**full, "pretrained": {k: v for k, v in full["pretrained"].items() if k in IDENTITY}}
 
 
 def model_dir(source: str, path: str = "") -> Path:

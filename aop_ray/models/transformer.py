@@ -138,8 +138,9 @@ class StructuredTransformer(nn.Module):
         relation bias."""
         super().__init__()
         self.structure = structure
-        register_groups(self, position_groups)
-        self.group_names = [name for name in sorted(position_groups) if embedded is None or name in embedded]
+        self.group_names = register_groups(
+            self, {name: ids for name, ids in position_groups.items() if embedded is None or name in embedded}
+        )
         for name, ids in zip(self.group_names, registered_groups(self)):
             setattr(self, f"emb_{name}", nn.Embedding(int(ids.max()) + 1, d_model))
         relations, n_relations = relation_ids(position_groups)
