@@ -31,6 +31,13 @@ def window_rates(stdout: str) -> list[float]:
     return [float(m) for m in re.findall(r"\[aop-ray\] step +\d+/\d+ .*?samples_per_s=([0-9.e+]+)", stdout)]
 
 
+def versus(row: dict) -> str:
+    """The paired cell of an `evaluate --reference` row: only it / only the reference, exact McNemar p."""
+    if row.get("mcnemar_p") is None:
+        return "-"
+    return f"{row['only_solved']} / {row['only_reference']}, p = {row['mcnemar_p']:.2g}"
+
+
 def machine() -> str:
     cpu = next(
         (

@@ -20,7 +20,7 @@ import json
 import sys
 from pathlib import Path
 
-from common import ROOT, commit, describe_model, evaluate, machine, reuse_arguments, write_report
+from common import ROOT, commit, describe_model, evaluate, machine, reuse_arguments, versus, write_report
 
 SATLIB = ROOT.parent / "shared" / "data" / "satlib" / "uf20-91"
 DENOISER = "benchmarks/checkpoints/sat20"
@@ -47,12 +47,7 @@ def row(label: str, r: dict) -> str:
 
 
 def paired_row(r: dict) -> str:
-    vs = (
-        f"{r['only_solved']} / {r['only_reference']}, p = {r['mcnemar_p']:.2g}"
-        if r.get("mcnemar_p") is not None
-        else "-"
-    )
-    return f"| {r['order']} | {r['solve_rate']:.3f} | {r['clause_sat']:.4f} | {r['n']} | {vs} |"
+    return f"| {r['order']} | {r['solve_rate']:.3f} | {r['clause_sat']:.4f} | {r['n']} | {versus(r)} |"
 
 
 def write_unsat(out: Path, n: int) -> Path:

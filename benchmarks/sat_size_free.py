@@ -19,7 +19,7 @@ import json
 import os
 import sys
 
-from common import ROOT, describe_model, evaluate, header, reuse_arguments, sh, write_report
+from common import ROOT, describe_model, evaluate, header, reuse_arguments, sh, versus, write_report
 
 SATLIB = ROOT.parent / "shared" / "data" / "satlib" / "uf20-91"
 TIED = "benchmarks/checkpoints/sat20-policy"  # the tied denoiser (sat20) and its clause-graph policy
@@ -40,14 +40,9 @@ def table(rows: list[dict]) -> list[str]:
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        vs = (
-            f"{r['only_solved']} / {r['only_reference']}, p = {r['mcnemar_p']:.2g}"
-            if r.get("mcnemar_p") is not None
-            else "-"
-        )
         lines.append(
             f"| {r['order']} | {r['solve_rate']:.3f} | {r['clause_sat']:.4f} | {r['unit_first']:.3f} | "
-            f"{r['per_s']:.2f} | {r['n']} | {vs} |"
+            f"{r['per_s']:.2f} | {r['n']} | {versus(r)} |"
         )
     return lines
 
