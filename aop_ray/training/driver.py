@@ -211,6 +211,7 @@ def run(
     status = "FAILED"
     try:
         try:
+            ray_session.warm_train()
             result = trainer.fit()
         except SystemExit:  # Ray Train turns Ctrl-C (or our SIGTERM) during fit into an aborted run and this
             raise (Terminated() if cli.terminated() else KeyboardInterrupt()) from None
