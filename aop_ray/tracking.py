@@ -50,7 +50,8 @@ def resolve_uri(uri: str | None = None) -> str:
     return uri
 
 
-# MLflow 3 opens an experiment without this tag in its GenAI view; ours are model-training experiments.
+# Ours are model-training experiments. An earlier MLflow 3 UI opened an untagged experiment in its GenAI view;
+# 3.18 follows its GenAI / Model training switch instead (docs/cluster.md) and shows the tag as the kind.
 EXPERIMENT_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 PARENT_TAG = "mlflow.parentRunId"
 
