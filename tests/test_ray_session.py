@@ -41,21 +41,8 @@ def test_warm_train_starts_the_coordinator_that_ray_train_asks_for(monkeypatch):
     from ray.train.v2._internal.execution.scaling_policy import autoscaling_coordinator_client as train_side
 
     assert train_side.get_or_create_autoscaling_coordinator is data_side.get_or_create_autoscaling_coordinator
-    waited: list = []
-
-    class Actor:
-        class __ray_ready__:  # noqa: N801 (Ray's name)
-            @staticmethod
-            def remote() -> str:
-                return "ready-ref"
-
-    monkeypatch.setattr(data_side, "get_or_create_autoscaling_coordinator", Actor)
-    monkeypatch.setattr(ray, "get", lambda ref, timeout: waited.append((ref, timeout)))
-    ray_session.warm_train(timeout_s=7.0)
-    assert waited == [("ready-ref", 7.0)]  # it waits for the actor, as long as it is told, not Train's 5 s
-
-    def too_slow(ref, timeout):
-        raise ray.exceptions.GetTimeoutError("not up")
-
-    monkeypatch.setattr(ray, "get", too_slow)
-    ray_session.warm_train(timeout_s=0.1)  # a coordinator still not up is left to Train: no error here
+    started: list = []
+    monkeypatch.setattr(data_side, "get_or_create_autoscaling_coordinator", lambda: started.append(1))
+    monkeypatch.setattr(ray, "get", lambda *a, **k: pytest.fail("warm_train must not wait for the actor"))
+    ray_session.warm_train()
+    assert started == [1]

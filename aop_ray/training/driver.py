@@ -175,6 +175,7 @@ def run(
         )
 
     ray_session.connect()
+    ray_session.warm_train()
     # Everything the workers read travels through the object store: no worker opens a path
     # that only the driver's node (or the driver's copy of a job's working directory) has.
     inputs = ray.put(
@@ -211,7 +212,6 @@ def run(
     status = "FAILED"
     try:
         try:
-            ray_session.warm_train()
             result = trainer.fit()
         except SystemExit:  # Ray Train turns Ctrl-C (or our SIGTERM) during fit into an aborted run and this
             raise (Terminated() if cli.terminated() else KeyboardInterrupt()) from None
