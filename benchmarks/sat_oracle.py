@@ -24,43 +24,36 @@ import torch
 from common import ROOT, header, write_report
 
 from aop_ray import checkpoints, data
-from aop_ray.orders import DecodeState, Order, margin
-from aop_ray.sampling import unmask
+from aop_ray.config import DecodeConfig
+from aop_ray.orders import DecodeState, margin
+from aop_ray.sampling import decode_dataset
 from aop_ray.stats import mcnemar
-from aop_ray.tasks import Sat, mask_id
+from aop_ray.tasks import Sat
 
 SATLIB = ROOT.parent / "shared" / "data" / "satlib" / "uf20-91"
 POLICIES = {"sat20": "benchmarks/checkpoints/sat20-policy", "sat20-long": "benchmarks/checkpoints/sat20-long-policy"}
 REPORT = ROOT / "docs" / "results" / "sat20_oracle.md"
+DECODE = DecodeConfig(batch_size=100, precision="fp32")  # greedy, one variable per forward, as measured
 
 
 class DeadEndOracle:
-    """Margin among the variables whose argmax value is not a dead end. `stuck` marks the rows (of the batch being
-    decoded; every formula has the same number of variables, so no row leaves early) that met a state where no
-    open variable was safe: lost whatever the order."""
+    """Margin among the variables whose argmax value is not a dead end. `stuck` holds, per batch decoded, the
+    rows that met a state where no open variable was safe (lost whatever the order); every formula has the same
+    number of variables, so no row leaves its batch early."""
 
     def __init__(self, task: Sat) -> None:
         self.task = task
-        self.stuck = torch.zeros(0, dtype=torch.bool)
+        self.stuck: list[torch.Tensor] = []
 
     def __call__(self, state: DecodeState) -> torch.Tensor:
         proposal = torch.where(state.masked, state.probs.argmax(-1), state.tokens)
         dead = self.task.dead_ends(state.tokens, proposal) & state.masked
         no_safe = (dead | ~state.masked).all(1)
-        self.stuck = no_safe if state.step == 0 else self.stuck | no_safe
+        if state.step == 0:  # a new batch
+            self.stuck.append(no_safe)
+        else:
+            self.stuck[-1] = self.stuck[-1] | no_safe
         return margin(state) - 2.0 * dead.float()
-
-
-def decode(
-    denoiser: torch.nn.Module, order: Order, tokens: torch.Tensor, task: Sat
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The decoded tokens of every formula, 100 at a time, and (for the oracle) which got stuck."""
-    parts, stuck = [], []
-    for lo in range(0, len(tokens), 100):
-        parts.append(unmask(denoiser, order, tokens[lo : lo + 100], mask_id(task)).tokens)
-        if isinstance(order, DeadEndOracle):
-            stuck.append(order.stuck)
-    return torch.cat(parts), torch.cat(stuck) if stuck else torch.zeros(len(tokens), dtype=torch.bool)
 
 
 def main() -> int:
@@ -73,20 +66,17 @@ def main() -> int:
     torch.set_num_threads(2)
     task = Sat(n_vars=20, n_clauses=91)
     inst = data.load_instances(task, SATLIB)
-    tokens, fixed = torch.as_tensor(inst.tokens), torch.as_tensor(inst.fixed)
-    if args.limit:
-        tokens, fixed = tokens[: args.limit], fixed[: args.limit]
+    tokens, fixed, target = (torch.as_tensor(a[: args.limit]) for a in (inst.tokens, inst.fixed, inst.target))
     rows: list[str] = []
     stuck_notes: list[str] = []
     for name, path in POLICIES.items():
         denoiser, _, manifest = checkpoints.load_denoiser(ROOT / path, task)
         policy = checkpoints.load_policy(ROOT / path, task, manifest["model"])
         solved: dict[str, torch.Tensor] = {}
-        for order_name, order in (("margin", margin), ("learned", policy), ("oracle", DeadEndOracle(task))):
+        oracle = DeadEndOracle(task)
+        for order_name, order in (("margin", margin), ("learned", policy), ("oracle", oracle)):
             start = time.perf_counter()
-            with torch.no_grad():
-                out, stuck = decode(denoiser, order, tokens, task)
-            solved[order_name] = task.verify(out, tokens, fixed).cpu()
+            solved[order_name] = decode_dataset(denoiser, task, tokens, fixed, target, order, DECODE).solved
             rate = float(solved[order_name].float().mean())
             print(f"{name} {order_name}: {rate:.1%} ({time.perf_counter() - start:.0f} s)", flush=True)
         for order_name in ("margin", "learned", "oracle"):
@@ -95,7 +85,7 @@ def main() -> int:
                 only_oracle, only_it, p = mcnemar(solved["oracle"], solved[order_name])
                 cell = f"{only_it} / {only_oracle}, p = {p:.2g}"
             rows.append(f"| {name} | {order_name} | {float(solved[order_name].float().mean()):.1%} | {cell} |")
-        lost = ~solved["oracle"]
+        lost, stuck = ~solved["oracle"], torch.cat(oracle.stuck)
         stuck_notes.append(
             f"- {name}: the oracle lost {int(lost.sum())} formulas; at {int((stuck & lost).sum())} of them some state "
             "had no open variable whose argmax value was safe"
