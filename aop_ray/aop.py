@@ -57,13 +57,14 @@ class Trajectories:
         keep_logits: bool = False,
         token_temperature: float = 0.0,
         generator: torch.Generator | None = None,
+        argmax: bool = False,
     ) -> Trajectories:
         """Roll `order` out from `tokens`, revealing the reference (`target`), or with `token_temperature`
-        > 0 the denoiser's own draws at that temperature: the states a sampler meets at it. A sampled
-        pool keeps its draws as its `target`, so `teacher_forced_state` rebuilds exactly those states;
-        its `chosen_ce` is then each draw's own -log p."""
+        > 0 the denoiser's own draws at that temperature (with `argmax`, its argmax): the states a sampler
+        meets. Such a pool keeps its draws as its `target`, so `teacher_forced_state` rebuilds exactly those
+        states; its `chosen_ce` is then each draw's own -log p."""
         parts = []
-        sampled = token_temperature > 0
+        sampled = token_temperature > 0 or argmax
         for lo in range(0, len(tokens), batch_size):
             recorder = _Recorder(denoiser) if keep_logits else None
             rollout = unmask(

@@ -214,7 +214,8 @@ class PolicyConfig:
     every (position, token) pair with shared weights and pools over group peers and
     tokens (models/policy.py), `d_model` its per-pair width and `n_layers` its rounds;
     `clause_graph` (3-SAT) passes messages over the formula's literal-clause graph
-    (models/clause_graph.py), `d_model` its node width and `n_layers` its rounds.
+    (models/clause_graph.py), `d_model` its node width and `n_layers` its rounds,
+    `edge_messages` whether a clause sends each of its literals a message of its own.
     """
 
     encoder: Literal["transformer", "token_axis", "clause_graph"] = "transformer"
@@ -227,9 +228,14 @@ class PolicyConfig:
     base_order: Literal["margin", "confidence", "entropy"] = "margin"
     base_scale: float = 50.0  # 0: no base order (learned from scratch; untrained, it picks the first masked)
     learn_scale: bool = True
+    # clause_graph only: each clause sends each of its literals its own message, read from the clause and the
+    # clause's other literals (a literal learns what the rest of its clause still needs), not one shared message
+    edge_messages: bool = False
 
     def __post_init__(self) -> None:
         _positive(self, "d_model", "n_heads", where="policy")
+        if self.edge_messages and self.encoder != "clause_graph":
+            raise InputError(f"policy.edge_messages: only encoder clause_graph has clauses (got {self.encoder})")
         _positive(self, "n_layers", "base_scale", where="policy", allow_zero=True)
         if self.d_model % self.n_heads:
             raise InputError(f"policy.n_heads: {self.n_heads} does not divide policy.d_model {self.d_model}")
@@ -270,6 +276,11 @@ class AopConfig:
     entropy_beta: float = 0.0
     states: Literal["uniform", "trajectory"] = "trajectory"
     trajectory_order: str = "margin"  # order that picks positions in the first trajectories
+    # what the trajectories write at token_temperature 0: the reference (teacher-forced), or the denoiser's
+    # argmax, as a greedy decoder does. A task with many solutions (3-SAT) leaves the reference's path at
+    # most decodes, so a policy trained on the reference's states only meets states unlike them; argmax
+    # trajectories have no reference, so their target must be reference-free (dead_end, energy)
+    trajectory_tokens: Literal["reference", "argmax"] = "reference"
     trajectory_instances: int = 256  # per worker and refresh
     refresh_every: int = 0  # DAgger: re-collect trajectories with the current policy every N steps
     focus: float = 0.0  # share of each batch drawn by the chosen cell's CE (prioritised replay; aop.py)
@@ -451,6 +462,18 @@ class Config:
             )
         if self.aop.token_temperature > 0 and self.aop.states != "trajectory":
             raise InputError("aop.token_temperature: samples trajectories; it needs aop.states trajectory")
+        if self.aop.trajectory_tokens == "argmax":
+            if self.aop.token_temperature > 0:
+                raise InputError(
+                    "aop.trajectory_tokens: argmax is for token_temperature 0; sampled trajectories already "
+                    "write the denoiser's own draws"
+                )
+            if self.aop.target not in ("dead_end", "energy") or self.aop.states != "trajectory":
+                raise InputError(
+                    f"aop.trajectory_tokens: argmax trajectories leave the reference's path, so they need "
+                    f"aop.states trajectory and a reference-free aop.target (dead_end, energy), got states "
+                    f"{self.aop.states!r}, target {self.aop.target!r}"
+                )
         if self.aop.objective == "correctness" and self.aop.target not in ("error", "dead_end"):
             raise InputError(
                 f"aop.target: objective correctness fits the probability that the argmax is right, "

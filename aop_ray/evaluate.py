@@ -194,6 +194,7 @@ def policy_description(policy: PolicyNet | PolicyEnsemble) -> str:
         mixing = f"token-axis encoder, {cfg.n_layers} pooling round{plural}"
     elif cfg.encoder == "clause_graph":
         mixing = f"clause-graph encoder, {cfg.n_layers} message-passing round{plural}"
+        mixing += ", a message per clause and literal" if cfg.edge_messages else ""
     else:
         mixing = f"{cfg.n_layers}-layer transformer" if cfg.n_layers else "per-position MLP"
     return (

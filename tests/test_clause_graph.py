@@ -19,11 +19,16 @@ from aop_ray.tasks.sat import FIRST_LITERAL, MASK, WIDTH
 TASK = Sat(n_vars=7, n_clauses=20)
 
 
-def graph_policy(base_scale: float = 0.0, seed: int = 0) -> ClauseGraphPolicy:
+def graph_policy(base_scale: float = 0.0, seed: int = 0, edge_messages: bool = False) -> ClauseGraphPolicy:
     """A clause-graph policy whose residual head is random (an untrained one scores exactly zero)."""
     torch.manual_seed(seed)
     cfg = PolicyConfig(
-        encoder="clause_graph", d_model=8, n_layers=2, features=["probs", "stats"], base_scale=base_scale
+        encoder="clause_graph",
+        d_model=8,
+        n_layers=2,
+        features=["probs", "stats"],
+        base_scale=base_scale,
+        edge_messages=edge_messages,
     )
     policy = make_policy(TASK, 16, cfg)
     assert isinstance(policy, ClauseGraphPolicy)
@@ -69,9 +74,10 @@ def relabel(
     return torch.cat([literals, values], 1), torch.cat([logits[:, :n_lit][:, occurrence], value_logits], 1)
 
 
+@pytest.mark.parametrize("edge_messages", [False, True])
 @pytest.mark.parametrize("symmetry", ["rename", "polarity", "clauses", "slots", "all"])
-def test_the_score_is_exactly_equivariant_under_the_formulas_symmetries(symmetry):
-    policy = graph_policy()
+def test_the_score_is_exactly_equivariant_under_the_formulas_symmetries(symmetry, edge_messages):
+    policy = graph_policy(edge_messages=edge_messages)
     tokens, logits = random_state(seed=1)
     g = torch.Generator().manual_seed(2)
     n, m = TASK.n_vars, TASK.n_clauses
@@ -117,10 +123,11 @@ def test_a_rollout_reveals_every_variable_and_leaves_the_formula_alone():
     assert ((rollout.tokens[:, TASK.n_literals :] == 0) | (rollout.tokens[:, TASK.n_literals :] == 1)).all()
 
 
-def test_the_aop_loss_trains_every_part_of_it():
+@pytest.mark.parametrize("edge_messages", [False, True])
+def test_the_aop_loss_trains_every_part_of_it(edge_messages):
     torch.manual_seed(0)
     denoiser = Denoiser.for_task(TASK, ModelConfig(d_model=16, n_layers=1, n_heads=2, ff_mult=2)).eval()
-    policy = graph_policy(base_scale=50.0)
+    policy = graph_policy(base_scale=50.0, edge_messages=edge_messages)
     inst = TASK.generate(8, seed=6)
     x0, fixed = torch.as_tensor(inst.target), torch.as_tensor(inst.fixed)
     xt = uniform_states(x0, fixed, 2, torch.Generator().manual_seed(0))
@@ -148,6 +155,8 @@ def test_it_refuses_a_task_without_a_formula_and_features_it_does_not_read():
         make_policy(Sudoku(size=4), 16, cfg)
     with pytest.raises(InputError, match="policy.features: encoder clause_graph reads exactly probs, stats"):
         PolicyConfig(encoder="clause_graph", features=["probs", "stats", "group_probs"])
+    with pytest.raises(InputError, match="policy.edge_messages: only encoder clause_graph has clauses"):
+        PolicyConfig(encoder="token_axis", features=["probs", "stats"], edge_messages=True)
 
 
 def test_the_dead_end_target_is_the_solvers_verdict_on_the_argmax_not_the_reference():

@@ -56,6 +56,13 @@ def test_defaults_and_overrides(tmp_path):
             "policy.features: encoder clause_graph reads exactly probs, stats",
         ),
         ("aop: {target: dead_end}", "aop.target: dead_end needs a task with a solver \\(sat\\); the sudoku task"),
+        (
+            "aop: {trajectory_tokens: argmax, target: error}",
+            "aop.trajectory_tokens: argmax trajectories leave the reference's path, so they need aop.states "
+            "trajectory and a reference-free aop.target \\(dead_end, energy\\), got states 'trajectory', "
+            "target 'error'",
+        ),
+        ("aop: {trajectory_tokens: greedy}", "aop.trajectory_tokens: must be one of reference, argmax, got .greedy."),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, extra, message):

@@ -101,6 +101,11 @@ def test_a_sampled_pool_holds_exactly_the_states_the_sampler_visited():
     # teacher forcing (temperature 0) keeps the reference as the target
     forced = Trajectories.collect(denoiser, order, tokens, fixed, reference, MASK)
     assert torch.equal(forced.target, reference)
+    # argmax trajectories (aop.trajectory_tokens) are a greedy decoder's: its states, not the reference's
+    greedy = Trajectories.collect(denoiser, order, tokens, fixed, reference, MASK, argmax=True)
+    plain = unmask(denoiser, order, tokens, MASK)
+    assert torch.equal(greedy.target, plain.tokens) and torch.equal(greedy.step_of, plain.step_of)
+    assert not torch.equal(greedy.target, reference)
 
 
 def test_the_energy_loss_is_the_policys_expectation_of_the_excess_energy():

@@ -6,7 +6,10 @@ the formula as the graph it is (NeuroSAT's layout): a node per literal (x_v and 
 an edge per occurrence. Each literal node reads the denoiser's probability that the literal is true, whether
 it is already true or false, and its variable's margin and entropy; each clause node reads whether it is
 satisfied, how many of its literals are still open and the probability that all of them come out false.
-Rounds then pass messages clause <- its literals and literal <- its clauses and its negation.
+Rounds then pass messages clause <- its literals and literal <- its clauses and its negation. With
+`policy.edge_messages` a clause tells each of its literals something of its own, read from the clause and its
+other two literals: whether the rest of the clause can still be satisfied without this literal is what makes a
+value a dead end, and one message shared by all three literals cannot say it.
 
 No weight belongs to a variable number, a clause number, a literal slot or a polarity, so the score is
 exactly equivariant under renaming variables, shuffling clauses and the literals inside them, and flipping
@@ -96,6 +99,8 @@ class ClauseGraphPolicy(nn.Module):
         self.embed_clause = mlp(CLAUSE_INPUTS, width, 2 * width)
         self.clause_rounds = nn.ModuleList(mlp(3 * width, width, 2 * width) for _ in range(cfg.n_layers))
         self.literal_rounds = nn.ModuleList(mlp(3 * width, width, 2 * width) for _ in range(cfg.n_layers))
+        edges = cfg.n_layers if cfg.edge_messages else 0
+        self.edge_rounds = nn.ModuleList(mlp(2 * width, width, 2 * width) for _ in range(edges))
         self.head = mlp(2 * width + 5 + len(cfg.task_features), 1, 2 * width)
         nn.init.zeros_(last_linear(self.head).weight)  # residual starts at exactly zero
         nn.init.zeros_(last_linear(self.head).bias)
@@ -116,10 +121,14 @@ class ClauseGraphPolicy(nn.Module):
         lit_p = torch.where(positive, p_var, 1 - p_var) * ~assigned
         clause = self.embed_clause(clause_inputs(true, assigned, lit_p))
         occurrences = degree.clamp(min=1)[..., None]
-        for to_clause, to_literal in zip(self.clause_rounds, self.literal_rounds):
+        for round_, (to_clause, to_literal) in enumerate(zip(self.clause_rounds, self.literal_rounds)):
             members = gather_nodes(lit, index)  # (B, m, 3, W)
             clause = clause + to_clause(torch.cat([clause, members.mean(2), members.amax(2)], dim=-1))
-            incoming = scatter_to_nodes(clause[:, :, None].expand_as(members), index, n_nodes) / occurrences
+            to_members = clause[:, :, None].expand_as(members)
+            if self.edge_rounds:  # each occurrence hears the clause and the mean of the clause's other two
+                others = (members.sum(2, keepdim=True) - members) / 2
+                to_members = self.edge_rounds[round_](torch.cat([to_members, others], dim=-1))
+            incoming = scatter_to_nodes(to_members, index, n_nodes) / occurrences
             negation = lit.view(lit.shape[0], -1, 2, lit.shape[-1]).flip(2).flatten(1, 2)
             lit = lit + to_literal(torch.cat([lit, incoming, negation], dim=-1))
         return lit, stats

@@ -189,8 +189,8 @@ class _States:
         return fixed, torch.cat([p["target"] for p in parts])[:n].long().to(self.device)
 
     def refresh(self, denoiser: torch.nn.Module, order: Order) -> None:
-        """Collect trajectories of `order` on fresh instances and add them (DAgger): teacher-forced, or
-        sampled at `aop.token_temperature`."""
+        """Collect trajectories of `order` on fresh instances and add them (DAgger): teacher-forced, the
+        denoiser's argmax (`aop.trajectory_tokens`), or sampled at `aop.token_temperature`."""
         fixed, target = self._draw(self.cfg.aop.trajectory_instances)
         was_training = denoiser.training
         denoiser.eval()
@@ -205,6 +205,7 @@ class _States:
                 keep_logits=self.cache_logits,
                 token_temperature=self.cfg.aop.token_temperature,
                 generator=self.generator,
+                argmax=self.cfg.aop.trajectory_tokens == "argmax",
             )
         denoiser.train(was_training)
         pool = new if self.trajectories is None else Trajectories.concat([self.trajectories, new])
