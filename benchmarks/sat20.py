@@ -4,9 +4,11 @@
 
 The denoiser (benchmarks/checkpoints/sat20) was trained on generated formulas only
 (tune_configs/sat20_denoiser.yaml). The policies next to it: sat20-policy, the clause-graph encoder with the
-solver's dead_end target and DAgger (tune_configs/sat20_policy_graph.yaml), and the same from one fixed pool of
-margin's trajectories (sat20-policy-graph-fixed: aop.trajectory_instances=1000 aop.refresh_every=0
-train.eval_every=500); the transformer policies of
+solver's dead_end target and DAgger over the states a greedy decoder meets (tune_configs/sat20_policy_graph.yaml);
+the same on the reference's teacher-forced states for 2,000 steps (sat20-policy-reference-states:
+aop.trajectory_tokens=reference train.steps=2000), and from one fixed pool of margin's teacher-forced trajectories
+(sat20-policy-graph-fixed: that and aop.trajectory_instances=1000 aop.refresh_every=0 train.eval_every=500); the
+transformer policies of
 tune_configs/sat20_policy.yaml, with generic features only (sat20-policy-transformer) and with the SAT rule
 features (sat20-policy-task).
 Every number comes from `python -m aop_ray.evaluate` on the SATLIB files as shipped; the
@@ -28,7 +30,8 @@ POLICIES = {
     "transformer, generic features": "benchmarks/checkpoints/sat20-policy-transformer",
     "transformer, generic + SAT rule features": "benchmarks/checkpoints/sat20-policy-task",
     "clause graph, dead_end target, one fixed pool": "benchmarks/checkpoints/sat20-policy-graph-fixed",
-    "clause graph, dead_end target, DAgger": "benchmarks/checkpoints/sat20-policy",
+    "clause graph, dead_end target, DAgger, reference states": "benchmarks/checkpoints/sat20-policy-reference-states",
+    "clause graph, dead_end target, DAgger, argmax states": "benchmarks/checkpoints/sat20-policy",
 }
 GRAPH = "benchmarks/checkpoints/sat20-policy"  # paired with margin and `unit` on SATLIB and on unsat formulas
 UNSAT = "out/sat20/unsat-cnf"  # generated uf20-91-shaped formulas that have no solution

@@ -31,7 +31,10 @@ from aop_ray.stats import mcnemar
 from aop_ray.tasks import Sat
 
 SATLIB = ROOT.parent / "shared" / "data" / "satlib" / "uf20-91"
-POLICIES = {"sat20": "benchmarks/checkpoints/sat20-policy", "sat20-long": "benchmarks/checkpoints/sat20-long-policy"}
+POLICIES = {
+    "sat20": "benchmarks/checkpoints/sat20-policy-reference-states",
+    "sat20-long": "benchmarks/checkpoints/sat20-long-policy",
+}
 REPORT = ROOT / "docs" / "results" / "sat20_oracle.md"
 DECODE = DecodeConfig(batch_size=100, precision="fp32")  # greedy, one variable per forward, as measured
 

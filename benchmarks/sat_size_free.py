@@ -8,7 +8,7 @@ denoiser's data, size and 600 steps, with `model.size_free`) and `sat20-size-fre
 trained on 20-variable formulas only.
 
 1. SATLIB uf20-91 (500 formulas): margin, `unit` and learned on the size-free checkpoints, each paired with the
-   same order on the tied ones (`benchmarks/checkpoints/sat20-policy`), `python -m aop_ray.paired`.
+   same order on the tied ones (`benchmarks/checkpoints/sat20-policy-reference-states`), `python -m aop_ray.paired`.
 2. 200 generated satisfiable formulas of uf50-218's shape (50 variables, 218 clauses): margin, `unit` and learned
    of the same checkpoints (`evaluate --param n_vars=50 --param n_clauses=218`), learned paired with each.
 """
@@ -22,7 +22,7 @@ import sys
 from common import ROOT, describe_model, evaluate, header, reuse_arguments, sh, versus, write_report
 
 SATLIB = ROOT.parent / "shared" / "data" / "satlib" / "uf20-91"
-TIED = "benchmarks/checkpoints/sat20-policy"  # the tied denoiser (sat20) and its clause-graph policy
+TIED = "benchmarks/checkpoints/sat20-policy-reference-states"  # the tied denoiser (sat20) and its clause-graph policy
 FREE = "benchmarks/checkpoints/sat20-size-free-policy"  # the size-free denoiser and its policy
 OUT = "out/sat_size_free"
 LARGE = ("--param", "n_vars=50", "--param", "n_clauses=218")
@@ -89,7 +89,7 @@ def main() -> int:
         "",
         "## SATLIB uf20-91: the tied denoiser and the size-free one, each with its own clause-graph policy",
         "",
-        "Tied (`sat20` + `sat20-policy`):",
+        "Tied (`sat20` + `sat20-policy-reference-states`):",
         "",
         *table(tied.rows),
         "",
