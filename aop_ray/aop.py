@@ -20,7 +20,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from aop_ray.config import AopConfig
+from aop_ray.config import REFERENCE_FREE, AopConfig
 from aop_ray.losses import aop_loss, correctness_loss, mask_free_positions, pairwise_rank_loss, position_costs, sample_t
 from aop_ray.orders import DecodeState, Order, select
 from aop_ray.protein.potts import excess_energy
@@ -201,7 +201,6 @@ def policy_objective(
 # A cost that needs no reference: (x_t, the denoiser's logits there) -> (B, L). Targets `dead_end` (the
 # task's solver) and `energy` (a family's Potts model) are built from one by the training shell.
 FreeCost = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-REFERENCE_FREE = ("dead_end", "energy")
 
 
 def free_cost(

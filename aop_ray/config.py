@@ -252,6 +252,9 @@ class PolicyConfig:
             )
 
 
+REFERENCE_FREE = ("dead_end", "energy")  # aop.target values scored without a reference (aop.free_cost)
+
+
 @dataclasses.dataclass
 class AopConfig:
     """The AOP loss and where its training states come from (stages `policy` and `joint`)."""
@@ -468,10 +471,10 @@ class Config:
                     "aop.trajectory_tokens: argmax is for token_temperature 0; sampled trajectories already "
                     "write the denoiser's own draws"
                 )
-            if self.aop.target not in ("dead_end", "energy") or self.aop.states != "trajectory":
+            if self.aop.target not in REFERENCE_FREE or self.aop.states != "trajectory":
                 raise InputError(
                     f"aop.trajectory_tokens: argmax trajectories leave the reference's path, so they need "
-                    f"aop.states trajectory and a reference-free aop.target (dead_end, energy), got states "
+                    f"aop.states trajectory and a reference-free aop.target ({', '.join(REFERENCE_FREE)}), got states "
                     f"{self.aop.states!r}, target {self.aop.target!r}"
                 )
         if self.aop.objective == "correctness" and self.aop.target not in ("error", "dead_end"):
