@@ -460,8 +460,8 @@ class Config:
             )
         if self.aop.token_temperature > 0 and self.aop.target != "energy":
             raise InputError(
-                f"aop.token_temperature: sampled trajectories have no reference to score target "
-                f"{self.aop.target!r} against; use target energy (or token_temperature 0)"
+                f"aop.token_temperature: sampled trajectories are scored by target energy only (target "
+                f"{self.aop.target!r} runs at token_temperature 0); use target energy or token_temperature 0"
             )
         if self.aop.token_temperature > 0 and self.aop.states != "trajectory":
             raise InputError("aop.token_temperature: samples trajectories; it needs aop.states trajectory")

@@ -63,6 +63,11 @@ def test_defaults_and_overrides(tmp_path):
             "target 'error'",
         ),
         ("aop: {trajectory_tokens: greedy}", "aop.trajectory_tokens: must be one of reference, argmax, got .greedy."),
+        (
+            "aop: {token_temperature: 0.5, target: error}",
+            "aop.token_temperature: sampled trajectories are scored by target energy only \\(target 'error' runs "
+            "at token_temperature 0\\)",
+        ),
     ],
 )
 def test_bad_values_name_the_key(tmp_path, extra, message):
