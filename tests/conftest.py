@@ -37,6 +37,46 @@ SMOKE = ROOT / "tune_configs" / "sudoku4_smoke.yaml"
 
 RAY = str(Path(sys.executable).with_name("ray"))
 _SHARED_RAY: dict[str, str] = {}
+_RAY_TESTS: set[str] = set()  # node ids of the tests that may start or join Ray (`ray_test`)
+
+# The suite runs on two pytest-xdist workers (pyproject's addopts: `-n 2 --dist loadgroup`). Every test
+# that starts or joins Ray is in one xdist group, so one worker runs them all, one at a time, on one
+# shared cluster, while the other runs the rest: Ray commands wait on start-up, polls and subprocesses,
+# and `ray stop` stops every Ray process on the machine, so two workers must never both hold a cluster.
+# A test is in the group if it requests a fixture below (they run Ray commands) or is marked `ray`.
+RAY_FIXTURES = {"trained"}
+if os.environ.get("PYTEST_XDIST_WORKER"):  # two workers on two cores: one torch thread each
+    import torch
+
+    torch.set_num_threads(1)
+
+
+@pytest.hookimpl(wrapper=True)  # around every other plugin's hook: xdist groups and `-m "not ray"` see the marks
+def pytest_collection_modifyitems(items: list[pytest.Item]):
+    for item in items:
+        if item.get_closest_marker("ray") or RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+            item.add_marker(pytest.mark.xdist_group("ray"))
+            _RAY_TESTS.add(item.nodeid)
+    return (yield)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    stop_shared_ray()  # each xdist worker its own; atexit below is the fallback
+
+
+def ray_test() -> None:
+    """Refuse to start Ray from a test outside the Ray group: it would run beside the group's cluster."""
+    current = os.environ.get("PYTEST_CURRENT_TEST", "").rsplit(" (", 1)[0]
+    if os.environ.get("PYTEST_XDIST_WORKER") and not current.endswith("@ray"):  # xdist's suffix for the group
+        assert current not in _RAY_TESTS, (
+            f"pytest-xdist did not group {current} with the Ray tests (`--dist loadgroup`)"
+        )
+    assert not current or current.removesuffix("@ray") in _RAY_TESTS, (
+        f"{current} starts Ray: mark it `@pytest.mark.ray`"
+    )
+
+
 _RAY_TOKEN = Path(tempfile.mkdtemp(prefix="aop-ray-tests-")) / "auth_token"  # this suite's cluster's token
 
 
@@ -50,6 +90,7 @@ def shared_ray() -> str:
     """The address of one Ray cluster (`ray start --head`) that the suite's commands join, as jobs join a
     real cluster: a private `ray.init` per command costs about 20 s of start-up and shutdown on 2 cores.
     Started on first use, stopped when the suite ends (or by `stop_shared_ray`)."""
+    ray_test()
     if "address" not in _SHARED_RAY:
         port = free_port()
         _RAY_TOKEN.write_text(secrets.token_hex(32))
@@ -71,10 +112,14 @@ def stop_shared_ray() -> None:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, timeout=120)
 
 
-def cli_env(cwd: Path) -> dict[str, str]:
-    """A subprocess environment with MLflow in `cwd`, joining the suite's shared Ray cluster."""
+RAY_COMMANDS = {"aop_ray.train", "aop_ray.tune"}  # the entry points that start or join Ray
+
+
+def cli_env(cwd: Path, ray: bool = True) -> dict[str, str]:
+    """A subprocess environment with MLflow in `cwd`, joining the suite's shared Ray cluster if `ray` (only
+    tests in the Ray group may: `ray_test`)."""
     env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{cwd / 'mlflow.db'}", "PYTHONUNBUFFERED": "1"}
-    return env | {"RAY_ADDRESS": shared_ray()} | _ray_auth()
+    return env | {"RAY_ADDRESS": shared_ray()} | _ray_auth() if ray else env
 
 
 def _ray_auth() -> dict[str, str]:
@@ -105,7 +150,7 @@ def run_cli(module: str, *args: str, cwd: Path, timeout: int = 600) -> subproces
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
-        env=cli_env(cwd),
+        env=cli_env(cwd, ray=module in RAY_COMMANDS),
         capture_output=True,
         text=True,
         timeout=timeout,

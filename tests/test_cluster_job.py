@@ -16,12 +16,15 @@ import secrets
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, free_port, stop_shared_ray
+from conftest import ROOT, free_port, ray_test, stop_shared_ray
+
+pytestmark = pytest.mark.ray
 
 RAY = str(Path(sys.executable).with_name("ray"))
 RAY_ERROR_LINE = re.compile(r"\d E \d+ \d+\]")  # Ray's C++ log format: `[date time E pid tid] file.cc:...`
@@ -35,6 +38,7 @@ def _ray(*args: str, env: dict[str, str], timeout: int = 120) -> subprocess.Comp
 def cluster(tmp_path_factory):
     """A head (2 logical CPUs) and a second node (2 logical CPUs, its own temp dir) on loopback, and a copy
     of the checkout to submit as the job's working directory; the cluster is always stopped again."""
+    ray_test()
     stop_shared_ray()  # one Ray cluster on this machine at a time (`ray stop` below stops every one)
     tmp = tmp_path_factory.mktemp("cluster")
     token = tmp / "auth_token"
@@ -51,6 +55,9 @@ def cluster(tmp_path_factory):
             (checkout / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(ROOT / name, checkout / name)
     gcs, dashboard = free_port(), free_port()
+    # The second node's sockets live under its temp dir, and a Unix socket path has at most 107 bytes: pytest's
+    # own temp paths (longer under xdist, `popen-gw1/`) leave Ray's session path too little room.
+    node_tmp = Path(tempfile.mkdtemp(prefix="aop-ray-node2-", dir="/tmp"))
     try:
         head = _ray(
             "start",
@@ -72,7 +79,7 @@ def cluster(tmp_path_factory):
             f"--address=127.0.0.1:{gcs}",
             "--node-ip-address=127.0.0.1",
             "--num-cpus=2",
-            f"--temp-dir={tmp / 'node2'}",
+            f"--temp-dir={node_tmp}",
             f"--dashboard-agent-listen-port={free_port()}",
             "--disable-usage-stats",
             env=env,
@@ -81,6 +88,7 @@ def cluster(tmp_path_factory):
         yield {"env": env, "address": f"http://127.0.0.1:{dashboard}", "checkout": checkout, "tmp": tmp}
     finally:
         _ray("stop", "--force", env=env)
+        shutil.rmtree(node_tmp, ignore_errors=True)
 
 
 def _submit(cluster: dict, env_vars: dict[str, str], *args: str) -> tuple[int, str]:

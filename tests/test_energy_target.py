@@ -162,7 +162,12 @@ def test_grpo_energy_reward_is_minus_the_potts_energy_and_drives_the_update():
         ({"name": "sudoku", "size": 4}, {"target": "energy", "energy_model": "p.pt"}, "policy", "protein family"),
         ({"name": "protein", "length": 8}, {"target": "energy"}, "policy", "needs the Potts model"),
         ({"name": "protein", "length": 8}, {"target": "ce", "energy_model": "p.pt"}, "policy", "read only by"),
-        ({"name": "protein", "length": 8}, {"target": "ce", "token_temperature": 0.5}, "policy", "no reference"),
+        (
+            {"name": "protein", "length": 8},
+            {"target": "ce", "token_temperature": 0.5},
+            "policy",
+            "scored by target energy only",
+        ),
         ({"name": "protein", "length": 8}, {"target": "energy", "energy_model": "p.pt"}, "joint", "stage joint"),
         ({"name": "protein", "length": 8}, {"token_temperature": -1}, "policy", "must be >= 0"),
     ],

@@ -216,7 +216,7 @@ def test_ctrl_c_stops_an_evaluation_with_its_mlflow_run_killed_and_nothing_writt
             str(tmp_path / "out"),
         ],
         cwd=tmp_path,
-        env=cli_env(tmp_path),
+        env=cli_env(tmp_path, ray=False),  # an evaluation needs no Ray
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,

@@ -213,6 +213,7 @@ def test_api_infills_only_the_masked_positions(models, tmp_path):
         api.load_order("nope", model)
 
 
+@pytest.mark.ray
 def test_policy_and_joint_stages_evaluate_and_an_env_episode_on_a_hugging_face_model(models, tmp_path):
     """The frozen-denoiser pipeline, unchanged, on a wrapped model: policy stage, evaluate with every order
     (left_to_right included), an environment episode; the joint stage fine-tunes the model."""

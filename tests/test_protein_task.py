@@ -168,6 +168,7 @@ def test_env_on_a_protein_family_passes_check_env(family):
     assert obs["action_mask"].all() and env.render() == "_" * 12
 
 
+@pytest.mark.ray
 def test_tune_sweep_on_a_protein_family(family, tmp_path):
     assert family["oracle_proc"].returncode == 0
     config = tmp_path / "sweep.yaml"
@@ -192,6 +193,7 @@ mlflow: {{experiment: aop-ray-protein-smoke}}
     assert all("potts_energy" in r and "novelty" in r for r in rows)
 
 
+@pytest.mark.ray
 def test_a_policy_trains_on_the_energy_of_draws_at_a_temperature(family, tmp_path):
     """The protein user's path for an order at temperature T: the split's own `train_potts.pt` (never the
     oracle), states sampled at T, the energy target; validation reports only the reference-free cost."""

@@ -21,6 +21,8 @@ from envs.agents import OrderAgent
 
 from conftest import ROOT, run_cli
 
+pytestmark = pytest.mark.ray
+
 TASK = Sat(n_vars=6, n_clauses=24)
 
 

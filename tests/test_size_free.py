@@ -133,6 +133,7 @@ def test_evaluate_task_is_refused_for_a_tied_checkpoint():
     assert "has weights tied to its task's size" in result.stderr
 
 
+@pytest.mark.ray
 def test_a_size_free_denoiser_trained_by_the_cli_decodes_larger_formulas(tmp_path):
     """The user's path: `train` with model.size_free on Ray (6 variables), then `evaluate --param` at 8."""
     config = ROOT / "tune_configs" / "sat_smoke.yaml"

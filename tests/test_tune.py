@@ -23,6 +23,8 @@ from aop_ray.tune import group_label
 
 from conftest import ROOT, call_cli, cli_env, run_cli
 
+pytestmark = pytest.mark.ray
+
 SMOKE_SWEEP = ROOT / "tune_configs" / "smoke.yaml"
 
 
