@@ -61,21 +61,6 @@ def pytest_collection_modifyitems(items: list[pytest.Item]):
     return (yield)
 
 
-_WORKER_ROLE: dict[str, bool] = {}  # "ray": this worker has run a Ray test; "niced": it yielded the cores
-
-
-@pytest.fixture(autouse=True)
-def _the_ray_group_comes_first(request: pytest.FixtureRequest) -> None:
-    """Under xdist the worker that runs no Ray test lowers its CPU priority: the Ray group is the suite's
-    critical path (700 of 723 s), the rest has time to spare, and under CI's load the group's first setup took
-    136 s against 85 s alone. A worker that has run a Ray test is never lowered (its cluster would be)."""
-    if request.node.get_closest_marker("ray"):
-        _WORKER_ROLE["ray"] = True
-    elif os.environ.get("PYTEST_XDIST_WORKER") and not _WORKER_ROLE:
-        os.nice(10)
-        _WORKER_ROLE["niced"] = True
-
-
 def pytest_sessionfinish(session: pytest.Session) -> None:
     stop_shared_ray()  # each xdist worker its own; atexit below is the fallback
 
