@@ -22,11 +22,10 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import ROOT, free_port, ray_test, stop_shared_ray
+from conftest import RAY, ROOT, free_port, ray_test, stop_shared_ray
 
 pytestmark = pytest.mark.ray
 
-RAY = str(Path(sys.executable).with_name("ray"))
 RAY_ERROR_LINE = re.compile(r"\d E \d+ \d+\]")  # Ray's C++ log format: `[date time E pid tid] file.cc:...`
 
 
